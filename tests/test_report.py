@@ -1,0 +1,244 @@
+"""Tests of gridmarket.report on a small synthetic results folder (tests/_results_fixture.py)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pandas as pd
+import pytest
+from _results_fixture import WELFARE, build_results
+from matplotlib.figure import Figure
+
+import gridmarket.report as report
+import gridmarket.report.plots as plots
+from gridmarket.errors import ResultsError
+from gridmarket.report import (
+    bank_summary,
+    build_report,
+    format_iteration_table,
+    iteration_table,
+    load_results,
+    plot_energy_balance,
+    plot_iterations,
+    plot_network_map,
+    plot_voltages,
+    save_figures,
+    to_markdown,
+)
+from gridmarket.report._load import REQUIRED_FILES, violated_buses
+
+PNGS = {"iterations.png", "energy_balance_it0.png", "energy_balance_it2.png", "voltages.png",
+        "network_map.png"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = build_results(tmp_path_factory.mktemp("results") / "run")
+    return root, build_report(root)
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    return build_results(tmp_path / "run")
+
+
+# ----------------------------------------------------------------------------- report
+def test_build_report_writes_html_and_pngs(built: tuple[Path, Path]) -> None:
+    root, html_path = built
+    assert html_path == root / "report.html"
+    assert PNGS <= {p.name for p in root.glob("*.png")}
+    assert not list(root.glob(".*.tmp")), "temporary files left behind"
+    for name in PNGS:
+        img = mpimg.imread(root / name)
+        assert img.ndim == 3
+        assert img.shape[0] > 200 and img.shape[1] > 300
+
+
+def test_html_embeds_images_and_tables(built: tuple[Path, Path]) -> None:
+    root, html_path = built
+    page = html_path.read_text(encoding="utf-8")
+    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(uris) == len(PNGS)
+    embedded = {base64.b64decode(u) for u in uris}
+    assert embedded == {(root / name).read_bytes() for name in PNGS}
+    # summary
+    for text in ("fixture-two-communities", "physical", "clarabel", "Best iteration"):
+        assert text in page
+    # iteration table values: welfare, % change vs base, banks
+    for text in ("83.30", "109.20", "119.20", "+31.1", "+43.1", "1 × 1 SBU + 1 × 3 SBU",
+                 "b4:1, b5:3", '<tr class="best">'):
+        assert text in page
+    # community table: C1's mean price over the 4 steps = 0.55 + 0.05 * 1.5
+    assert "C1" in page and "0.6250" in page
+    assert "line.l45.1" in page  # worst current violation
+    assert "<script" not in page and "http" not in page  # self-contained
+
+
+def test_save_figures_is_deterministic(built: tuple[Path, Path], tmp_path: Path) -> None:
+    root, _ = built
+    out = tmp_path / "figs"
+    paths = save_figures(root, out_dir=out)
+    assert {p.name for p in paths} == PNGS
+    for path in paths:
+        assert path.parent == out
+        assert path.read_bytes() == (root / path.name).read_bytes()
+
+
+@pytest.fixture
+def fast_png(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip the (slow) rasterising where a test only checks which figures are made."""
+    monkeypatch.setattr(plots, "_png", lambda fig: b"\x89PNG-stub-" + fig.get_label().encode())
+
+
+@pytest.mark.usefixtures("fast_png")
+def test_no_coordinates_skips_map_with_note(tmp_path: Path) -> None:
+    root = build_results(tmp_path / "run", coordinates=False)
+    page = build_report(root).read_text(encoding="utf-8")
+    assert not (root / "network_map.png").exists()
+    assert "Network map skipped" in page and "no coordinates" in page
+    assert page.count("data:image/png;base64,") == len(PNGS) - 1
+
+
+@pytest.mark.usefixtures("fast_png")
+def test_missing_optional_network_files_skip_map(results: Path) -> None:
+    (results / "network_lines.csv").unlink()
+    page = build_report(results).read_text(encoding="utf-8")
+    assert "Network map skipped: network_lines.csv" in page
+
+
+def test_single_iteration_base_is_best(tmp_path: Path) -> None:
+    root = build_results(tmp_path / "run", iterations=1)
+    build_report(root)
+    names = {p.name for p in root.glob("*.png")}
+    assert names == {"iterations.png", "energy_balance_it0.png", "voltages.png",
+                     "network_map.png"}
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("name", list(REQUIRED_FILES))
+def test_missing_file_names_it(results: Path, name: str) -> None:
+    (results / name).unlink()
+    with pytest.raises(ResultsError, match=re.escape(name)):
+        build_report(results)
+    assert not (results / "report.html").exists()
+
+
+def test_missing_column_names_file_and_column(results: Path) -> None:
+    frame = pd.read_csv(results / "market.csv").drop(columns=["alpha_kw"])
+    frame.to_csv(results / "market.csv", index=False)
+    with pytest.raises(ResultsError, match=r"market\.csv: missing column\(s\) 'alpha_kw'"):
+        load_results(results)
+
+
+def test_empty_file_and_bad_summary(results: Path) -> None:
+    (results / "batteries.csv").write_text("", encoding="utf-8")
+    with pytest.raises(ResultsError, match=r"batteries\.csv: the file is empty"):
+        load_results(results)
+    (results / "summary.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ResultsError, match=r"summary\.json: must hold a JSON object"):
+        load_results(results)
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match="does not exist"):
+        build_report(tmp_path / "nope")
+
+
+# ----------------------------------------------------------------------------- tables
+def test_iteration_table_change_and_banks(results: Path) -> None:
+    data = load_results(results)
+    table = iteration_table(data.iterations, data.batteries, best_iteration=2)
+    # hand values: (109.2 - 83.3) / 83.3 = 31.0924 %, (119.2 - 83.3) / 83.3 = 43.0972 %
+    assert table["welfare_change_pct"].tolist() == pytest.approx([0.0, 31.0924, 43.0972],
+                                                                  abs=1e-4)
+    assert table["banks"].tolist() == ["none", "1 × 1 SBU", "1 × 1 SBU + 1 × 3 SBU"]
+    assert table["bank_buses"].tolist() == ["", "b5:1", "b4:1, b5:3"]
+    assert table["best"].tolist() == [False, False, True]
+    assert table["welfare"].tolist() == WELFARE
+    # violations from iterations.csv: it. 0 has 3 voltage + 1 current (line l45 -> bus b5)
+    assert table.loc[0, ["violations", "voltage_violations", "current_violations",
+                         "buses_violated"]].tolist() == [4, 3, 1, 2]
+
+
+def test_iteration_table_zero_base_welfare_gives_nan() -> None:
+    it = pd.DataFrame({"iteration": [0, 1], "welfare": [0.0, 5.0], "violations": [2, 0],
+                       "voltage_violations": [2, 0], "current_violations": [0, 0],
+                       "buses_violated": [1, 0], "lines_violated": [0, 0],
+                       "battery_units": [0, 5]})
+    table = iteration_table(it)
+    assert table["welfare_change_pct"].isna().all()
+    assert table["banks"].tolist() == ["none", "none"]
+
+
+def test_bank_summary() -> None:
+    assert bank_summary([]) == "none"
+    assert bank_summary([1, 1, 1]) == "3 × 1 SBU"
+    assert bank_summary([5.0, 1, 1]) == "2 × 1 SBU + 1 × 5 SBU"
+
+
+def test_markdown_table(results: Path) -> None:
+    data = load_results(results)
+    md = to_markdown(format_iteration_table(
+        iteration_table(data.iterations, data.batteries, best_iteration=2), currency="R$"))
+    lines = md.splitlines()
+    assert lines[0].startswith("| Iteration | Welfare [R$] | Δ welfare vs base [%]")
+    assert len(lines) == 2 + 3
+    cells = [c.strip() for c in lines[-1].strip("|").split("|")]
+    assert cells[:3] == ["2 *", "119.20", "+43.1"]
+    assert cells[-2:] == ["1 × 1 SBU + 1 × 3 SBU", "b4:1, b5:3"]
+    assert set(lines[1]) <= {"|", "-", ":"}
+
+
+def test_violated_buses_maps_current_to_downstream_bus(results: Path) -> None:
+    data = load_results(results)
+    buses, lines = violated_buses(data.violations, data.lines, iteration=0)
+    assert buses == ["b4", "b5"]
+    assert lines == ["l45"]
+
+
+# ----------------------------------------------------------------------------- plots
+def test_plot_functions_return_figures(results: Path) -> None:
+    data = load_results(results)
+    figs = [
+        plot_energy_balance(data.market, data.communities, iteration=2, currency="R$"),
+        plot_voltages(data.voltages, iterations=[0, 2]),
+        plot_network_map(data.buses, data.lines, data.agents, data.batteries,
+                         data.violations, iteration=2),
+        plot_iterations(data.iterations, best_iteration=2, currency="R$"),
+    ]
+    for fig in figs:
+        assert isinstance(fig, Figure)
+        labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+        assert labels, "every figure labels its axes"
+    assert "Power [kW]" in figs[0].axes[0].get_ylabel()
+    assert figs[1].axes[0].get_ylabel() == "Voltage [pu]"
+
+
+def test_energy_balance_sides_are_equal(results: Path) -> None:
+    from gridmarket.report.plots import energy_balance
+
+    data = load_results(results)
+    for it in range(3):
+        bal = energy_balance(data.market, iteration=it)
+        consumption = bal["load_kw"] + bal["charge_kw"] + bal["export_kw"]
+        supply = bal["pv_kw"] + bal["discharge_kw"] + bal["import_kw"]
+        assert (consumption - supply).abs().max() < 1e-9
+        assert (bal["net_kw"] - (bal["import_kw"] - bal["export_kw"])).abs().max() < 1e-9
+
+
+def test_network_map_without_coordinates_raises(results: Path) -> None:
+    data = load_results(results)
+    buses = data.buses.assign(x=float("nan"), y=float("nan"))
+    assert not report.has_coordinates(buses)
+    with pytest.raises(ValueError, match="coordinates"):
+        plot_network_map(buses, data.lines, iteration=0)
+
+
+def test_public_api() -> None:
+    for name in ("build_report", "iteration_table", "plot_energy_balance", "plot_voltages",
+                 "plot_network_map", "plot_iterations", "save_figures"):
+        assert name in report.__all__
+        assert callable(getattr(report, name))
