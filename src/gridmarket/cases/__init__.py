@@ -1,0 +1,121 @@
+"""Case builders: the shipped default case and the Costa Rica study cases.
+
+- :func:`default_case_path`: the IEEE European LV Test Feeder case shipped inside the package
+  (built by ``scripts/build_default_case.py`` with :func:`gridmarket.cases.ieee_eu_lv.build_case`).
+- :func:`gridmarket.cases.cr_mar.build_case`: Costa Rica "MAR" feeder cases 1 and 2, written at
+  run time from the shared data folder (the feeder data may not be redistributed).
+- :func:`write_case_source`: write one of those by name (``gridmarket new-case``).
+- :func:`write_case`: write any case folder atomically (shared CASE_FORMAT.md).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from gridmarket.cases.shared import find_shared_data
+from gridmarket.cases.writer import write_case
+from gridmarket.errors import GridmarketError
+
+__all__ = ["SOURCES", "default_case_path", "find_shared_data", "write_case", "write_case_source"]
+
+#: Case sources known to :func:`write_case_source`.
+SOURCES: dict[str, str] = {
+    "default": "copy of the shipped default case (IEEE European LV Test Feeder with PV)",
+    "ieee_eu_lv": "the default case rebuilt from the shared data (same files)",
+    "cr_mar": "Costa Rica MAR feeder, study case 1 or 2, built from the shared data",
+}
+
+_DEFAULT = "default_case"
+
+
+def default_case_path() -> Path:
+    """Folder of the default case shipped with gridmarket (``gridmarket/data/default_case``).
+
+    Returns
+    -------
+    pathlib.Path
+        A real folder on disk (the package must be installed unzipped, as pip does).
+
+    Raises
+    ------
+    GridmarketError
+        When the folder is missing from the installation.
+    """
+    root = resources.files("gridmarket").joinpath("data", _DEFAULT)
+    path = Path(str(root))
+    if not (path / "case.toml").is_file():
+        msg = (f"the default case is missing from the installation (looked in {path}); "
+               "reinstall gridmarket or rebuild it with scripts/build_default_case.py")
+        raise GridmarketError(msg)
+    return path
+
+
+def write_case_source(
+    source: str,
+    out: Path,
+    *,
+    study_case: int = 1,
+    data_dir: Path | str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a case folder from a known source (see :data:`SOURCES`) to ``out``.
+
+    Parameters
+    ----------
+    source : str
+        ``"default"`` (copy the shipped default case), ``"ieee_eu_lv"`` (rebuild it from the
+        shared data) or ``"cr_mar"`` (Costa Rica case ``study_case``).
+    out : pathlib.Path
+        Folder to create (atomically).
+    study_case : int
+        ``cr_mar`` only: 1 or 2.
+    data_dir : path, optional
+        Shared data folder (default: searched, see :func:`find_shared_data`).
+    overwrite : bool
+        Replace an existing non-empty folder.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``, absolute.
+    """
+    key = source.strip().lower().replace("-", "_")
+    if key == "cr_mar":
+        from gridmarket.cases.cr_mar import build_case as build_cr
+
+        return build_cr(Path(out), case=study_case, data_dir=data_dir, overwrite=overwrite)
+    if key == "ieee_eu_lv":
+        from gridmarket.cases.ieee_eu_lv import build_case as build_ieee
+
+        return build_ieee(Path(out), data_dir=data_dir, overwrite=overwrite)
+    if key == "default":
+        return _copy_tree(default_case_path(), Path(out), overwrite=overwrite)
+    msg = f"unknown case source {source!r}; choose one of: " + ", ".join(
+        f"{k} ({v})" for k, v in SOURCES.items())
+    raise GridmarketError(msg)
+
+
+def _copy_tree(src: Path, out: Path, *, overwrite: bool) -> Path:
+    """Copy the folder ``src`` to ``out`` via a temporary sibling and one rename."""
+    out = out.absolute()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+        msg = f"cannot write case to {out}: it exists and is not an empty folder (use overwrite)"
+        raise GridmarketError(msg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        shutil.copytree(src, tmp / "case")
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            old.rmdir()
+            out.rename(old)
+            (tmp / "case").rename(out)
+            shutil.rmtree(old)
+        else:
+            (tmp / "case").rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
