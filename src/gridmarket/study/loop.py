@@ -1,0 +1,356 @@
+"""The study loop (stages I-VII of shared MODEL.md): market -> dispatch -> power flow ->
+limits -> battery placement, repeated until the violations are gone, the ladder is
+exhausted, or the violations rise above the best iteration's.
+
+Every iteration is kept; the best is the one with the fewest violations (ties: higher
+welfare).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gridmarket import __version__
+from gridmarket.case.model import Agent, Case
+from gridmarket.enums import AgentKind
+from gridmarket.errors import CaseError, NetworkError, Problem
+from gridmarket.market import MarketResult, clear_market
+from gridmarket.network import (
+    OpenDSSNetwork,
+    PowerFlowResult,
+    check_limits,
+    count_violations,
+    monitored_mask,
+)
+from gridmarket.results import Results
+from gridmarket.study.placement import battery_community, next_banks, violated_buses
+
+__all__ = ["Iteration", "StudyResult", "run_study", "check_network", "dispatch_kw", "BATTERY_PREFIX"]
+
+#: name prefix of batteries placed by the loop: ``SBU_<bus>``
+BATTERY_PREFIX = "SBU_"
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Iteration:
+    """One pass of the loop: the banks it ran with and what came out."""
+
+    index: int
+    banks: dict[str, int]  #: bus -> SBUs placed by the loop before this iteration
+    case: Case  #: the case with the placed batteries as agents
+    market: MarketResult
+    flow: PowerFlowResult
+    violations: pd.DataFrame
+    counts: dict[str, Any]
+    welfare: float  #: total reported welfare over the horizon [currency]
+
+
+@dataclass
+class StudyResult:
+    """All iterations of a study run, the best one, and why it stopped."""
+
+    case: Case
+    iterations: list[Iteration]
+    best: int
+    stop_reason: str
+    runtime_s: float
+    buses: pd.DataFrame  #: network buses (bus, x, y, kv_base)
+    lines: pd.DataFrame  #: network lines (line, bus1, bus2)
+    agent_buses: dict[str, str] = field(default_factory=dict)  #: agent -> bus
+    solver: str = "clarabel"
+
+    # ------------------------------------------------------------------ tables
+    def iteration_table(self) -> pd.DataFrame:
+        rows = []
+        for it in self.iterations:
+            c = it.counts
+            rows.append({
+                "iteration": it.index, "welfare": it.welfare, "violations": c["violations"],
+                "voltage_violations": c["voltage_violations"], "current_violations": c["current_violations"],
+                "buses_violated": c["buses_violated"], "lines_violated": c["lines_violated"],
+                "battery_units": int(sum(it.banks.values())),
+            })
+        return pd.DataFrame(rows)
+
+    def to_results(self) -> Results:
+        """The CASE_FORMAT.md results tables and summary."""
+        case = self.case
+        times = case.time.index
+        market, comms, viols, volts, bats = [], [], [], [], []
+        for it in self.iterations:
+            m = it.market.market.copy()
+            m.insert(0, "iteration", it.index)
+            market.append(m)
+            cm = it.market.communities.copy()
+            cm.insert(0, "iteration", it.index)
+            comms.append(cm)
+            v = it.violations.copy()
+            v.insert(0, "iteration", it.index)
+            viols.append(v)
+            volts.append(_voltage_frame(it.index, it.flow, self._monitored))
+            for agent in it.case.agents_of(AgentKind.BATTERY):
+                units = agent.units
+                bats.append({"iteration": it.index, "agent": agent.name,
+                             "bus": self.agent_buses.get(agent.name, agent.bus or ""),
+                             "units": units, "kw": units * case.battery.unit_kw,
+                             "kwh": units * case.battery.unit_kwh})
+        del times
+        agents_rows = []
+        last = self.iterations[-1].case
+        for a in last.agents:
+            agents_rows.append({"agent": a.name, "kind": a.kind.value, "community": a.community or "",
+                                "element": a.element, "bus": self.agent_buses.get(a.name, "")})
+        table = self.iteration_table()
+        summary = {
+            "case": case.name, "version": __version__, "currency": case.currency,
+            "battery_model": case.market.battery_model.value, "horizon": case.market.horizon,
+            "solver": self.solver, "steps": case.time.steps, "step_hours": case.time.step_hours,
+            "vmin_pu": case.network.vmin_pu, "vmax_pu": case.network.vmax_pu,
+            "iterations": len(self.iterations), "best_iteration": self.best, "stop_reason": self.stop_reason,
+            "welfare": [round(float(w), 10) for w in table["welfare"]],
+            "violations": [int(v) for v in table["violations"]],
+            "runtime_s": round(self.runtime_s, 3),
+        }
+        viol_cols = ["iteration", "step", "time", "kind", "element", "value", "limit"]
+        tables = {
+            "iterations.csv": table,
+            "market.csv": pd.concat(market, ignore_index=True),
+            "communities.csv": pd.concat(comms, ignore_index=True),
+            "violations.csv": (pd.concat(viols, ignore_index=True)[viol_cols] if viols
+                               else pd.DataFrame(columns=viol_cols)),
+            "voltages.parquet": pd.concat(volts, ignore_index=True),
+            "batteries.csv": pd.DataFrame(bats, columns=["iteration", "agent", "bus", "units", "kw", "kwh"]),
+            "agents.csv": pd.DataFrame(agents_rows),
+            "network_buses.csv": self.buses,
+            "network_lines.csv": self.lines,
+        }
+        return Results(summary=summary, tables=tables)
+
+    _monitored: np.ndarray | None = None
+
+    def summary_text(self) -> str:
+        t = self.iteration_table()
+        base, best = t.iloc[0], t.iloc[self.best]
+        cur = self.case.currency
+        lines = [f"case {self.case.name!r}: {len(t)} iteration(s), stopped: {self.stop_reason}",
+                 f"  base   : welfare {base.welfare:,.2f} {cur}, {int(base.violations)} violations",
+                 f"  best #{self.best}: welfare {best.welfare:,.2f} {cur}, {int(best.violations)} violations,"
+                 f" {int(best.battery_units)} SBU(s)",
+                 f"  runtime {self.runtime_s:.2f} s"]
+        return "\n".join(lines)
+
+
+def _voltage_frame(iteration: int, flow: PowerFlowResult, mask: np.ndarray | None) -> pd.DataFrame:
+    names = np.asarray(flow.node_names)
+    v = flow.v_pu
+    if mask is not None:
+        names, v = names[mask], v[:, mask]
+    steps, n = v.shape
+    bus = np.array([s.rsplit(".", 1)[0] for s in names])
+    phase = np.array([int(s.rsplit(".", 1)[1]) for s in names], dtype=np.int16)
+    return pd.DataFrame({
+        "iteration": np.full(steps * n, iteration, dtype=np.int32),
+        "step": np.repeat(np.arange(steps, dtype=np.int32), n),
+        "bus": np.tile(bus, steps), "phase": np.tile(phase, steps),
+        "v_pu": v.reshape(-1),
+    })
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+def dispatch_kw(case: Case, market: MarketResult) -> np.ndarray:
+    """Stage III: the kW each agent's element gets per step, shape (steps, n_agents).
+
+    Consumers: ``P/Δt`` (consumed); producers: ``−P/Δt`` (produced, positive, as the
+    PVSystem's output); batteries: ``S/Δt`` (> 0 charging, drawn from the grid); passive
+    agents: their profile [kW].
+    """
+    dt = case.time.step_hours
+    kinds = np.array([a.kind.value for a in case.agents])
+    kw = np.array(case.profile_kw, dtype=float, copy=True)
+    p = np.asarray(market.p_kwh) / dt
+    s = np.asarray(market.s_kwh) / dt
+    cons = kinds == AgentKind.CONSUMER.value
+    prod = kinds == AgentKind.PRODUCER.value
+    bat = kinds == AgentKind.BATTERY.value
+    kw[:, cons] = p[:, cons]
+    kw[:, prod] = -p[:, prod]
+    kw[:, bat] = s[:, bat]
+    return kw
+
+
+# ---------------------------------------------------------------------------- network
+
+def _agent_rows(case: Case) -> dict[str, int]:
+    return {a.name: i for i, a in enumerate(case.agents)}
+
+
+def check_network(case: Case, net: OpenDSSNetwork | None = None) -> str:
+    """Compile the case's network and check every agent's element or bus exists.
+
+    Raises :class:`CaseError` naming every agents.csv row whose element is missing.
+    """
+    net = net or OpenDSSNetwork(case.network.master)
+    problems: list[Problem] = []
+    rows = _agent_rows(case)
+    fixed = [a for a in case.agents if a.bus is None]
+    try:
+        net.resolve([a.element for a in fixed])
+    except NetworkError:
+        for a in fixed:
+            try:
+                net.resolve([a.element])
+            except NetworkError as exc:
+                problems.append(Problem("agents.csv", f"row {rows[a.name] + 2} ({a.name})", str(exc)))
+    known = set(net.buses.index)
+    for a in case.agents:
+        if a.bus is not None and a.bus.split(".")[0].lower() not in known:
+            problems.append(Problem("agents.csv", f"row {rows[a.name] + 2} ({a.name})",
+                                    f"element {a.element!r}: bus {a.bus.split('.')[0]!r} is not in the network"))
+    if problems:
+        raise CaseError(problems, case=case.name)
+    return f"network has {len(net.buses)} buses, {len(net.lines)} lines; all {len(case.agents)} elements found"
+
+
+class _Grid:
+    """The compiled network plus the elements of the case's agents (and placed batteries)."""
+
+    def __init__(self, case: Case) -> None:
+        self.net = OpenDSSNetwork(case.network.master)
+        check_network(case, self.net)
+        self.elements: dict[str, str] = {}  # agent -> element name in the network
+        self.units: dict[str, int] = {}  # battery agent -> SBUs its element is rated for
+        for a in case.agents:
+            self.elements[a.name] = a.element if a.bus is None else self._battery(a.name, a.bus, a.units, case)
+        self.agent_bus: dict[str, str] = dict(zip(
+            self.elements, self.net.element_buses(self.net.resolve(list(self.elements.values()))), strict=True))
+
+    def _battery(self, name: str, bus: str, units: int, case: Case) -> str:
+        b = case.battery
+        self.units[name] = units
+        return self.net.add_battery(name, bus, kw_rated=units * b.unit_kw, kwh=units * b.unit_kwh)
+
+    def ensure(self, case: Case) -> list[str]:
+        """Element names of every agent of ``case``, creating placed batteries as needed
+        and resizing banks that grew."""
+        b = case.battery
+        for a in case.agents:
+            if a.kind is AgentKind.BATTERY and a.name in self.elements and self.units.get(a.name) != a.units:
+                self.net.resize_battery(self.elements[a.name], kw_rated=a.units * b.unit_kw,
+                                        kwh=a.units * b.unit_kwh)
+                self.units[a.name] = a.units
+            if a.name not in self.elements:
+                assert a.bus is not None
+                self.elements[a.name] = self._battery(a.name, a.bus, a.units, case)
+                self.agent_bus[a.name] = self.net.element_buses(self.net.resolve([self.elements[a.name]]))[0]
+        return [self.elements[a.name] for a in case.agents]
+
+
+def with_banks(case: Case, banks: dict[str, int], communities: dict[str, str]) -> Case:
+    """The case with one battery agent per placed bank (``SBU_<bus>``, element ``bus:<bus>``)."""
+    new = [Agent(name=f"{BATTERY_PREFIX}{bus}", kind=AgentKind.BATTERY, community=communities[bus],
+                 element=f"bus:{bus}", units=units) for bus, units in sorted(banks.items())]
+    if not new:
+        return case
+    prof = np.hstack([case.profile_kw, np.zeros((case.time.steps, len(new)))])
+    prof.setflags(write=False)
+    return replace(case, agents=case.agents + tuple(new), profile_kw=prof)
+
+
+# ---------------------------------------------------------------------------- the loop
+
+def run_study(case: Case, *, progress: Progress | None = None, max_iterations: int | None = None) -> StudyResult:
+    """Run the study loop on ``case`` (stages I-VII).
+
+    Parameters
+    ----------
+    case : Case
+        A validated case.
+    progress : callable, optional
+        ``progress(label, done, total)``, called as steps complete.
+    max_iterations : int, optional
+        Overrides ``[placement].max_iterations``.
+
+    Returns
+    -------
+    StudyResult
+        Every iteration, the best one and the stop reason.
+    """
+    t0 = time.perf_counter()
+    grid = _Grid(case)
+    net = grid.net
+    limit = max_iterations or case.placement.max_iterations
+    bus_comms: dict[str, list[str]] = {}
+    for a in case.agents:
+        if a.community is not None:
+            bus_comms.setdefault(grid.agent_bus[a.name], []).append(a.community)
+    mask = monitored_mask(net.node_names, net.buses, case.network.monitored_buses)
+    bus_community = {b: sorted(set(cs))[0] for b, cs in bus_comms.items()}
+    line_bus = net.downstream_buses()
+    banks: dict[str, int] = {}
+    bank_comm: dict[str, str] = {}
+    iterations: list[Iteration] = []
+    best = 0
+    stop = ""
+    steps = case.time.steps
+    for k in range(limit):
+        ci = with_banks(case, banks, bank_comm)
+        elements = grid.ensure(ci)
+        res = clear_market(ci)
+        kw = dispatch_kw(ci, res)
+        pf = np.array([a.pf if a.pf is not None else np.nan for a in ci.agents])
+        label = f"iteration {k}: power flow"
+
+        def cb(t: int, label: str = label) -> None:
+            if progress is not None:
+                progress(label, t + 1, steps)
+
+        es = net.resolve(elements)
+        # elements of batteries placed earlier but not part of this case stay at 0 kW
+        flow = net.run_series(es, kw, pf=None if np.isnan(pf).all() else pf, progress=cb)
+        viol = check_limits(flow, vmin_pu=case.network.vmin_pu, vmax_pu=case.network.vmax_pu,
+                            monitored_nodes=mask, times=case.time.index)
+        counts = count_violations(viol, bus_community=bus_community, line_bus=line_bus)
+        welfare = float(np.sum(res.welfare))
+        iterations.append(Iteration(k, dict(banks), ci, res, flow, viol, counts, welfare))
+        n = counts["violations"]
+        bt = iterations[best]
+        if k > 0 and (n < bt.counts["violations"] or (n == bt.counts["violations"] and welfare > bt.welfare)):
+            best = k
+        if n == 0:
+            stop = "no violations"
+            break
+        if case.placement.stop_when_worse and n > iterations[best].counts["violations"]:
+            stop = f"violations rose above the best iteration's ({iterations[best].counts['violations']})"
+            break
+        grown = next_banks(banks, violated_buses(viol, net.downstream_bus), case.placement.ladder)
+        if grown == banks:
+            stop = "ladder exhausted at every violated bus"
+            break
+        for bus in grown:
+            if bus not in bank_comm:
+                comm = battery_community(bus, bus_comms, net.bus_distance)
+                if comm is None:
+                    msg = f"no community can take a battery at bus {bus!r}: no market agent is connected to it"
+                    raise NetworkError(msg)
+                bank_comm[bus] = comm
+        banks = grown
+    else:
+        stop = f"reached max_iterations = {limit}"
+    buses = net.buses.reset_index().rename(columns={"index": "bus"})
+    lines = net.lines.reset_index().rename(columns={"index": "line"})
+    out = StudyResult(case=case, iterations=iterations, best=best, stop_reason=stop,
+                      runtime_s=time.perf_counter() - t0,
+                      buses=buses[[c for c in ("bus", "x", "y", "kv_base") if c in buses.columns]],
+                      lines=lines[[c for c in ("line", "bus1", "bus2") if c in lines.columns]],
+                      agent_buses=dict(grid.agent_bus))
+    out._monitored = mask
+    return out
