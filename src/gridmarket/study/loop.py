@@ -65,6 +65,8 @@ class StudyResult:
     buses: pd.DataFrame  #: network buses (bus, x, y, kv_base)
     lines: pd.DataFrame  #: network lines (line, bus1, bus2)
     agent_buses: dict[str, str] = field(default_factory=dict)  #: agent -> bus
+    agent_elements: dict[str, str] = field(default_factory=dict)  #: agent -> OpenDSS element
+    network: OpenDSSNetwork | None = None  #: the engine, left at the last step solved
     solver: str = "clarabel"
 
     # ------------------------------------------------------------------ tables
@@ -351,6 +353,6 @@ def run_study(case: Case, *, progress: Progress | None = None, max_iterations: i
                       runtime_s=time.perf_counter() - t0,
                       buses=buses[[c for c in ("bus", "x", "y", "kv_base") if c in buses.columns]],
                       lines=lines[[c for c in ("line", "bus1", "bus2") if c in lines.columns]],
-                      agent_buses=dict(grid.agent_bus))
+                      agent_buses=dict(grid.agent_bus), agent_elements=dict(grid.elements), network=net)
     out._monitored = mask
     return out
