@@ -51,7 +51,7 @@ def _prop(net: OpenDSSNetwork, element: str, prop: str) -> str:
 def three(tmp_path: Path) -> OpenDSSNetwork:
     path = tmp_path / "three.dss"
     path.write_text(THREE_PHASE_MASTER)
-    return OpenDSSNetwork(path)
+    return OpenDSSNetwork(path, tolerance=None)
 
 
 # --------------------------------------------------------------------------- physics
@@ -59,7 +59,7 @@ def three(tmp_path: Path) -> OpenDSSNetwork:
 
 def test_two_bus_voltage_drop_equals_hand_calculation(tmp_path: Path) -> None:
     sections = [Section(r_ohm=0.4, x_ohm=0.2)]
-    net = OpenDSSNetwork(write_feeder(tmp_path / "two.dss", sections, {1: (1.0, 0.0)}))
+    net = OpenDSSNetwork(write_feeder(tmp_path / "two.dss", sections, {1: (1.0, 0.0)}), tolerance=None)
     elements = net.resolve(["Load.ld1"])
     p_kw, q_kvar = 8.0, 3.0
     res = net.run_series(elements, np.array([[p_kw]]), kvar=np.array([[q_kvar]]))
@@ -81,7 +81,7 @@ def test_two_bus_voltage_drop_equals_hand_calculation(tmp_path: Path) -> None:
 def test_radial_feeder_matches_sweep_at_every_bus_and_section(tmp_path: Path) -> None:
     sections = [Section(0.1, 0.05), Section(0.2, 0.1), Section(0.3, 0.1)]
     loads = {1: (5.0, 1.0), 2: (4.0, 2.0), 3: (6.0, 1.0)}
-    net = OpenDSSNetwork(write_feeder(tmp_path / "f.dss", sections, loads))
+    net = OpenDSSNetwork(write_feeder(tmp_path / "f.dss", sections, loads), tolerance=None)
     elements = net.resolve([f"Load.ld{k}" for k in loads])
     p = np.array([[v[0] for v in loads.values()]])
     res = net.run_series(elements, p, kvar=np.array([[v[1] for v in loads.values()]]))
@@ -213,7 +213,7 @@ def test_add_pv_follows_the_set_power_at_low_output(three: OpenDSSNetwork) -> No
 def test_forced_undervoltage_flags_exactly_the_low_buses(tmp_path: Path) -> None:
     sections = [Section(0.05, 0.02), Section(0.25, 0.1), Section(0.25, 0.1), Section(0.01, 0.01)]
     loads = {2: (3.0, 0.0), 4: (9.0, 2.0)}
-    net = OpenDSSNetwork(write_feeder(tmp_path / "uv.dss", sections, loads))
+    net = OpenDSSNetwork(write_feeder(tmp_path / "uv.dss", sections, loads), tolerance=None)
     elements = net.resolve(["Load.ld2", "Load.ld4"])
     p = np.array([[0.1, 0.1], [3.0, 9.0]])  # step 0 light (no violation), step 1 heavy
     q = np.array([[0.0, 0.0], [0.0, 2.0]])
@@ -238,7 +238,7 @@ def test_forced_undervoltage_flags_exactly_the_low_buses(tmp_path: Path) -> None
 def test_line_current_over_normamps_is_flagged_with_its_value(tmp_path: Path) -> None:
     sections = [Section(0.02, 0.01, norm_amps=100.0), Section(0.05, 0.02, norm_amps=30.0)]
     loads = {2: (8.0, 1.0)}
-    net = OpenDSSNetwork(write_feeder(tmp_path / "oc.dss", sections, loads))
+    net = OpenDSSNetwork(write_feeder(tmp_path / "oc.dss", sections, loads), tolerance=None)
     assert net.lines.loc["line.l2", "norm_amps"] == 30.0
     elements = net.resolve(["Load.ld2"])
     res = net.run_series(elements, np.array([[8.0]]), kvar=np.array([[1.0]]))
@@ -258,7 +258,7 @@ def test_line_current_over_normamps_is_flagged_with_its_value(tmp_path: Path) ->
 
 def test_tables_distances_and_downstream_bus(tmp_path: Path) -> None:
     sections = [Section(0.1, 0.05)] * 3
-    net = OpenDSSNetwork(write_feeder(tmp_path / "t.dss", sections, {3: (1.0, 0.0)}))
+    net = OpenDSSNetwork(write_feeder(tmp_path / "t.dss", sections, {3: (1.0, 0.0)}), tolerance=None)
     assert net.node_names == ["src.1", "b1.1", "b2.1", "b3.1"]
     assert list(net.lines.index) == ["line.l1", "line.l2", "line.l3"]
     assert net.lines.loc["line.l2", ["bus1", "bus2", "phases"]].tolist() == ["b1", "b2", 1]
@@ -279,7 +279,7 @@ def test_tables_distances_and_downstream_bus(tmp_path: Path) -> None:
 
 
 def test_non_convergence_names_the_step_and_the_network_recovers(tmp_path: Path) -> None:
-    net = OpenDSSNetwork(write_feeder(tmp_path / "nc.dss", [Section(0.4, 0.2)], {1: (1.0, 0.0)}))
+    net = OpenDSSNetwork(write_feeder(tmp_path / "nc.dss", [Section(0.4, 0.2)], {1: (1.0, 0.0)}), tolerance=None)
     elements = net.resolve(["Load.ld1"])
     kw = np.array([[1.0], [2.0], [1e6], [1.0]])
     with pytest.raises(PowerFlowError, match="did not converge at step 2") as err:

@@ -232,11 +232,11 @@ class OpenDSSNetwork:
         constant impedance outside their band, so the power flow would not deliver what the
         market cleared (ieee_eu_lv's loads sit at 1.09 pu of their 0.23 kV rating). ``None``
         keeps each element's own limits.
-    tolerance : float, default 1e-6
+    tolerance : float or None, default 1e-6
         Power-flow convergence tolerance [pu of voltage change between iterations]. OpenDSS's
         default 1e-4 lets a constant-power element draw up to ~1e-4 relative off its set
         power; 1e-6 makes the dispatched kW arrive to ~1e-6 relative for about one extra
-        iteration per step.
+        iteration per step. ``None`` keeps what the master script set.
     max_iterations : int, default 50
         Iteration limit per power flow; a step that needs more is a :class:`PowerFlowError`.
 
@@ -249,7 +249,7 @@ class OpenDSSNetwork:
 
     def __init__(self, master: str | Path, *,
                  pq_band_pu: tuple[float, float] | None = (0.5, 1.5),
-                 tolerance: float = 1e-6, max_iterations: int = 50) -> None:
+                 tolerance: float | None = 1e-6, max_iterations: int = 50) -> None:
         path = Path(master).expanduser().resolve()
         if pq_band_pu is not None and not 0 <= pq_band_pu[0] < 1 < pq_band_pu[1]:
             msg = f"pq_band_pu must be (low < 1 < high), got {pq_band_pu}"
@@ -274,7 +274,8 @@ class OpenDSSNetwork:
             self._dss.Text.Command("Set mode=snapshot")
             # OpenDSS's default tolerance (1e-4) lets a constant-PQ element's power differ
             # from the value set by up to 1e-4 relative; the market's dispatch should arrive.
-            self._dss.Text.Command(f"Set tolerance={tolerance:.3g}")
+            if tolerance is not None:
+                self._dss.Text.Command(f"Set tolerance={tolerance:.3g}")
             self._dss.Solution.MaxIterations(max_iterations)
             self._dss.Solution.LoadMult(1.0)
             self._q_ratio = self._own_q_ratios()
