@@ -1,0 +1,241 @@
+"""The arrays of one case that the market QP needs, extracted once per case.
+
+Everything here is in market units: energy per step [kWh], prices [currency/kWh], SoC as a
+fraction of capacity. Agents are kept in case order; *market agents* are the non-passive
+ones. Consumers and producers share one block of ``P`` variables (the *P block*), batteries
+one block of ``S_ch, S_dis, SoC`` variables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from gridmarket.case.model import Case
+from gridmarket.enums import AgentKind, BatteryModel
+from gridmarket.errors import MarketError
+
+__all__ = ["BATTERY", "CONSUMER", "GRID", "PRODUCER", "MarketData", "Window", "market_data"]
+
+#: integer codes of the market agent kinds
+CONSUMER, PRODUCER, BATTERY = 0, 1, 2
+#: partner index of the upstream grid in the arc arrays
+GRID = -1
+_KIND_CODE = {AgentKind.CONSUMER: CONSUMER, AgentKind.PRODUCER: PRODUCER, AgentKind.BATTERY: BATTERY}
+
+
+@dataclass(frozen=True)
+class Window:
+    """Step-dependent data of one window of ``length`` steps starting at ``start``.
+
+    Attributes
+    ----------
+    energy_kwh : ndarray, shape (length, n_pq)
+        Consumer demand ``P̄`` or producer available energy, per step [kWh], >= 0.
+    import_price, export_price : ndarray, shape (length,)
+        ``π_imp``, ``π_exp`` [currency/kWh].
+    value : ndarray, shape (n_b,)
+        ``v_n`` applied in this window [currency/kWh] (see :func:`MarketData.window`).
+    discount : ndarray, shape (length,)
+        ``(1 − λ_sd)^(length − 1 − t)``: how much of a kWh stored in step ``t`` is left at
+        the window's end.
+    soc0 : ndarray, shape (n_b,)
+        SoC before the window's first step [fraction of capacity].
+    """
+
+    start: int
+    length: int
+    energy_kwh: np.ndarray
+    import_price: np.ndarray
+    export_price: np.ndarray
+    value: np.ndarray
+    discount: np.ndarray
+    soc0: np.ndarray
+
+    @property
+    def steps(self) -> range:
+        """Global step indices of the window."""
+        return range(self.start, self.start + self.length)
+
+
+@dataclass(frozen=True)
+class MarketData:
+    """Market arrays of a case (built by :func:`market_data`)."""
+
+    case: Case
+    battery_model: BatteryModel
+    step_hours: float
+    steps: int
+    names: tuple[str, ...]  #: market agent names
+    pos: np.ndarray  #: (n_m,) index of each market agent in ``case.agents``
+    kind: np.ndarray  #: (n_m,) CONSUMER / PRODUCER / BATTERY
+    comm: np.ndarray  #: (n_m,) community index
+    communities: tuple[str, ...]
+    const: np.ndarray  #: (n_m,) c_n [currency per step]
+    # P block: consumers and producers, in market order
+    pq: np.ndarray  #: (n_pq,) market positions
+    fixed: np.ndarray  #: P-block positions of inflexible consumers (flex = 0)
+    flex_p: np.ndarray  #: P-block positions of flexible consumers
+    flex: np.ndarray  #: (len(flex_p),) their flex
+    prod: np.ndarray  #: P-block positions of producers
+    a_pq: np.ndarray  #: (n_pq,) a_n [currency/kWh²]
+    b_pq: np.ndarray  #: (n_pq,) b_n [currency/kWh]
+    energy_kwh: np.ndarray  #: (steps, n_pq) demand / available energy [kWh]
+    # batteries, in market order
+    bat: np.ndarray  #: (n_b,) market positions
+    cap_kwh: np.ndarray  #: (n_b,) capacity [kWh]
+    sch_max: np.ndarray  #: (n_b,) min(P_rated Δt, λ_ch cap) [kWh]
+    sdis_max: np.ndarray  #: (n_b,) min(P_rated Δt, λ_dis cap) [kWh]
+    a_bat: np.ndarray  #: (n_b,) quadratic cost on S [currency/kWh²]
+    soc_init: np.ndarray  #: (n_b,) SoC before step 0
+    value_step: np.ndarray  #: (steps,) v per step [currency/kWh]
+    # grid and partners
+    import_price: np.ndarray  #: (steps,)
+    export_price: np.ndarray  #: (steps,)
+    trade_fee: float
+    tie_break: float
+    arc_comm: np.ndarray  #: (n_arc,) community owning the arc (the importer of γ_imp|(c,j))
+    arc_partner: np.ndarray  #: (n_arc,) partner community index, GRID for the upstream grid
+    arc_rev: np.ndarray  #: (n_arc,) index of the reverse arc (j, c), -1 for grid arcs
+
+    @property
+    def n_m(self) -> int:
+        return len(self.names)
+
+    @property
+    def n_pq(self) -> int:
+        return len(self.pq)
+
+    @property
+    def n_b(self) -> int:
+        return len(self.bat)
+
+    @property
+    def n_c(self) -> int:
+        return len(self.communities)
+
+    @property
+    def n_arc(self) -> int:
+        return len(self.arc_comm)
+
+    @property
+    def link_arcs(self) -> np.ndarray:
+        """Indices of the community-to-community arcs (eq. 8 holds on each)."""
+        return np.flatnonzero(self.arc_partner != GRID)
+
+    def arc_names(self) -> list[str]:
+        """``"C1<-grid"`` / ``"C1<-C2"``: the arc's owner and partner."""
+        return [f"{self.communities[c]}<-{'grid' if j == GRID else self.communities[j]}"
+                for c, j in zip(self.arc_comm, self.arc_partner, strict=True)]
+
+    def window(self, start: int, length: int, soc0: np.ndarray) -> Window:
+        """Step data of the window ``[start, start + length)`` with SoC ``soc0`` before it.
+
+        The value of stored energy applied in the window is the mean of the per-step
+        values ``v_t`` over the window (for ``length = 1`` exactly the step's ``v``).
+        """
+        sl = slice(start, start + length)
+        sd = self.case.battery.self_discharge
+        v = float(np.mean(self.value_step[sl]))
+        return Window(
+            start=start, length=length, energy_kwh=self.energy_kwh[sl],
+            import_price=self.import_price[sl], export_price=self.export_price[sl],
+            value=np.full(self.n_b, v), discount=(1.0 - sd) ** np.arange(length - 1, -1, -1, dtype=float),
+            soc0=np.asarray(soc0, dtype=float))
+
+
+def market_data(case: Case, *, battery_model: BatteryModel | str | None = None,
+                soc_init: Mapping[str, float] | None = None) -> MarketData:
+    """Extract the market arrays of ``case``.
+
+    Parameters
+    ----------
+    case : Case
+        The case.
+    battery_model : BatteryModel or str, optional
+        Overrides ``case.market.battery_model``.
+    soc_init : mapping, optional
+        Battery name -> SoC before step 0 [fraction]; others start at ``[battery].soc_init``.
+
+    Raises
+    ------
+    MarketError
+        A market agent has no community, or ``soc_init`` names an agent that is not a battery.
+    """
+    model = BatteryModel(battery_model if battery_model is not None else case.market.battery_model)
+    dt = float(case.time.step_hours)
+    steps = int(case.time.steps)
+    spec = case.battery
+    market = [(i, a) for i, a in enumerate(case.agents) if a.kind is not AgentKind.PASSIVE]
+    communities = tuple(case.communities)
+    cidx = {c: k for k, c in enumerate(communities)}
+    orphans = [a.name for _, a in market if a.community not in cidx]
+    if orphans:
+        msg = (f"market agent(s) {', '.join(orphans[:5])} belong to no community of the case"
+               f" ({len(orphans)} agent(s)); every non-passive agent needs one of {list(communities)}")
+        raise MarketError(msg, group="Agent-community")
+    names = tuple(a.name for _, a in market)
+    pos = np.array([i for i, _ in market], dtype=np.int64)
+    kind = np.array([_KIND_CODE[a.kind] for _, a in market], dtype=np.int64)
+    comm = np.array([cidx[a.community] for _, a in market], dtype=np.int64)  # type: ignore[index]
+    a_all = np.array([a.a for _, a in market], dtype=float)
+    b_all = np.array([a.b for _, a in market], dtype=float)
+    flex_all = np.array([a.flex for _, a in market], dtype=float)
+    units = np.array([a.units for _, a in market], dtype=float)
+
+    pq = np.flatnonzero(kind != BATTERY)
+    kind_pq = kind[pq]
+    flex_pq = flex_all[pq]
+    fixed = np.flatnonzero((kind_pq == CONSUMER) & (flex_pq == 0.0))
+    flex_p = np.flatnonzero((kind_pq == CONSUMER) & (flex_pq != 0.0))
+    prod = np.flatnonzero(kind_pq == PRODUCER)
+    energy = np.asarray(case.profile_kw, dtype=float)[:, pos[pq]] * dt if steps else np.zeros((0, len(pq)))
+
+    bat = np.flatnonzero(kind == BATTERY)
+    cap = units[bat] * spec.unit_kwh
+    p_rated = units[bat] * spec.unit_kw
+    sch_max = np.minimum(p_rated * dt, spec.rate_charge * cap)
+    sdis_max = np.minimum(p_rated * dt, spec.rate_discharge * cap)
+    soc0 = np.full(len(bat), float(spec.soc_init))
+    if soc_init:
+        bat_names = {names[m]: k for k, m in enumerate(bat)}
+        unknown = [n for n in soc_init if n not in bat_names]
+        if unknown:
+            msg = (f"soc_init names {', '.join(map(repr, unknown))}, which is not a battery agent of case"
+                   f" {case.name!r}; batteries: {list(bat_names) or 'none'}")
+            raise MarketError(msg, group="Battery-soc-init")
+        for n, v in soc_init.items():
+            soc0[bat_names[n]] = float(v)
+
+    ip = np.asarray(case.grid.import_price, dtype=float)
+    ep = np.asarray(case.grid.export_price, dtype=float)
+    if isinstance(spec.value, str):
+        if spec.value != "mean-price":
+            msg = f"[battery].value must be a number or 'mean-price', got {spec.value!r}"
+            raise MarketError(msg, group="Battery-value")
+        value = 0.5 * (ip + ep)
+    else:
+        value = np.full(steps, float(spec.value))
+
+    arc_comm = list(range(len(communities)))
+    arc_partner = [GRID] * len(communities)
+    for c, d in case.links:
+        ci, di = cidx[c], cidx[d]
+        arc_comm += [ci, di]
+        arc_partner += [di, ci]
+    arc_comm_a = np.array(arc_comm, dtype=np.int64)
+    arc_partner_a = np.array(arc_partner, dtype=np.int64)
+    lookup = {(c, j): k for k, (c, j) in enumerate(zip(arc_comm, arc_partner, strict=True))}
+    arc_rev = np.array([lookup.get((j, c), -1) if j != GRID else -1
+                        for c, j in zip(arc_comm, arc_partner, strict=True)], dtype=np.int64)
+
+    return MarketData(
+        case=case, battery_model=model, step_hours=dt, steps=steps, names=names, pos=pos, kind=kind,
+        comm=comm, communities=communities, const=np.array([a.c for _, a in market], dtype=float),
+        pq=pq, fixed=fixed, flex_p=flex_p, flex=flex_pq[flex_p], prod=prod, a_pq=a_all[pq], b_pq=b_all[pq],
+        energy_kwh=energy, bat=bat, cap_kwh=cap, sch_max=sch_max, sdis_max=sdis_max,
+        a_bat=a_all[bat] + float(spec.a), soc_init=soc0, value_step=value, import_price=ip, export_price=ep,
+        trade_fee=float(case.market.trade_fee), tie_break=float(case.market.tie_break),
+        arc_comm=arc_comm_a, arc_partner=arc_partner_a, arc_rev=arc_rev)

@@ -1,0 +1,176 @@
+"""Prices from duals, welfare and payments of a cleared market.
+
+Clarabel returns, for ``A x + s = b``, duals ``z`` with ``P x + q + Aᵀ z = 0``; for an
+equality row ``aᵀx = b`` the optimal objective moves by ``−z`` per unit of ``b``. The
+market minimises ``−W``, so with the row orientations of :mod:`gridmarket.market.build`:
+
+================================  =========================  =====================================
+price [currency/kWh]              from                       meaning
+================================  =========================  =====================================
+``λ_c`` (community price)          ``−z`` of (3)              ``−∂W/∂(extra demand in c)``
+``μ_imp,c`` (import settlement)   ``+z`` of (4)              paid per kWh an agent imports (α)
+``μ_exp,c`` (export settlement)   ``−z`` of (5)              received per kWh an agent exports (β)
+``ρ_{j→c}`` (inter-community)     ``+z`` of (8) on (c, j)     received by exporter j; c pays ρ + τ
+``ν_n`` (agent value)             ``+z`` of (2)              agent's marginal value of energy
+================================  =========================  =====================================
+
+Payments are positive when the agent pays: ``payment_n = −λ_c Φ_n + μ_imp,c α_n − μ_exp,c β_n``
+(``Φ_n > 0`` is a sale into the community). By (3)–(5) a community's payments sum to
+``μ_imp,c γ_imp,c − μ_exp,c γ_exp,c``, which complementary slackness splits over the partner
+arcs: ``π_imp``/``π_exp`` on the grid arcs, ``ρ + τ`` on imports from and ``ρ`` on exports to
+other communities. :func:`settle` returns both sides so callers can check the balance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gridmarket.enums import BatteryModel
+from gridmarket.market._data import GRID, MarketData
+
+__all__ = ["Settlement", "Solution", "agent_payments", "agent_welfare", "community_welfare", "partner_cost",
+           "payment_imbalance", "settle", "stored_energy_change"]
+
+
+@dataclass
+class Solution:
+    """Primal and dual values of every step (rows = global steps), market units.
+
+    Energies [kWh] per step, SoC [fraction] at the end of the step, prices [currency/kWh];
+    ``vfac`` [currency/kWh] is the value applied to a kWh stored in the step
+    (``v_n δ_k``, see :mod:`gridmarket.market`).
+    """
+
+    p: np.ndarray  #: (T, n_pq)
+    sch: np.ndarray  #: (T, n_b)
+    sdis: np.ndarray  #: (T, n_b)
+    soc: np.ndarray  #: (T, n_b)
+    phi: np.ndarray  #: (T, n_m)
+    alpha: np.ndarray  #: (T, n_m)
+    beta: np.ndarray  #: (T, n_m)
+    gimp: np.ndarray  #: (T, n_c)
+    gexp: np.ndarray  #: (T, n_c)
+    aimp: np.ndarray  #: (T, n_arc)
+    aexp: np.ndarray  #: (T, n_arc)
+    lam: np.ndarray  #: (T, n_c) community price
+    mu_imp: np.ndarray  #: (T, n_c)
+    mu_exp: np.ndarray  #: (T, n_c)
+    rho: np.ndarray  #: (T, n_arc) inter-community price on the arc's imports (NaN on grid arcs)
+    nu: np.ndarray  #: (T, n_m) agent balance duals
+    vfac: np.ndarray  #: (T, n_b)
+
+    @classmethod
+    def empty(cls, d: MarketData) -> Solution:
+        T = d.steps
+
+        def z(k: int) -> np.ndarray:
+            return np.zeros((T, k))
+
+        return cls(p=z(d.n_pq), sch=z(d.n_b), sdis=z(d.n_b), soc=z(d.n_b), phi=z(d.n_m), alpha=z(d.n_m),
+                   beta=z(d.n_m), gimp=z(d.n_c), gexp=z(d.n_c), aimp=z(d.n_arc), aexp=z(d.n_arc),
+                   lam=z(d.n_c), mu_imp=z(d.n_c), mu_exp=z(d.n_c), rho=np.full((T, d.n_arc), np.nan),
+                   nu=z(d.n_m), vfac=z(d.n_b))
+
+    @property
+    def s(self) -> np.ndarray:
+        """Battery ``S = S_ch − S_dis`` [kWh], > 0 charging."""
+        return self.sch - self.sdis
+
+
+def stored_energy_change(d: MarketData, sol: Solution) -> np.ndarray:
+    """``ΔE`` [kWh] per step and battery: ``η_ch S_ch − S_dis/η_dis`` (physical) or ``S_ch − S_dis``."""
+    spec = d.case.battery
+    if d.battery_model is BatteryModel.PHYSICAL:
+        return spec.eff_charge * sol.sch - sol.sdis / spec.eff_discharge
+    return sol.sch - sol.sdis
+
+
+def agent_welfare(d: MarketData, sol: Solution) -> np.ndarray:
+    """``f_n`` per step and market agent [currency], without ``c_n`` and the ε term.
+
+    Consumers and producers ``b P − a P²``; batteries
+    ``v δ ΔE − c_deg (S_ch + S_dis) − a (S_ch − S_dis)²``.
+    """
+    f = np.zeros((d.steps, d.n_m))
+    f[:, d.pq] = d.b_pq * sol.p - d.a_pq * sol.p ** 2
+    if d.n_b:
+        cdeg = d.case.battery.degradation_cost
+        f[:, d.bat] = (sol.vfac * stored_energy_change(d, sol) - cdeg * (sol.sch + sol.sdis)
+                       - d.a_bat * sol.s ** 2)
+    return f
+
+
+def _by_community(d: MarketData, x: np.ndarray) -> np.ndarray:
+    """Sum the columns of ``x`` (one per market agent) by community -> (T, n_c)."""
+    out = np.zeros((x.shape[0], d.n_c))
+    for c in range(d.n_c):  # communities, not agents: a handful
+        out[:, c] = x[:, d.comm == c].sum(axis=1)
+    return out
+
+
+def _by_arc_owner(d: MarketData, x: np.ndarray) -> np.ndarray:
+    out = np.zeros((x.shape[0], d.n_c))
+    for c in range(d.n_c):
+        out[:, c] = x[:, d.arc_comm == c].sum(axis=1)
+    return out
+
+
+def partner_cost(d: MarketData, sol: Solution) -> np.ndarray:
+    """Per step and arc, the grid/fee part of ``−g`` [currency]: ``π_imp γ_imp − π_exp γ_exp`` on
+    grid arcs, ``τ γ_imp`` on community arcs."""
+    grid = d.arc_partner == GRID
+    cost = np.where(grid[None, :], d.import_price[:, None] * sol.aimp - d.export_price[:, None] * sol.aexp,
+                    d.trade_fee * sol.aimp)
+    return cost
+
+
+def community_welfare(d: MarketData, sol: Solution) -> np.ndarray:
+    """Reported welfare per step and community [currency]: its agents' ``f_n`` minus its grid
+    and inter-community fee costs (no ε term, no ``c_n``)."""
+    return _by_community(d, agent_welfare(d, sol)) - _by_arc_owner(d, partner_cost(d, sol))
+
+
+def agent_payments(d: MarketData, sol: Solution) -> np.ndarray:
+    """``−λ_c Φ_n + μ_imp,c α_n − μ_exp,c β_n`` per step and market agent [currency], > 0 paid."""
+    c = d.comm
+    return -sol.lam[:, c] * sol.phi + sol.mu_imp[:, c] * sol.alpha - sol.mu_exp[:, c] * sol.beta
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """Per step and arc (community c, partner j): energy, prices and what c pays [currency].
+
+    ``import_price`` is what c pays per kWh imported over the arc (``π_imp`` or ``ρ_{j→c} + τ``),
+    ``export_price`` what it receives per kWh exported (``π_exp`` or ``ρ_{c→j}``); ``fee`` is
+    ``τ γ_imp`` (part of ``payment``).
+    """
+
+    import_kwh: np.ndarray
+    export_kwh: np.ndarray
+    import_price: np.ndarray
+    export_price: np.ndarray
+    fee: np.ndarray
+    payment: np.ndarray
+
+
+def settle(d: MarketData, sol: Solution) -> Settlement:
+    """Settlement of every arc, see :class:`Settlement`."""
+    T = d.steps
+    grid = d.arc_partner == GRID
+    ip = np.where(grid[None, :], d.import_price[:, None], np.nan)
+    ep = np.where(grid[None, :], d.export_price[:, None], np.nan)
+    links = d.link_arcs
+    ip[:, links] = sol.rho[:, links] + d.trade_fee
+    ep[:, links] = sol.rho[:, d.arc_rev[links]]
+    fee = np.zeros((T, d.n_arc))
+    fee[:, links] = d.trade_fee * sol.aimp[:, links]
+    pay = ip * sol.aimp - ep * sol.aexp
+    return Settlement(sol.aimp, sol.aexp, ip, ep, fee, pay)
+
+
+def payment_imbalance(d: MarketData, sol: Solution) -> np.ndarray:
+    """Per step and community: agents' payments minus what the community pays its partners
+    [currency]; zero up to solver tolerance (complementary slackness)."""
+    return _by_community(d, agent_payments(d, sol)) - _by_arc_owner(d, settle(d, sol).payment)

@@ -1,0 +1,190 @@
+"""The outcome of a market run: tidy frames (shared CASE_FORMAT.md) and dispatch arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+import pandas as pd
+
+from gridmarket.enums import AgentKind, BatteryModel
+from gridmarket.market._data import GRID, MarketData
+from gridmarket.market.prices import (
+    Solution,
+    agent_payments,
+    community_welfare,
+    payment_imbalance,
+    settle,
+)
+
+__all__ = [
+    "COMMUNITY_COLUMNS",
+    "MARKET_COLUMNS",
+    "SETTLEMENT_COLUMNS",
+    "MarketResult",
+    "MarketStatus",
+    "make_result",
+]
+
+#: columns of :attr:`MarketResult.market` (market.csv without ``iteration``)
+MARKET_COLUMNS = ("step", "time", "agent", "kind", "community", "P_kw", "S_kw", "phi_kw", "alpha_kw",
+                  "beta_kw", "soc", "price", "payment")
+#: columns of :attr:`MarketResult.communities` (communities.csv without ``iteration``)
+COMMUNITY_COLUMNS = ("step", "community", "price", "import_kwh", "export_kwh", "welfare")
+#: columns of :attr:`MarketResult.settlements`
+SETTLEMENT_COLUMNS = ("step", "community", "partner", "import_kwh", "export_kwh", "import_price",
+                      "export_price", "fee", "payment")
+
+
+class MarketStatus(str, Enum):
+    """Outcome of one market QP, whatever the solver (Clarabel's statuses map onto these)."""
+
+    OPTIMAL = "optimal"  #: solved to full accuracy
+    ALMOST_OPTIMAL = "almost_optimal"  #: solved to Clarabel's reduced accuracy; results are kept
+    INFEASIBLE = "infeasible"  #: no dispatch meets the constraints (raises MarketError)
+    UNBOUNDED = "unbounded"  #: welfare unbounded (raises MarketError)
+    ITERATION_LIMIT = "iteration_limit"  #: (raises MarketError)
+    TIME_LIMIT = "time_limit"  #: (raises MarketError)
+    NUMERICAL_ERROR = "numerical_error"  #: (raises MarketError)
+    NOT_SOLVED = "not_solved"  #: nothing to solve (no market agents)
+
+    @property
+    def ok(self) -> bool:
+        """True when the results can be used."""
+        return self in (MarketStatus.OPTIMAL, MarketStatus.ALMOST_OPTIMAL, MarketStatus.NOT_SOLVED)
+
+
+@dataclass(frozen=True)
+class MarketResult:
+    """Cleared market of every step of a case.
+
+    Units: ``*_kw`` columns are the step's mean power [kW] = energy / ``step_hours``;
+    ``*_kwh`` energies per step [kWh]; prices [currency/kWh]; welfare and payments
+    [currency]. Signs: load reference (consumption ``P > 0``, production ``P < 0``,
+    battery ``S > 0`` charging); ``phi > 0`` sells into the community; ``payment > 0`` is
+    paid by the agent.
+
+    Attributes
+    ----------
+    market : DataFrame
+        One row per step and agent (passive agents included, with their profile as ``P_kw``
+        and no price), columns :data:`MARKET_COLUMNS`.
+    communities : DataFrame
+        One row per step and community, columns :data:`COMMUNITY_COLUMNS`; ``price`` is
+        ``λ_c``, ``import_kwh``/``export_kwh`` are ``γ_imp,c``/``γ_exp,c`` and ``welfare`` the
+        community's reported welfare.
+    settlements : DataFrame
+        One row per step, community and partner (``grid`` or a community),
+        columns :data:`SETTLEMENT_COLUMNS`; ``payment`` is what the community pays.
+    welfare : Series
+        Reported welfare per step [currency] (index ``step``), without the ε term and the
+        constants ``c_n``.
+    p_kwh, s_kwh, soc : ndarray, shape (steps, n_agents)
+        Cleared ``P`` and ``S`` per agent in case order [kWh per step]; passive agents keep
+        their profile, non-batteries have ``S = 0``; ``soc`` [fraction] at the end of each
+        step, NaN for non-batteries.
+    price : ndarray, shape (steps, n_communities)
+        ``λ_c`` [currency/kWh].
+    constant : float
+        ``Σ c_n`` of the market agents [currency per step], reported apart from welfare.
+    """
+
+    market: pd.DataFrame
+    communities: pd.DataFrame
+    settlements: pd.DataFrame
+    welfare: pd.Series
+    p_kwh: np.ndarray
+    s_kwh: np.ndarray
+    soc: np.ndarray
+    price: np.ndarray
+    constant: float
+    status: MarketStatus
+    window_status: tuple[MarketStatus, ...]
+    battery_model: BatteryModel
+    horizon: int
+    solver: str
+    iterations: int
+    build_seconds: float
+    solve_seconds: float
+    payment_imbalance: float  #: largest |agents' payments − partner settlement| of a community [currency]
+    solution: Solution  #: raw primal/dual arrays in market order (see gridmarket.market.prices)
+
+    @property
+    def total_welfare(self) -> float:
+        """Reported welfare summed over the steps [currency]."""
+        return float(self.welfare.sum())
+
+
+def _times(data: MarketData) -> np.ndarray:
+    idx = data.case.time.index
+    if isinstance(idx, pd.DatetimeIndex):
+        return np.asarray(idx.strftime("%Y-%m-%dT%H:%M"), dtype=object)
+    return np.full(data.steps, "", dtype=object)
+
+
+def make_result(data: MarketData, sol: Solution, *, status: MarketStatus, window_status: tuple[MarketStatus, ...],
+                horizon: int, iterations: int, build_seconds: float, solve_seconds: float) -> MarketResult:
+    """Build the frames and arrays of a cleared market from its :class:`Solution`."""
+    case = data.case
+    T, n = data.steps, len(case.agents)
+    dt = data.step_hours
+    names = np.array(case.agent_names, dtype=object)
+    kinds = np.array([a.kind.value for a in case.agents], dtype=object)
+    comms = np.array([(a.community or "") if a.kind is not AgentKind.PASSIVE else "" for a in case.agents],
+                     dtype=object)
+    pos = data.pos
+    p = np.array(case.profile_kw, dtype=float, copy=True) * dt
+    s = np.zeros((T, n))
+    soc = np.full((T, n), np.nan)
+    phi, alpha, beta = np.zeros((T, n)), np.zeros((T, n)), np.zeros((T, n))
+    price = np.full((T, n), np.nan)
+    pay = np.zeros((T, n))
+    bat_pos = pos[data.bat]
+    p[:, pos] = 0.0
+    p[:, pos[data.pq]] = sol.p
+    s[:, bat_pos] = sol.s
+    soc[:, bat_pos] = sol.soc
+    phi[:, pos], alpha[:, pos], beta[:, pos] = sol.phi, sol.alpha, sol.beta
+    price[:, pos] = sol.lam[:, data.comm]
+    pay[:, pos] = agent_payments(data, sol)
+    times = _times(data)
+    market = pd.DataFrame({
+        "step": np.repeat(np.arange(T, dtype=np.int64), n),
+        "time": np.repeat(times, n),
+        "agent": np.tile(names, T),
+        "kind": np.tile(kinds, T),
+        "community": np.tile(comms, T),
+        "P_kw": (p / dt).ravel(), "S_kw": (s / dt).ravel(), "phi_kw": (phi / dt).ravel(),
+        "alpha_kw": (alpha / dt).ravel(), "beta_kw": (beta / dt).ravel(), "soc": soc.ravel(),
+        "price": price.ravel(), "payment": pay.ravel(),
+    }, columns=list(MARKET_COLUMNS))
+    nc = data.n_c
+    cw = community_welfare(data, sol)
+    communities = pd.DataFrame({
+        "step": np.repeat(np.arange(T, dtype=np.int64), nc),
+        "community": np.tile(np.array(data.communities, dtype=object), T),
+        "price": sol.lam.ravel(), "import_kwh": sol.gimp.ravel(), "export_kwh": sol.gexp.ravel(),
+        "welfare": cw.ravel(),
+    }, columns=list(COMMUNITY_COLUMNS))
+    st = settle(data, sol)
+    na = data.n_arc
+    partner = np.array(["grid" if j == GRID else data.communities[j] for j in data.arc_partner], dtype=object)
+    settlements = pd.DataFrame({
+        "step": np.repeat(np.arange(T, dtype=np.int64), na),
+        "community": np.tile(np.array([data.communities[c] for c in data.arc_comm], dtype=object), T),
+        "partner": np.tile(partner, T),
+        "import_kwh": st.import_kwh.ravel(), "export_kwh": st.export_kwh.ravel(),
+        "import_price": st.import_price.ravel(), "export_price": st.export_price.ravel(),
+        "fee": st.fee.ravel(), "payment": st.payment.ravel(),
+    }, columns=list(SETTLEMENT_COLUMNS))
+    welfare = pd.Series(cw.sum(axis=1), index=pd.RangeIndex(T, name="step"), name="welfare")
+    imb = payment_imbalance(data, sol)
+    for arr in (p, s, soc, sol.lam):
+        arr.setflags(write=False)
+    return MarketResult(
+        market=market, communities=communities, settlements=settlements, welfare=welfare,
+        p_kwh=p, s_kwh=s, soc=soc, price=sol.lam, constant=float(data.const.sum()), status=status,
+        window_status=window_status, battery_model=data.battery_model, horizon=horizon, solver="clarabel",
+        iterations=iterations, build_seconds=build_seconds, solve_seconds=solve_seconds,
+        payment_imbalance=float(np.abs(imb).max()) if imb.size else 0.0, solution=sol)
