@@ -135,3 +135,11 @@ def test_price_from_profile_column(tiny_case: Path) -> None:
         warnings.simplefilter("error")
         case = load_case(tiny_case)
     np.testing.assert_allclose(case.grid.import_price, tariff)
+
+
+def test_docs_list_every_agents_column() -> None:
+    from gridmarket.case import AGENT_COLUMNS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "case_format.md").read_text()
+    for col in AGENT_COLUMNS:
+        assert f"| `{col.name}` |" in doc, col.name

@@ -101,8 +101,13 @@ def test_default_case_folder_is_complete_and_small() -> None:
 
 def test_default_case_toml() -> None:
     cfg = tomllib.loads((DEFAULT / "case.toml").read_text(encoding="utf-8"))
-    assert cfg["network"] == {"master": "network/Master.dss", "vmin_pu": 0.95, "vmax_pu": 1.05,
-                              "monitored_buses": "lv"}
+    net = dict(cfg["network"])
+    monitored = net.pop("monitored_buses")
+    assert net == {"master": "network/Master.dss", "vmin_pu": 0.95, "vmax_pu": 1.05}
+    # the households' connection buses, read independently from the shipped Loads.txt
+    loads = (DEFAULT / "network" / "Loads.txt").read_text()
+    buses = {m.split(".")[0].lower() for m in re.findall(r"Bus1=(\S+)", loads, flags=re.IGNORECASE)}
+    assert set(monitored) == buses and len(monitored) == len(buses)
     assert cfg["time"]["steps"] == 24 and cfg["time"]["step_hours"] == 1.0
     assert cfg["grid"]["import_price"] > cfg["grid"]["export_price"] > 0
     assert cfg["placement"]["ladder"] == [1, 3, 5]
