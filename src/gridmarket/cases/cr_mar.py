@@ -299,6 +299,9 @@ def build_case(
         "! (not redistributable, so not copied); PVSystems.dss adds the PV. See ../PROVENANCE.md.\n"
         f'Redirect "{master.as_posix()}"\n'
         "Redirect PVSystems.dss\n"
+        "! bus coordinates (for the network map) from the feeder's own bus lists\n"
+        f'Buscoords "{(master.parent / "MAR_BusListMV.csv").as_posix()}"\n'
+        f'Buscoords "{(master.parent / "MAR_BusListLV.csv").as_posix()}"\n'
     )
     network = {"Master.dss": master_text, "PVSystems.dss": "\n".join(pv_lines) + "\n"}
 

@@ -83,6 +83,18 @@ class ResultsData:
                                          ascending=[True, False, True])
         return int(it["iteration"].iloc[0]) if len(it) else 0
 
+    @property
+    def after_iteration(self) -> int:
+        """The iteration shown "after batteries": the best one if it has batteries, else the
+        best of those with batteries (fewest violations, ties by higher welfare); the base
+        iteration when no iteration placed any."""
+        best = self.best_iteration
+        if best != self.base_iteration or len(self.iterations) < 2:
+            return best
+        later = self.iterations[self.iterations["iteration"] != self.base_iteration]
+        later = later.sort_values(["violations", "welfare", "iteration"], ascending=[True, False, True])
+        return int(later["iteration"].iloc[0])
+
     def setting(self, key: str, default: Any) -> Any:
         """A key of ``summary.json``, or ``default`` when it is absent or null."""
         value = self.summary.get(key)

@@ -316,7 +316,7 @@ def _plot_voltages(voltages: pd.DataFrame, *, iterations: list[int], vmin_pu: fl
         Line2D([], [], color=_STYLE["violation"], marker="o", ls="", ms=4,
                label="Out of limits"),
     ]
-    fig.legend(handles=handles, loc="outside right upper", frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
     fig.suptitle("Bus voltages against the limits, before and after batteries")
     return fig
 
@@ -560,7 +560,8 @@ def _png(fig: Figure) -> bytes:
 
 def render_figures(data: ResultsData) -> tuple[list[FigureSpec], list[str]]:
     """All figures of a results folder as PNG bytes, and notes on figures that were skipped."""
-    base, best = data.base_iteration, data.best_iteration
+    base, best, after = data.base_iteration, data.best_iteration, data.after_iteration
+    after_label = "best" if after == best else "after batteries"
     step_hours = finite_or(data.setting("step_hours", 1.0), 1.0)
     currency = str(data.setting("currency", ""))
     vmin = finite_or(data.setting("vmin_pu", 0.95), 0.95)
@@ -573,7 +574,7 @@ def render_figures(data: ResultsData) -> tuple[list[FigureSpec], list[str]]:
                             "Social welfare (top; change vs the base iteration in brackets) and "
                             "limit violations by kind with the installed battery units "
                             "(bottom) for every iteration of the placement loop.", _png(fig)))
-    for it, label in ((base, "base"), (best, "best")) if best != base else ((base, "base, best"),):
+    for it, label in ((base, "base"), (after, after_label)) if after != base else ((base, "base, best"),):
         fig = plot_energy_balance(data.market, data.communities, iteration=it,
                                   step_hours=step_hours, currency=currency, label=label)
         specs.append(FigureSpec(
@@ -582,13 +583,14 @@ def render_figures(data: ResultsData) -> tuple[list[FigureSpec], list[str]]:
             "exports), supply side below (PV, battery discharging, imports) [kW]; line: net "
             "community demand = imports − exports; community clearing prices and battery "
             "state of charge below.", _png(fig)))
-    fig = plot_voltages(data.voltages, iterations=[base, best], vmin_pu=vmin, vmax_pu=vmax,
-                        labels=["base", "best"] if best != base else ["base, best"],
+    fig = plot_voltages(data.voltages, iterations=[base, after], vmin_pu=vmin, vmax_pu=vmax,
+                        labels=["base" + (", best" if best == base else ""), after_label]
+                        if after != base else ["base, best"],
                         times=_times(data.market), step_hours=step_hours)
     specs.append(FigureSpec("voltages", "Bus voltages against the limits",
                             f"Every bus-phase voltage per step (thin), the min/max envelope and "
                             f"the limits {vmin:g}/{vmax:g} pu, before (iteration {base}) and "
-                            f"after batteries (iteration {best}); red dots are out of limits.",
+                            f"after batteries (iteration {after}); red dots are out of limits.",
                             _png(fig)))
     if data.buses is None or data.lines is None:
         missing = [n for n, f in (("network_buses.csv", data.buses),
@@ -598,11 +600,11 @@ def render_figures(data: ResultsData) -> tuple[list[FigureSpec], list[str]]:
         notes.append("Network map skipped: the network's buses have no coordinates.")
     else:
         fig = plot_network_map(data.buses, data.lines, data.agents, data.batteries,
-                               data.violations, iteration=best, violated_iteration=base)
+                               data.violations, iteration=after, violated_iteration=base)
         specs.append(FigureSpec(
             "network_map", "Network map",
             f"Lines and buses from the bus coordinates; agents' buses coloured by community; "
-            f"battery banks of iteration {best} as squares sized by SBUs; buses and lines "
+            f"battery banks of iteration {after} as squares sized by SBUs; buses and lines "
             f"violated in iteration {base} marked in red.", _png(fig)))
     return specs, notes
 
