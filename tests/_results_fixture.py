@@ -6,6 +6,15 @@ Circuit sketch (5 buses, a radial feeder; coordinates in metres)::
   source    Load_a,PV_a  Load_p     Load_b      PV_b
             (C1)         (passive)  (C2)        (C2)
 
+``build_results(network="two_areas")`` writes the same circuit split over two LV areas
+fed by an MV line instead (coordinates in metres; the MV buses t1/t2 are the transformers'
+primaries, drawn where their LV buses are, as GIS exports do)::
+
+    m0 ──lmv1── t1 ─────────────lmv2───────────── t2          MV, 19.92 kV
+   (-300, 600)  ║ (0, 0)                          ║ (2000, 800)
+                b1 ──l12── b2 ──l23── b3           b4 ──l45── b5   LV, 0.12 kV
+                   area A (x 0..80)                area B (x 2000..2030)
+
 Three iterations of the placement loop, four hourly steps (10:00-13:00):
 
 * iteration 0: no batteries; PV raises the voltage at b4/b5 (step 2), the evening-like
@@ -41,6 +50,16 @@ BUSES = pd.DataFrame({
 })
 LINES = pd.DataFrame({"line": ["l12", "l23", "l34", "l45"],
                       "bus1": ["b1", "b2", "b3", "b4"], "bus2": ["b2", "b3", "b4", "b5"]})
+#: the two-area network: LV area A = b1-b3 (its transformer at t1), area B = b4-b5 (at t2)
+TWO_AREA_BUSES = pd.DataFrame({
+    "bus": ["m0", "t1", "t2", "b1", "b2", "b3", "b4", "b5"],
+    "x": [-300.0, 0.0, 2000.0, 0.0, 40.0, 80.0, 2000.0, 2030.0],
+    "y": [600.0, 0.0, 800.0, 0.0, 10.0, 0.0, 800.0, 845.0],
+    "kv_base": [19.92, 19.92, 19.92, 0.12, 0.12, 0.12, 0.12, 0.12],
+})
+TWO_AREA_LINES = pd.DataFrame({"line": ["lmv1", "lmv2", "l12", "l23", "l45"],
+                               "bus1": ["m0", "t1", "b1", "b2", "b4"],
+                               "bus2": ["t1", "t2", "b2", "b3", "b5"]})
 PHASES = {"b1": [1, 2, 3], "b2": [1, 2, 3], "b3": [1, 2, 3], "b4": [1], "b5": [1]}
 
 AGENTS = pd.DataFrame({
@@ -138,7 +157,8 @@ def _voltages(iteration: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build_results(root: Path, *, iterations: int = 3, coordinates: bool = True) -> Path:
+def build_results(root: Path, *, iterations: int = 3, coordinates: bool = True,
+                  network: str = "lv") -> Path:
     """Write the results folder into ``root`` (created) and return it.
 
     Parameters
@@ -147,7 +167,12 @@ def build_results(root: Path, *, iterations: int = 3, coordinates: bool = True) 
         1 to 3.
     coordinates : bool
         False writes NaN coordinates (the network map must be skipped).
+    network : {"lv", "two_areas"}
+        The network files: one LV feeder (``BUSES``/``LINES``) or two LV areas behind an MV
+        line (``TWO_AREA_BUSES``/``TWO_AREA_LINES``); the other files are the same.
     """
+    net_buses, net_lines = {"lv": (BUSES, LINES),
+                            "two_areas": (TWO_AREA_BUSES, TWO_AREA_LINES)}[network]
     root.mkdir(parents=True, exist_ok=True)
     its = list(range(iterations))
     market = pd.concat([_market(i) for i in its], ignore_index=True)
@@ -213,10 +238,10 @@ def build_results(root: Path, *, iterations: int = 3, coordinates: bool = True) 
     voltages.to_parquet(root / "voltages.parquet", index=False)
     batteries.to_csv(root / "batteries.csv", index=False)
     AGENTS.to_csv(root / "agents.csv", index=False)
-    buses = BUSES.copy()
+    buses = net_buses.copy()
     if not coordinates:
         buses["x"] = np.nan
         buses["y"] = np.nan
     buses.to_csv(root / "network_buses.csv", index=False)
-    LINES.to_csv(root / "network_lines.csv", index=False)
+    net_lines.to_csv(root / "network_lines.csv", index=False)
     return root

@@ -9,11 +9,17 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pandas as pd
 import pytest
-from _results_fixture import WELFARE, build_results
+from _results_fixture import (
+    BUSES,
+    LINES,
+    TWO_AREA_BUSES,
+    TWO_AREA_LINES,
+    WELFARE,
+    build_results,
+)
 from matplotlib.figure import Figure
 
-import gridmarket.report as report
-import gridmarket.report.plots as plots
+from gridmarket import report
 from gridmarket.errors import ResultsError
 from gridmarket.report import (
     bank_summary,
@@ -25,6 +31,7 @@ from gridmarket.report import (
     plot_iterations,
     plot_network_map,
     plot_voltages,
+    plots,
     save_figures,
     to_markdown,
 )
@@ -242,3 +249,118 @@ def test_public_api() -> None:
                  "plot_network_map", "plot_iterations", "save_figures"):
         assert name in report.__all__
         assert callable(getattr(report, name))
+
+
+# ----------------------------------------------------------------------------- network map areas
+def _lv_components(buses: pd.DataFrame, lines: pd.DataFrame) -> list[set[str]]:
+    """LV areas of a fixture network, by a plain graph search (kv_base <= 1 kV is LV)."""
+    lv = set(buses.loc[buses["kv_base"] <= 1.0, "bus"])
+    nbrs: dict[str, set[str]] = {b: set() for b in lv}
+    for b1, b2 in zip(lines["bus1"], lines["bus2"], strict=True):
+        if b1 in lv and b2 in lv:
+            nbrs[b1].add(b2)
+            nbrs[b2].add(b1)
+    areas, seen = [], set()
+    for start in sorted(lv):
+        if start in seen:
+            continue
+        stack, comp = [start], set()
+        while stack:
+            b = stack.pop()
+            if b not in comp:
+                comp.add(b)
+                stack.extend(nbrs[b] - comp)
+        seen |= comp
+        areas.append(comp)
+    return areas
+
+
+def _buses_in_view(ax, buses: pd.DataFrame) -> set[str]:
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    inside = buses["x"].between(x0, x1) & buses["y"].between(y0, y1)
+    return set(buses.loc[inside, "bus"])
+
+
+def test_lv_areas_of_the_fixtures() -> None:
+    # from the circuit sketches in _results_fixture.py: b1-b3 behind t1, b4-b5 behind t2
+    assert plots.lv_areas(TWO_AREA_BUSES, TWO_AREA_LINES) == [["b1", "b2", "b3"], ["b4", "b5"]]
+    assert plots.lv_areas(BUSES, LINES) == [["b1", "b2", "b3", "b4", "b5"]]
+    assert plots.lv_areas(BUSES.drop(columns="kv_base"), LINES) == []
+    # a base of 0 kV (OpenDSS without voltage bases) is unknown, not LV
+    unknown = TWO_AREA_BUSES.assign(kv_base=TWO_AREA_BUSES["kv_base"].where(
+        TWO_AREA_BUSES["bus"] != "b3", 0.0))
+    assert plots.lv_areas(unknown, TWO_AREA_LINES) == [["b1", "b2"], ["b4", "b5"]]
+    # ordered west to east: mirror the x coordinates and the order flips
+    mirrored = TWO_AREA_BUSES.assign(x=-TWO_AREA_BUSES["x"])
+    assert plots.lv_areas(mirrored, TWO_AREA_LINES) == [["b4", "b5"], ["b1", "b2", "b3"]]
+
+
+def test_network_map_one_panel_per_lv_area(tmp_path: Path) -> None:
+    data = load_results(build_results(tmp_path / "run", network="two_areas"))
+    fig = plot_network_map(data.buses, data.lines, data.agents, data.batteries,
+                           data.violations, iteration=2)
+    assert sorted(ax.get_label() for ax in fig.axes) == ["lv_area_1", "lv_area_2", "overview"]
+    panels = {ax.get_label(): ax for ax in fig.axes}
+    buses = TWO_AREA_BUSES
+    areas = _lv_components(buses, TWO_AREA_LINES)
+    assert len(areas) == 2
+    # the MV buses drawn at an LV bus's place (the transformers t1, t2) show in its panel too
+    xy = {b: (x, y) for b, x, y in zip(buses["bus"], buses["x"], buses["y"], strict=True)}
+    mv = set(buses.loc[buses["kv_base"] > 1.0, "bus"])
+    shown = []
+    for k in (1, 2):
+        in_view = _buses_in_view(panels[f"lv_area_{k}"], buses)
+        area = next(a for a in areas if a & in_view)
+        colocated = {m for m in mv if any(xy[m] == xy[b] for b in area)}
+        assert in_view == area | colocated, f"panel {k}"
+        assert colocated  # each fixture area has its transformer bus
+        shown.append(area)
+    assert shown == [{"b1", "b2", "b3"}, {"b4", "b5"}]  # west to east
+    # every bus strictly inside its panel (padding), equal aspect
+    for k, area in enumerate(shown, start=1):
+        ax = panels[f"lv_area_{k}"]
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        pts = buses[buses["bus"].isin(area)]
+        assert (pts["x"] > x0).all() and (pts["x"] < x1).all()
+        assert (pts["y"] > y0).all() and (pts["y"] < y1).all()
+        assert ax.get_aspect() == 1.0
+    assert "transformer b1" in panels["lv_area_1"].get_title()
+    assert "3 agents" in panels["lv_area_1"].get_title()
+    assert "transformer b4" in panels["lv_area_2"].get_title()
+    # the overview holds the whole feeder and boxes both areas
+    overview = panels["overview"]
+    png = plots._png(fig)  # draws: the overview's limits are final after the aspect is applied
+    assert _buses_in_view(overview, buses) == set(buses["bus"])
+    assert len(overview.patches) == 2
+    # one shared legend with both levels and both communities
+    assert len(fig.legends) == 1
+    labels = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert {"MV line", "LV line", "Community C1", "Community C2"} <= labels
+    assert png == plots._png(plot_network_map(data.buses, data.lines, data.agents,
+                                              data.batteries, data.violations, iteration=2))
+
+
+def test_network_map_panels_only_for_areas_with_agents(tmp_path: Path) -> None:
+    data = load_results(build_results(tmp_path / "run", network="two_areas"))
+    area_a = {"b1", "b2", "b3"}
+    agents = data.agents[data.agents["bus"].isin(area_a)]
+    fig = plot_network_map(data.buses, data.lines, agents, None, None, iteration=2)
+    assert sorted(ax.get_label() for ax in fig.axes) == ["lv_area_1", "overview"]
+    lv_panel = next(ax for ax in fig.axes if ax.get_label() == "lv_area_1")
+    assert _buses_in_view(lv_panel, TWO_AREA_BUSES) == area_a | {"t1"}
+
+
+def test_network_map_single_level_is_one_panel(results: Path) -> None:
+    data = load_results(results)
+    fig = plot_network_map(data.buses, data.lines, data.agents, data.batteries,
+                           data.violations, iteration=2)
+    assert len(fig.axes) == 1
+    assert _buses_in_view(fig.axes[0], BUSES) == set(BUSES["bus"])
+
+
+@pytest.mark.usefixtures("fast_png")
+def test_report_map_of_two_area_feeder(tmp_path: Path) -> None:
+    root = build_results(tmp_path / "run", network="two_areas")
+    page = build_report(root).read_text(encoding="utf-8")
+    assert (root / "network_map.png").is_file()
+    assert "its 2 LV area(s) holding agents boxed" in page
