@@ -83,3 +83,11 @@ def replace_in(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text, f"{old!r} not in {path}"
     path.write_text(text.replace(old, new, 1))
+
+
+def write_stressed_case(root: Path) -> Path:
+    """The tiny case with consumer H1 scaled 30x (30-60 kW on the 0.4 kV feeder): its voltages
+    leave the band, so the study loop places batteries and runs several iterations."""
+    write_tiny_case(root)
+    replace_in(root / "agents.csv", "H1,consumer,C1,Load.H1,load1,1,", "H1,consumer,C1,Load.H1,load1,30,")
+    return root

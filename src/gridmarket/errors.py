@@ -16,6 +16,7 @@ __all__ = [
     "PowerFlowError",
     "MarketError",
     "ResultsError",
+    "in_iteration",
 ]
 
 
@@ -54,8 +55,9 @@ class CaseError(GridmarketError):
             problems = [problems]
         self.problems: list[Problem] = list(problems)
         self.case = case
-        head = f"case {case!r} has {len(self.problems)} problem(s)" if case else (
-            f"{len(self.problems)} problem(s) in the case")
+        n = len(self.problems)
+        count = f"{n} problem" if n == 1 else f"{n} problems"
+        head = f"case {case!r} has {count}" if case else f"the case has {count}"
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
@@ -82,3 +84,36 @@ class MarketError(GridmarketError):
 
 class ResultsError(GridmarketError):
     """The results folder cannot be written (exists without ``--overwrite``, not writable)."""
+
+
+def in_iteration(exc: GridmarketError, iteration: int) -> GridmarketError:
+    """A copy of ``exc`` whose message names the iteration of the study loop it happened in.
+
+    ``"step 3: market infeasible ..."`` becomes ``"iteration 1, step 3: market infeasible ..."``;
+    a message that names its step elsewhere gets ``"iteration 1: "`` in front, and one that
+    names no step but whose error knows it gets ``"iteration 1, step 3: "``. The copy keeps the
+    type and the ``step``/``group`` attributes and gains ``iteration``; its cause is ``exc``.
+    """
+    text = str(exc)
+    step = getattr(exc, "step", None)
+    if text.startswith("step "):
+        msg = f"iteration {iteration}, {text}"
+    elif step is not None and f"step {step}" not in text:
+        msg = f"iteration {iteration}, step {step}: {text}"
+    else:
+        msg = f"iteration {iteration}: {text}"
+    new: GridmarketError
+    if isinstance(exc, MarketError):
+        new = type(exc)(msg, step=exc.step, group=exc.group)
+    elif isinstance(exc, PowerFlowError):
+        new = type(exc)(msg, step=exc.step)
+    elif isinstance(exc, CaseError):
+        new = CaseError(exc.problems, case=exc.case)  # names its file and row already
+    else:
+        try:
+            new = type(exc)(msg)
+        except TypeError:  # pragma: no cover - a subclass with another signature
+            new = GridmarketError(msg)
+    new.iteration = iteration  # type: ignore[attr-defined]
+    new.__cause__ = exc
+    return new

@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,9 @@ import pandas as pd
 from gridmarket.errors import ResultsError
 
 __all__ = ["FLOAT_FORMAT", "Results", "write_results", "prepare_out_dir"]
+
+#: note added to a KeyboardInterrupt that arrived after the results folder was complete
+RESULTS_WRITTEN_NOTE = "the results were complete before the interrupt:"
 
 #: every float in a results CSV is written with this format (reproducible bytes)
 FLOAT_FORMAT = "%.10g"
@@ -86,27 +92,92 @@ def write_results(results: Results, out: Path, *, overwrite: bool = False,
     extra : mapping, optional
         ``name -> callable(path)`` writers of further files (figures, report) run inside
         the temporary folder before it is moved into place.
+
+    Raises
+    ------
+    ResultsError
+        ``out`` exists (without ``overwrite``) or cannot be written (a file is in the way,
+        no permission, disk full); nothing is left behind.
+
+    Notes
+    -----
+    An exception or Ctrl-C (``KeyboardInterrupt``) at any point leaves either the complete
+    new folder or none (with ``overwrite``: the old one, untouched), and no temporary files,
+    and no parent folders created for it. The rename into place and the clean-up hold a
+    Ctrl-C back until they are done.
     """
     out = prepare_out_dir(out, overwrite=overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    committed = False
+    created: list[Path] = []
+    tmp: Path | None = None
     try:
+        with _interrupts_deferred():
+            for parent in reversed(out.parents):
+                if not parent.exists():
+                    parent.mkdir()
+                    created.append(parent)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         for name in sorted(results.tables):
             _write_table(results.tables[name], tmp / name)
         (tmp / "summary.json").write_text(json.dumps(results.summary, indent=2, default=_json_default) + "\n")
         for writer in (extra or {}).values():
             writer(tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            with _interrupts_deferred():
+                if out.exists():
+                    old = out.parent / f".{out.name}.old-{os.getpid()}"
+                    out.rename(old)
+                    try:
+                        tmp.rename(out)
+                    except BaseException:
+                        old.rename(out)
+                        raise
+                    committed = True
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    tmp.rename(out)
+                    committed = True
+        except KeyboardInterrupt as exc:
+            if committed:  # Ctrl-C during the rename, delivered after it: the folder is whole
+                exc.add_note(f"{RESULTS_WRITTEN_NOTE} {out}")
+            raise
+    except BaseException as exc:
+        with _interrupts_deferred():
+            if tmp is not None and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+            for parent in reversed(created):
+                with suppress(OSError):  # not empty: something else was put there meanwhile
+                    parent.rmdir()
+        if isinstance(exc, OSError) and not isinstance(exc, ResultsError):
+            msg = f"cannot write results to {out}: {exc.strerror or exc}"
+            if exc.filename:
+                msg += f" ({exc.filename})"
+            raise ResultsError(msg) from exc
         raise
     return out
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) inside the block and deliver it at its end.
+
+    Used around the renames and the clean-up, so that an interrupt cannot leave half a
+    rename or a stray temporary folder. Outside the main thread (where signal handlers
+    cannot be set) the block runs as is.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield  # no Python handler can be set here (another thread, or one installed outside Python)
+        return
+    pending: list[tuple[int, Any]] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending and callable(previous):
+            previous(*pending[0])  # Python's default handler raises KeyboardInterrupt here
+        elif pending and previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _json_default(obj: object) -> object:

@@ -19,7 +19,7 @@ import pandas as pd
 from gridmarket import __version__
 from gridmarket.case.model import Agent, Case
 from gridmarket.enums import AgentKind
-from gridmarket.errors import CaseError, NetworkError, Problem
+from gridmarket.errors import CaseError, GridmarketError, NetworkError, Problem, in_iteration
 from gridmarket.market import MarketResult, clear_market
 from gridmarket.network import (
     OpenDSSNetwork,
@@ -305,8 +305,11 @@ def run_study(case: Case, *, progress: Progress | None = None, max_iterations: i
     steps = case.time.steps
     for k in range(limit):
         ci = with_banks(case, banks, bank_comm)
-        elements = grid.ensure(ci)
-        res = clear_market(ci)
+        try:
+            elements = grid.ensure(ci)
+            res = clear_market(ci)
+        except GridmarketError as exc:
+            raise in_iteration(exc, k) from exc
         kw = dispatch_kw(ci, res)
         pf = np.array([a.pf if a.pf is not None else np.nan for a in ci.agents])
         label = f"iteration {k}: power flow"
@@ -317,7 +320,10 @@ def run_study(case: Case, *, progress: Progress | None = None, max_iterations: i
 
         es = net.resolve(elements)
         # elements of batteries placed earlier but not part of this case stay at 0 kW
-        flow = net.run_series(es, kw, pf=None if np.isnan(pf).all() else pf, progress=cb)
+        try:
+            flow = net.run_series(es, kw, pf=None if np.isnan(pf).all() else pf, progress=cb)
+        except GridmarketError as exc:
+            raise in_iteration(exc, k) from exc
         viol = check_limits(flow, vmin_pu=case.network.vmin_pu, vmax_pu=case.network.vmax_pu,
                             monitored_nodes=mask, times=case.time.index)
         counts = count_violations(viol, bus_community=bus_community, line_bus=line_bus)
