@@ -38,6 +38,9 @@ BATTERY_PREFIX = "SBU_"
 
 Progress = Callable[[str, int, int], None]
 
+#: dispatch magnitudes below this are solver round-off [kW]
+_ROUND_OFF_KW = 1e-6
+
 
 @dataclass
 class Iteration:
@@ -184,7 +187,9 @@ def dispatch_kw(case: Case, market: MarketResult) -> np.ndarray:
     prod = kinds == AgentKind.PRODUCER.value
     bat = kinds == AgentKind.BATTERY.value
     kw[:, cons] = p[:, cons]
-    kw[:, prod] = -p[:, prod]
+    # solver round-off can leave a producer at -1e-9 kW; that is zero output, not consumption
+    produced = -p[:, prod]
+    kw[:, prod] = np.where((produced < 0) & (produced > -_ROUND_OFF_KW), 0.0, produced)
     kw[:, bat] = s[:, bat]
     return kw
 
