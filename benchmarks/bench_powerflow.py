@@ -1,31 +1,38 @@
-"""Per-step time of the power-flow engine against a naive opendssdirect loop.
+"""Per-step time of the power-flow engine against OpenDSS's own time loop (issue 6, target 2).
 
 Run from the checkout::
 
-    python benchmarks/bench_powerflow.py [--steps 288] [--repeat 3]
+    python benchmarks/bench_powerflow.py [--steps 720] [--repeat 5]
 
-For each feeder of ../shared/data (ieee_eu_lv, cr_mar; a missing one is skipped with a
-message) it times, in the same process and on the same seeded load series:
+For each network (a missing one is skipped with a message) and the same seeded hourly series
+of powers, in the same process:
 
-* ``engine``: :meth:`gridmarket.network.OpenDSSNetwork.run_series` — batch power setting,
-  ``SolveNoControl``, all node voltages [pu] and all line currents [A] per step;
-* ``naive``: per-name loop ``Loads.Name(x); Loads.kW(v)``, ``Solution.Solve()``, voltages
-  read bus by bus (``Bus.puVmagAngle``); its loads get the engine's constant-power band so
-  both give the same voltages (checked and printed);
-* ``naive + I``: the same plus line currents read line by line (what the engine returns);
-* ``OpenDSS loop``: OpenDSS's own time loop over the feeder's own loadshapes in one ``Solve``
-  (yearly mode for ieee_eu_lv, daily for cr_mar), no results read back — a floor, not a
-  like-for-like comparison.
+* ``OpenDSS own loop`` (the **baseline**): OpenDSS's yearly mode in **one** ``Solve`` — each
+  dispatched element follows a Loadshape holding exactly the series the engine gets
+  (``Load.kW = 1`` × kW multipliers; PV ``irradiance = 1`` × kW/Pmpp), ``stepsize=1h``.
+  Monitors and energy meters are disabled and nothing is read back, so this is OpenDSS's
+  floor for these steps. Same tolerance (1e-6) and the same constant-power voltage band
+  (0.5–1.5 pu) as the engine; PV with the engine's unity efficiency and P-T curves.
+* ``engine shapes``: ``OpenDSSNetwork.run_series(method="shapes")`` — all node voltages [pu]
+  and all line currents [A] of every step returned as arrays.
+* ``engine snapshot``: ``run_series(method="snapshot")`` (per-step batch writes); with PV,
+  each irradiance change makes OpenDSS rebuild the system matrix.
+* ``naive``: per-name ``Loads.Name(x); Loads.kW(v)``, ``Solve()``, voltages read bus by bus
+  (shorter series; a reference for what the engine saves).
 
-Times are the best of ``--repeat`` runs, per step, in microseconds. The engine's one-time
-costs (compile, resolve, first-run layout) are printed separately.
+Networks: ``cr_mar`` (92 loads), ``ieee_eu_lv`` (55 loads), and ``cr_mar+pv`` (the case-2
+network: 92 loads and 92 PV systems). Per-step times are the **median of ``--repeat``
+runs**; ratio = engine / OpenDSS own loop (target: ≤ 1.3). Checks printed: the largest
+voltage difference between the engine and OpenDSS's own loop at the last step.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,153 +45,213 @@ from gridmarket.network import OpenDSSNetwork
 
 DATA = Path(os.environ.get("GRIDMARKET_SHARED_DATA",
                            Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+TARGET = 1.3  #: engine / OpenDSS own loop
 
 
 @dataclass(frozen=True)
 class Feeder:
-    """A feeder to time: master path, load range [kW] and OpenDSS's own loop command."""
+    """A network to time: its master and how to build it (``None``: a file of the shared data)."""
 
     name: str
-    master: Path
-    kw_range: tuple[float, float]
-    own_loop: str  #: OpenDSS command setting its own time loop; "{n}" = number of steps
+    master: Callable[[Path], Path | None]
+    with_pv: bool = False
+
+
+def _shared(rel: str) -> Callable[[Path], Path | None]:
+    def get(_: Path) -> Path | None:
+        p = DATA / rel
+        return p if p.is_file() else None
+    return get
+
+
+def _cr_mar_case(tmp: Path) -> Path | None:
+    if not (DATA / "cr_mar" / "DSS" / "Master_MAR.dss").is_file():
+        return None
+    from gridmarket.cases.cr_mar import build_case
+
+    return build_case(tmp / "cr_mar_case2", case=2, data_dir=DATA) / "network" / "Master.dss"
 
 
 FEEDERS = [
-    Feeder("ieee_eu_lv", DATA / "ieee_eu_lv" / "Master.dss", (0.2, 3.0),
-           "Set mode=yearly number={n} stepsize=1m"),
-    Feeder("cr_mar", DATA / "cr_mar" / "DSS" / "Master_MAR.dss", (0.1, 1.2),
-           "Set mode=daily number={n} stepsize=15m"),
+    Feeder("cr_mar", _shared("cr_mar/DSS/Master_MAR.dss")),
+    Feeder("ieee_eu_lv", _shared("ieee_eu_lv/Master.dss")),
+    Feeder("cr_mar+pv", _cr_mar_case, with_pv=True),
 ]
 
 
-def _best(fn: Callable[[], object], repeat: int) -> float:
-    """Best wall time of ``repeat`` calls [s]."""
+def median_time(fn: Callable[[], object], repeat: int) -> float:
+    """Median wall time of ``repeat`` calls [s]."""
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return min(times)
+    return statistics.median(times)
 
 
 def _compile(master: Path) -> odd.OpenDSSDirect:
     cwd = os.getcwd()
     ctx = odd.NewContext()
-    ctx.Text.Command(f'Compile "{master}"')
-    os.chdir(cwd)
+    try:
+        ctx.Text.Command(f'Compile "{master}"')
+    finally:
+        os.chdir(cwd)
     return ctx
 
 
-def _naive(ctx: odd.OpenDSSDirect, loads: Sequence[str], kw: np.ndarray, *,
-           currents: bool) -> np.ndarray:
-    """The per-name loop; returns the last step's node voltages [pu] in bus order."""
-    buses = ctx.Circuit.AllBusNames()
-    lines = ctx.Lines.AllNames()
-    v: list[float] = []
-    for row in kw:
-        for name, value in zip(loads, row, strict=True):
-            ctx.Loads.Name(name)
-            ctx.Loads.kW(float(value))
-        ctx.Solution.Solve()
-        if not ctx.Solution.Converged():
-            msg = "naive loop: power flow did not converge"
-            raise RuntimeError(msg)
-        v = []
-        for bus in buses:
-            ctx.Circuit.SetActiveBus(bus)
-            v.extend(ctx.Bus.puVmagAngle()[0::2])
-        if currents:
-            for line in lines:
-                ctx.Circuit.SetActiveElement(f"Line.{line}")
-                ctx.CktElement.CurrentsMagAng()
-    return np.array(v)
+def _quiet(cmd: Callable[[str], object]) -> None:
+    """No monitors, no energy meters (nothing read back in the baseline)."""
+    cmd("BatchEdit Monitor..* enabled=no")
+    cmd("BatchEdit EnergyMeter..* enabled=no")
 
 
-def _own_loop(feeder: Feeder, steps: int, repeat: int) -> float:
-    ctx = _compile(feeder.master)
+def series(net: OpenDSSNetwork, steps: int, with_pv: bool) -> tuple[list[str], np.ndarray]:
+    """Element names and a seeded (steps, n) series: loads 0.1–1.5 kW, PV 0–Pmpp [kW]."""
+    loads = [f"Load.{n}" for n in net.dss.Loads.AllNames()]
+    pvs = [f"PVSystem.{n}" for n in net.dss.PVsystems.AllNames()] if with_pv else []
+    rng = np.random.default_rng(12345)
+    kw = rng.uniform(0.1, 1.5, size=(steps, len(loads)))
+    if pvs:
+        pmpp = []
+        for name in pvs:
+            net.dss.PVsystems.Name(name.split(".", 1)[1])
+            pmpp.append(net.dss.PVsystems.Pmpp())
+        kw = np.hstack([kw, rng.uniform(0.0, 1.0, size=(steps, len(pvs))) * np.array(pmpp)])
+    return loads + pvs, kw
+
+
+def own_loop(master: Path, elements: Sequence[str], kw: np.ndarray, q_ratio: np.ndarray,
+             repeat: int) -> tuple[float, dict[str, float]]:
+    """OpenDSS's own yearly loop on the same series; (median s/step, last-step node voltages [pu])."""
+    run, last = own_loop_runner(master, elements, kw, q_ratio)
+    return median_time(run, repeat) / kw.shape[0], last()
+
+
+def own_loop_runner(master: Path, elements: Sequence[str], kw: np.ndarray, q_ratio: np.ndarray
+                    ) -> tuple[Callable[[], None], Callable[[], dict[str, float]]]:
+    """OpenDSS's own yearly loop, prepared: (run the whole series once, last-step node voltages [pu])."""
+    ctx = _compile(master)
+    cmd = ctx.Text.Command
+    _quiet(cmd)
+    cmd("Set tolerance=1e-6")
+    cmd("New XYCurve.unity npts=2 xarray=[-1000 1000] yarray=[1 1]")
+    steps = kw.shape[0]
+    for k, name in enumerate(elements):
+        shape = f"bench{k}"
+        ctx.LoadShape.New(shape)
+        ctx.LoadShape.Npts(steps)
+        ctx.LoadShape.HrInterval(1.0)
+        if name.startswith("Load."):
+            ctx.LoadShape.PMult(kw[:, k].tolist())
+            ctx.LoadShape.QMult((kw[:, k] * q_ratio[k]).tolist())
+            cmd(f"Edit {name} kW=1 kvar=1 yearly={shape} vminpu=0.5 vmaxpu=1.5 status=variable")
+        else:
+            ctx.PVsystems.Name(name.split(".", 1)[1])
+            ctx.LoadShape.PMult((kw[:, k] / ctx.PVsystems.Pmpp()).tolist())
+            cmd(f"Edit {name} irradiance=1 yearly={shape} %cutin=0 %cutout=0 pf=1 %Pmpp=100 "
+                "effcurve=unity P-TCurve=unity vminpu=0.5 vmaxpu=1.5")
 
     def run() -> None:
-        ctx.Text.Command(feeder.own_loop.format(n=steps))
+        cmd(f"Set mode=yearly number={steps} stepsize=1h hour=0 sec=0")
         ctx.Solution.Solve()
+        if not ctx.Solution.Converged():
+            msg = "OpenDSS own loop did not converge"
+            raise RuntimeError(msg)
 
-    return _best(run, repeat) / steps
+    def last() -> dict[str, float]:
+        return dict(zip((n.lower() for n in ctx.Circuit.AllNodeNames()), ctx.Circuit.AllBusMagPu(), strict=True))
+
+    return run, last
 
 
-def bench(feeder: Feeder, steps: int, repeat: int) -> list[tuple[str, float]] | None:
-    """Time one feeder; None (with a message) if its data are absent."""
-    if not feeder.master.is_file():
-        print(f"[skip] {feeder.name}: {feeder.master} not found (place ../shared/data beside "
-              "the checkout or set GRIDMARKET_SHARED_DATA)")
+def naive(master: Path, loads: Sequence[str], kw: np.ndarray) -> float:
+    """Per-name loop (loads only), s/step."""
+    ctx = _compile(master)
+    _quiet(ctx.Text.Command)
+    ctx.Text.Command("Set mode=snapshot tolerance=1e-6")
+    buses = ctx.Circuit.AllBusNames()
+    t0 = time.perf_counter()
+    for row in kw:
+        for name, value in zip(loads, row, strict=False):
+            ctx.Loads.Name(name.split(".", 1)[1])
+            ctx.Loads.kW(float(value))
+        ctx.Solution.Solve()
+        for bus in buses:
+            ctx.Circuit.SetActiveBus(bus)
+            ctx.Bus.puVmagAngle()
+    return (time.perf_counter() - t0) / kw.shape[0]
+
+
+def measure(feeder: Feeder, steps: int, repeat: int, tmp: Path) -> dict[str, float] | None:
+    """Per-step times [s] of one network; None (with a message) when its data are absent."""
+    master = feeder.master(tmp)
+    if master is None:
+        print(f"[skip] {feeder.name}: shared data not found under {DATA}")
         return None
-    t0 = time.perf_counter()
-    net = OpenDSSNetwork(feeder.master)
-    t_compile = time.perf_counter() - t0
-    load_names = list(net.dss.Loads.AllNames())
-    t0 = time.perf_counter()
-    elements = net.resolve([f"Load.{n}" for n in load_names])
-    t_resolve = time.perf_counter() - t0
-    rng = np.random.default_rng(12345)
-    kw = rng.uniform(*feeder.kw_range, size=(steps, len(load_names)))
-    t0 = time.perf_counter()
-    net.run_series(elements, kw[:1])
-    t_first = time.perf_counter() - t0
-
-    result = {}
-
-    def engine() -> None:
-        result["r"] = net.run_series(elements, kw)
-
-    t_engine = _best(engine, repeat) / steps
-    ctx = _compile(feeder.master)
-    ctx.Text.Command("Set mode=snapshot")
-    low, high = net.pq_band_pu or (0.95, 1.05)  # same load model as the engine's
-    ctx.Text.Command(f"BatchEdit Load..* vminpu={low} vmaxpu={high}")
-    v_naive = _naive(ctx, load_names, kw[:1], currents=False)
-    t_naive = _best(lambda: _naive(ctx, load_names, kw, currents=False), repeat) / steps
-    t_naive_i = _best(lambda: _naive(ctx, load_names, kw, currents=True), repeat) / steps
-    t_own = _own_loop(feeder, steps, repeat)
-
-    # sanity: both ways give the same voltages for the same step
-    first = net.run_series(elements, kw[:1])
-    v_engine = dict(zip(first.node_names, first.v_pu[0], strict=True))
-    names = [f"{b}.{n}" for b in ctx.Circuit.AllBusNames()
-             for n in _bus_nodes(ctx, b)]
-    diff = max(abs(v_engine[n] - v) for n, v in zip(names, v_naive, strict=True) if n in v_engine)
-
-    res = result["r"]
-    print(f"\n{feeder.name}: {len(load_names)} loads, {len(res.node_names)} nodes, "
-          f"{len(res.line_phase_names)} line conductors, {steps} steps, best of {repeat}")
-    print(f"  one-time: compile {t_compile * 1e3:.0f} ms, resolve {t_resolve * 1e3:.1f} ms, "
-          f"first run (layout) {t_first * 1e3:.0f} ms; engine vs naive max |dV| {diff:.1e} pu")
-    return [("engine (V + I)", t_engine), ("naive (V only)", t_naive),
-            ("naive + I", t_naive_i), ("OpenDSS loop (no read)", t_own)]
+    net = OpenDSSNetwork(master)
+    for c in ("BatchEdit Monitor..* enabled=no", "BatchEdit EnergyMeter..* enabled=no"):
+        net.command(c)
+    names, kw = series(net, steps, feeder.with_pv)
+    es = net.resolve(names)
+    q_ratio = np.array([net._own_q_ratio("Load", n.split(".", 1)[1].lower()) if n.startswith("Load.") else 0.0
+                        for n in names])
+    net.run_series(es, kw[:2])  # layout, first Y build
+    out: dict[str, float] = {"elements": float(len(names)), "steps": float(steps)}
+    last: dict[str, np.ndarray] = {}
+    own_run, own_last = own_loop_runner(master, names, kw, q_ratio)
+    own_run()  # warm: the first yearly run builds its matrix
+    times: dict[str, list[float]] = {"engine shapes": [], "engine snapshot": [], "own loop": []}
+    for _ in range(repeat):  # interleaved, so that a change of load on the machine hits all alike
+        for method in ("shapes", "snapshot"):
+            t0 = time.perf_counter()
+            r = net.run_series(es, kw, method=method)
+            times[f"engine {method}"].append((time.perf_counter() - t0) / steps)
+            last[method] = r.v_pu[-1]
+        t0 = time.perf_counter()
+        own_run()
+        times["own loop"].append((time.perf_counter() - t0) / steps)
+    out.update({k: statistics.median(v) for k, v in times.items()})
+    v_own = own_last()
+    loads = [n for n in names if n.startswith("Load.")]
+    out["naive"] = naive(master, loads, kw[: min(steps, 48), : len(loads)])
+    nodes = net.node_names
+    common = [i for i, n in enumerate(nodes) if n in v_own]
+    out["max |dV| shapes vs own [pu]"] = float(np.nanmax(np.abs(
+        last["shapes"][common] - np.array([v_own[nodes[i]] for i in common]))))
+    return out
 
 
-def _bus_nodes(ctx: odd.OpenDSSDirect, bus: str) -> list[int]:
-    ctx.Circuit.SetActiveBus(bus)
-    return list(ctx.Bus.Nodes())
+def run_all(steps: int = 720, repeat: int = 5) -> list[tuple[str, dict[str, float]]]:
+    """Measure every network; [(name, figures)] for the networks found."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for feeder in FEEDERS:
+            r = measure(feeder, steps, repeat, Path(tmp))
+            if r is not None:
+                rows.append((feeder.name, r))
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=288, help="power flows per run (default 288)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per method; best is kept")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=720, help="hourly steps per run (default 720)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per method; the median is kept")
     args = parser.parse_args(argv)
-    table: list[tuple[str, str, float, float]] = []
-    for feeder in FEEDERS:
-        rows = bench(feeder, args.steps, args.repeat)
-        if rows is None:
-            continue
-        engine = rows[0][1]
-        table += [(feeder.name, how, t, t / engine) for how, t in rows]
-    if not table:
-        print("no feeder found; nothing timed")
+    rows = run_all(args.steps, args.repeat)
+    if not rows:
+        print("no network found; nothing timed")
         return 1
-    print(f"\n{'feeder':<12} {'method':<24} {'µs/step':>9} {'x engine':>9}")
-    print("-" * 57)
-    for name, how, t, ratio in table:
-        print(f"{name:<12} {how:<24} {t * 1e6:>9.0f} {ratio:>9.2f}")
+    print(f"\n{args.steps} hourly steps, median of {args.repeat}; µs per step; ratio = engine / OpenDSS own loop "
+          f"(target ≤ {TARGET})")
+    head = (f"{'network':<11}{'elements':>9}{'own loop':>10}{'shapes':>9}{'ratio':>7}{'snapshot':>10}{'ratio':>7}"
+            f"{'naive':>8}{'|dV| pu':>10}")
+    print(head)
+    print("-" * len(head))
+    for name, r in rows:
+        own = r["own loop"]
+        print(f"{name:<11}{int(r['elements']):>9}{own * 1e6:>10.0f}{r['engine shapes'] * 1e6:>9.0f}"
+              f"{r['engine shapes'] / own:>7.2f}{r['engine snapshot'] * 1e6:>10.0f}{r['engine snapshot'] / own:>7.2f}"
+              f"{r['naive'] * 1e6:>8.0f}{r['max |dV| shapes vs own [pu]']:>10.1e}")
     return 0
 
 

@@ -17,6 +17,12 @@ Rules (deterministic; repeated in the case's ``case.toml`` comments and ``PROVEN
   zero-energy loads the feeder's aggregate pf.
 - **PV profile.** pvlib clear-sky output for San José (``profiles/pvlib_costa_rica``, hourly,
   kW per kWp) on :data:`PV_DATE` (mid dry season).
+- **Longer runs** (``days > 1``, e.g. a year of 365 days from :data:`PV_DATE`): day 0 is the
+  measured day above; on day ``d`` every load takes the hourly *shape* of the load ``d`` places
+  further along among the loads of its sector (R or C) with non-zero energy, scaled to its own
+  mean power (:func:`gridmarket.cases.profiles.rotate_days`), so each customer keeps its energy
+  per day while the timing varies; PV is the pvlib day of the same date, wrapping within the
+  2023 file (:func:`gridmarket.cases.profiles.pvlib_hourly_days`).
 - **Case 1.** One dispersed community ``C1``: loads ``n_1FMAR37`` … ``n_1FMAR92`` (56 of 92,
   61 %, spread over transformers MAR1P_2 and MAR1P_3) and their PV. Loads 1–36 are
   ``passive`` (they follow their profile) and have no PV in the network.
@@ -41,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gridmarket.cases.profiles import pvlib_hourly_day, read_pq_csv, spread, to_hourly
+from gridmarket.cases.profiles import pvlib_hourly_days, read_pq_csv, rotate_days, spread, to_hourly
 from gridmarket.cases.shared import find_shared_data
 from gridmarket.cases.writer import Key, Section, render_toml, write_case
 from gridmarket.errors import GridmarketError
@@ -214,6 +220,7 @@ def build_case(
     data_dir: Path | str | None = None,
     pv_kwp: float = 3.0,
     overwrite: bool = False,
+    days: int = 1,
 ) -> Path:
     """Write Costa Rica MAR case 1 or 2 to ``out`` (atomically).
 
@@ -230,6 +237,10 @@ def build_case(
         PV size at every community load bus [kWp]; inverter kVA = 1.1 × kWp.
     overwrite : bool
         Replace an existing folder.
+    days : int
+        Length of the case in days of 24 hourly steps from :data:`PV_DATE` (default 1: the
+        measured day). Longer cases rotate the measured load shapes from day to day (module
+        docstring); ``days=365`` is a year of 8,760 steps.
 
     Returns
     -------
@@ -247,11 +258,16 @@ def build_case(
     if not pv_kwp > 0:
         msg = f"pv_kwp must be positive, got {pv_kwp!r}"
         raise GridmarketError(msg)
+    if not isinstance(days, int) or days < 1:
+        msg = f"days must be a positive integer, got {days!r}"
+        raise GridmarketError(msg)
     data = find_shared_data(data_dir, need=MASTER_REL)
     master = (data / MASTER_REL).resolve()
     loads = read_mar_loads(master.parent)
     com = communities(loads, case)
-    pv_pu = pvlib_hourly_day(data / PVLIB_REL, PV_DATE)
+    pv_all = pvlib_hourly_days(data / PVLIB_REL, PV_DATE, days)
+    pv_pu = pv_all[:24]
+    load_all_kw = rotate_days(np.array([ld.p_kw for ld in loads]), np.array([ld.sector for ld in loads]), days)
 
     total_p = sum(ld.p_mean_kw for ld in loads)
     total_q = sum(ld.q_mean_kvar for ld in loads)
@@ -289,10 +305,12 @@ def build_case(
     agents.sort(key=lambda a: (a["community"] is None, a["community"] or "", number[str(a["name"])],
                                a["kind"] == "producer"))
 
-    times = pd.date_range(PV_DATE, periods=24, freq="h")
+    steps = 24 * days
+    stamps = pd.date_range(PV_DATE, periods=steps, freq="h").strftime("%Y-%m-%dT%H:%M")
     header = ["time", *(ld.agent for ld in loads), "pv_pu"]
-    rows = [[t.strftime("%Y-%m-%dT%H:%M"), *(round(float(ld.p_kw[h]), 6) for ld in loads),
-             round(float(pv_pu[h]), 6)] for h, t in enumerate(times)]
+    load_r = np.round(load_all_kw, 6)
+    pv_r = np.round(pv_all, 6)
+    rows = [[t, *load_r[h].tolist(), float(pv_r[h])] for h, t in enumerate(stamps)]
 
     master_text = (
         f"! gridmarket Costa Rica MAR case {case}: the feeder is redirected from the shared data\n"
@@ -321,7 +339,7 @@ def build_case(
         "export_hours": [h for h in range(24) if pv_kw[h] > load_c[h]],
         "zero": [ld.number for ld in loads if ld.p_mean_kw == 0],
         "peak_all_kw": float(load_all.max()), "peak_all_hour": int(load_all.argmax()),
-        "master": master.as_posix(),
+        "master": master.as_posix(), "days": days,
     }
     extra = {"PROVENANCE.md": _provenance(f)}
     return write_case(out, case_toml=_case_toml(f), agents=agents, profiles_header=header,
@@ -361,6 +379,16 @@ def _community_text(f: dict) -> str:
     return "\n".join(lines)
 
 
+def _days_text(f: dict) -> str:
+    if f["days"] == 1:
+        return ""
+    return (f"## Length\n{f['days']} days ({24 * f['days']} hourly steps) from {PV_DATE}. Day 0 is the measured day; "
+            "on day d each load takes the hourly shape of the load d places further along among the loads of its "
+            "sector with non-zero energy, scaled to its own mean power (`gridmarket.cases.profiles.rotate_days`). "
+            "PV: the pvlib 2023 day of the same date, wrapping from 31 December to 1 January. The figures below "
+            "are those of day 0.\n\n")
+
+
 def _case_toml(f: dict) -> str:
     sections = [
         Section("case", [Key("name", f"cr-mar-case{f['case']}"), Key("currency", "R$")]),
@@ -370,7 +398,7 @@ def _case_toml(f: dict) -> str:
         ], comment=("Costa Rica MAR feeder (UCR/EPERLab, github.com/MarioPeraltaA/AMI; no reuse licence:\n"
                     "this folder is generated at run time and must not be committed).")),
         Section("time", [Key("start", f"{PV_DATE}T00:00", "date of the pvlib PV day; the AMI day is undated"),
-                         Key("steps", 24), Key("step_hours", 1.0)]),
+                         Key("steps", 24 * f["days"]), Key("step_hours", 1.0)]),
         Section("market", [Key("horizon", 1), Key("battery_model", "physical"),
                            Key("trade_fee", 0.001), Key("tie_break", 1e-6)]),
         Section("grid", [
@@ -423,7 +451,7 @@ a ∈ [{CONSUMER_A[0]}, {CONSUMER_A[1]}] R$/kWh², b ∈ [{CONSUMER_B[0]:.2f}, {
 {CONSUMER_FLEX}; producers a ∈ [{PV_A[0]}, {PV_A[1]}] R$/kWh², b ∈ [{PV_B[0]:.2f}, {PV_B[1]:.2f}] R$/kWh. Each value is
 `lo + (hi − lo)·frac(offset + k·0.618…)` for load number k (golden-ratio sequence; deterministic, evenly spread).
 
-## Figures of the day
+{_days_text(f)}## Figures of the day
 | quantity | value |
 |---|---|
 | demand, all {f['n_loads']} loads | {f['load_all_kwh']:.1f} kWh (peak {f['peak_all_kw']:.1f} kW at {f['peak_all_hour']:02d}:00) |

@@ -23,6 +23,8 @@ __all__ = [
     "ausnet_days",
     "clearest_day",
     "pvlib_hourly_day",
+    "pvlib_hourly_days",
+    "rotate_days",
     "spread",
 ]
 
@@ -154,6 +156,89 @@ def pvlib_hourly_day(path: Path, date: str) -> np.ndarray:
         msg = f"{path} has {day.shape[0]} hourly rows on {date}, expected 24"
         raise GridmarketError(msg)
     return day
+
+
+def pvlib_hourly_days(path: Path, start: str, days: int) -> np.ndarray:
+    """``days`` consecutive days of hourly ``p_ac_pu`` [kW/kWp] from the pvlib Costa Rica year.
+
+    Day ``d`` is the file's day number ``(doy(start) − 1 + d) mod n_days``: the run wraps
+    from 31 December to 1 January of the file's year (a clear-sky model year, so it repeats).
+    The calendar date of ``start`` picks the first day; its year is ignored.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (24 · days,).
+    """
+    if days < 1:
+        msg = f"days must be >= 1, got {days!r}"
+        raise GridmarketError(msg)
+    try:
+        df = pd.read_csv(path, index_col=0, parse_dates=True)
+    except (OSError, ValueError) as exc:
+        msg = f"cannot read pvlib PV data {path}: {exc}"
+        raise GridmarketError(msg) from exc
+    values = df["p_ac_pu"].to_numpy(dtype=float)
+    if values.size % 24:
+        msg = f"{path} has {values.size} hourly rows, not whole days"
+        raise GridmarketError(msg)
+    year = values.reshape(-1, 24)
+    first = pd.Timestamp(start)
+    stamp = df.index[0]
+    try:
+        first_doy = pd.Timestamp(year=stamp.year, month=first.month, day=first.day).day_of_year - 1
+    except ValueError:  # 29 February in a file of a common year
+        first_doy = pd.Timestamp(year=stamp.year, month=3, day=1).day_of_year - 1
+    rows = (first_doy + np.arange(days)) % year.shape[0]
+    return year[rows].reshape(-1)
+
+
+def rotate_days(day_kw: np.ndarray, groups: np.ndarray, days: int) -> np.ndarray:
+    """Tile one measured day per customer over ``days`` days, rotating shapes day to day.
+
+    Day 0 is every customer's own measured day. On day ``d`` customer ``i`` takes the
+    *shape* (the day divided by its mean) of the customer ``d`` places further along, cyclically,
+    among the customers of its group with non-zero energy, scaled to its own mean power: the
+    energy per day of every customer stays its own, the timing changes from day to day.
+    Customers with zero energy stay zero.
+
+    Parameters
+    ----------
+    day_kw : numpy.ndarray
+        Shape (n, 24): each customer's hourly mean power over its measured day [kW].
+    groups : numpy.ndarray
+        Shape (n,): a label per customer (e.g. sector ``R``/``C``); shapes rotate within a group.
+    days : int
+        Days to produce.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (24 · days, n) [kW].
+    """
+    day_kw = np.asarray(day_kw, dtype=float)
+    groups = np.asarray(groups)
+    n = day_kw.shape[0]
+    if day_kw.ndim != 2 or groups.shape != (n,):
+        msg = f"day_kw must be (n, hours) and groups (n,), got {day_kw.shape} and {groups.shape}"
+        raise GridmarketError(msg)
+    if days < 1:
+        msg = f"days must be >= 1, got {days!r}"
+        raise GridmarketError(msg)
+    hours = day_kw.shape[1]
+    mean = day_kw.mean(axis=1)
+    donor = np.tile(np.arange(n), (days, 1))  # donor[d, i]: whose shape customer i uses on day d
+    for g in np.unique(groups):
+        pool = np.flatnonzero((groups == g) & (mean > 0))
+        for pos, i in enumerate(pool):
+            donor[:, i] = pool[(pos + np.arange(days)) % pool.size]
+    safe = np.where(mean > 0, mean, 1.0)
+    shape = day_kw / safe[:, None]  # (n, hours), mean 1 for customers with energy
+    out = np.empty((days, hours, n))
+    for d in range(days):
+        out[d] = (shape[donor[d]] * mean[:, None]).T
+    out[0] = day_kw.T  # day 0 exactly as measured
+    return out.reshape(days * hours, n)
 
 
 def spread(k: int, lo: float, hi: float, *, offset: float = 0.0) -> float:

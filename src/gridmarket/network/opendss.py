@@ -19,6 +19,12 @@ How a step runs
   :meth:`OpenDSSNetwork.resolve`.
 * ``SolveNoControl`` solves the step (control devices do not act unless ``controls=True``);
   a step that does not converge raises :class:`~gridmarket.errors.PowerFlowError`.
+* With ``method="shapes"`` (:meth:`OpenDSSNetwork.run_series`) the powers are not written per
+  step: each element follows a Loadshape that reads the ``kw`` array in place (DSS C-API
+  external memory) and OpenDSS steps through the hours in ``yearly`` mode, as its own time
+  loop does. Changing a PVSystem's irradiance property makes OpenDSS rebuild and refactorise
+  the whole system admittance matrix; a loadshape multiplier does not, so with PV this path
+  is several times faster per step (same solution to the power-flow tolerance).
 * All node voltages are read in one array call (``YNodeVarray``). Line currents of terminal 1
   are computed from those voltages with a sparse matrix built once from each line's primitive
   admittance matrix, ``I = Y_prim[terminal 1] @ V`` — exactly what OpenDSS itself reports for
@@ -47,7 +53,7 @@ import scipy.sparse as sp
 
 from gridmarket.errors import NetworkError, PowerFlowError
 
-__all__ = ["SUPPORTED_CLASSES", "ElementSet", "OpenDSSNetwork", "PowerFlowResult"]
+__all__ = ["SUPPORTED_CLASSES", "ElementSet", "OpenDSSNetwork", "PowerFlowResult", "ShapeSession"]
 
 #: Element classes the engine can dispatch, keyed by lower-case class name.
 SUPPORTED_CLASSES: dict[str, str] = {
@@ -60,6 +66,11 @@ SUPPORTED_CLASSES: dict[str, str] = {
 _DSSException: type[Exception] = _odd.DSSException
 _SETTER_AVOID_FULL_RECALC = 0x2  # DSS C-API SetterFlags_AvoidFullRecalc
 _BATCH_SET = 0  # DSS C-API BatchOperation_Set
+_MODE_SNAPSHOT, _MODE_YEARLY = 0, 2  # DSS C-API SolveModes
+_SHAPE_PREFIX = "gm_shape_"  # Loadshapes that let dispatched elements follow the kw array
+_UNITY_SHAPE = "gm_shape_unity"  # constant 1: elements not dispatched keep their power in yearly mode
+_SHAPE_CLASSES = ("Load", "PVSystem")  # classes the "shapes" method can dispatch
+_SHAPE_BLOCK = 64  # steps whose voltages are held before magnitudes and currents are computed
 _UNITY_CURVE = "gridmarket_unity"  # XYCurve y = 1 used to neutralise PV efficiency/temperature curves
 _DEENERGISED_PU = 1e-3  # |V| below this [pu] marks a node as not energised (NaN in v_pu)
 _PHASE_NODES = (1, 2, 3)  # node numbers treated as phase conductors; higher ones are neutrals
@@ -264,11 +275,18 @@ class OpenDSSNetwork:
         self._circuit = self._dss.to_dss_python().ActiveCircuit  # numpy-array reads
         self._token = object()  # identifies the ElementSets resolved here
         self._version = 0  # bumped whenever an element is added
+        self._topology_version = 0  # bumped by commands that may change lines or buses
         self._layout_cache: _Layout | None = None
+        self._imatrix_cache: tuple[tuple[int, tuple[str, ...]], tuple[sp.csr_matrix, list[str], np.ndarray]] | None = None
         self._cache: dict[str, tuple[int, Any]] = {}  # name -> (version, value)
         self._synced_version = 0  # circuit version the bus list and Y matrix were built for
         self._ratings: dict[str, float] = {}  # created batteries: canonical name -> kW rating
         self._needs_restart = False
+        self._shapes: dict[str, str] = {}  # element canonical name -> its own Loadshape ("shapes" method)
+        self._unity: set[str] = set()  # elements given the unity yearly shape ("shapes" method)
+        self._shape_buffers: tuple[np.ndarray, ...] = ()  # arrays the Loadshapes read (kept alive)
+        self._one = np.ones(1)  # the value of a re-pointed Loadshape that is not in use
+        self._session: ShapeSession | None = None
         self._compile(path)
         with _dss_errors(f"cannot prepare the circuit of {path.name}"):
             self._dss.Text.Command("Set mode=snapshot")
@@ -307,6 +325,12 @@ class OpenDSSNetwork:
             ``Compile``, ``New Circuit``): element sets would then point at freed memory, so
             build a new :class:`OpenDSSNetwork` instead.
         """
+        return self._command(text, topology=True)
+
+    def _command(self, text: str, *, topology: bool) -> str:
+        """:meth:`command`; ``topology=False`` when it only adds a power-conversion element at an
+        existing bus (a Load or PVSystem), which leaves lines, buses and the bus graph as they are."""
+        self._no_session("command")
         words = text.strip().lower().split()
         if words and (words[0] in ("clear", "clearall", "compile")
                       or (words[0] == "new" and len(words) > 1 and words[1].startswith("circuit"))):
@@ -320,7 +344,14 @@ class OpenDSSNetwork:
         finally:
             os.chdir(cwd)
         self._version += 1
+        if topology:
+            self._topology_version += 1
         return result
+
+    def _no_session(self, what: str) -> None:
+        if self._session is not None:
+            msg = f"{what} is not allowed while a shape session is open; close it first"
+            raise NetworkError(msg)
 
     @property
     def dss(self) -> Any:
@@ -520,8 +551,8 @@ class OpenDSSNetwork:
             raise ValueError(msg)
         self._check_new_name("Load", name)
         bus1, phases, kv = self._connection(bus)
-        self.command(f"New Load.{name} bus1={bus1} phases={phases} kV={kv:.9g} conn=wye "
-                     f"kW=0 kvar=0 model=1 status=fixed vminpu=0.5 vmaxpu=1.5")
+        self._command(f"New Load.{name} bus1={bus1} phases={phases} kV={kv:.9g} conn=wye "
+                     f"kW=0 kvar=0 model=1 status=fixed vminpu=0.5 vmaxpu=1.5", topology=False)
         full = f"Load.{name.lower()}"
         self._q_ratio[full] = 0.0
         self._ratings[full] = float(kw_rated)
@@ -572,9 +603,9 @@ class OpenDSSNetwork:
         self._check_new_name("PVSystem", name)
         self._ensure_unity_curve()
         bus1, phases, kv = self._connection(bus)
-        self.command(f"New PVSystem.{name} bus1={bus1} phases={phases} kV={kv:.9g} conn=wye "
+        self._command(f"New PVSystem.{name} bus1={bus1} phases={phases} kV={kv:.9g} conn=wye "
                      f"Pmpp={kw_rated:.9g} kVA={kva:.9g} irradiance=0 pf=1 %cutin=0 %cutout=0 "
-                     f"effcurve={_UNITY_CURVE} P-TCurve={_UNITY_CURVE}")
+                     f"effcurve={_UNITY_CURVE} P-TCurve={_UNITY_CURVE}", topology=False)
         return f"PVSystem.{name.lower()}"
 
     def _check_new_name(self, cls: str, name: str) -> None:
@@ -634,7 +665,7 @@ class OpenDSSNetwork:
 
     def run_series(self, elements: ElementSet, kw: np.ndarray, *, kvar: np.ndarray | None = None,
                    pf: np.ndarray | None = None, progress: Callable[[int], None] | None = None,
-                   controls: bool = False) -> PowerFlowResult:
+                   controls: bool = False, method: str = "snapshot") -> PowerFlowResult:
         """Set the elements' powers and solve one power flow per step.
 
         Parameters
@@ -657,6 +688,21 @@ class OpenDSSNetwork:
         controls : bool, default False
             Let OpenDSS control devices (regulators, capacitor controls) act in each step
             (``Solve`` instead of ``SolveNoControl``).
+        method : {"snapshot", "shapes"}, default "snapshot"
+            ``"snapshot"``: write each element's power per step (batch calls) and solve a
+            snapshot. ``"shapes"``: every element follows a Loadshape that reads the powers
+            from the arrays in place, and OpenDSS steps through them in yearly mode (hour
+            ``t + 1`` is step ``t``); no per-step writes, and PV changes do not rebuild the
+            system matrix. Both give the same solution to the power-flow tolerance (they
+            start each step's iteration from different admittance estimates). ``"shapes"``
+            dispatches Loads and PVSystems only, refuses ``controls=True`` and circuits with
+            Storage elements, and gives every Load and PVSystem that it does not dispatch a
+            constant unity yearly shape (so they keep their power, as in a snapshot); a
+            dispatched Load with ``status=fixed`` (a battery of :meth:`add_battery`) becomes
+            ``status=variable`` so that it follows its shape (``LoadMult`` stays 1, so nothing
+            else changes). After either method, the elements hold the powers of the last step.
+            For a horizon cut into chunks, :meth:`shape_session` keeps one yearly run across
+            the calls.
 
         Returns
         -------
@@ -681,6 +727,7 @@ class OpenDSSNetwork:
         if elements._owner is not self._token:
             msg = "this ElementSet was resolved on another OpenDSSNetwork"
             raise ValueError(msg)
+        self._no_session("run_series")
         kw2 = _as_steps(kw, len(elements), "kw")
         if not np.all(np.isfinite(kw2)):
             msg = "kw holds NaN or infinite values"
@@ -691,6 +738,15 @@ class OpenDSSNetwork:
         if kvar2 is not None and pf2 is not None:
             msg = "give kvar or pf, not both"
             raise ValueError(msg)
+        if method not in ("snapshot", "shapes"):
+            msg = f"method must be 'snapshot' or 'shapes', got {method!r}"
+            raise ValueError(msg)
+        if method == "shapes":
+            if controls:
+                msg = "method='shapes' solves without control actions; use method='snapshot' for controls=True"
+                raise ValueError(msg)
+            with self.shape_session(elements) as session:
+                return session.run(kw2, kvar=kvar2, pf=pf2, progress=progress)
         plan = [item for g in elements._groups
                 for item in self._plan_group(g, elements.names, kw2, kvar2, pf2)]
         layout = self._layout()
@@ -715,6 +771,203 @@ class OpenDSSNetwork:
         return PowerFlowResult(v_pu=v_pu, node_names=list(layout.node_names), i_amps=i_amps,
                                line_phase_names=list(layout.line_phase_names),
                                norm_amps=layout.norm_amps.copy())
+
+    # ----------------------------------------------------------------- the "shapes" method
+
+    def shape_session(self, elements: ElementSet) -> ShapeSession:
+        """Open a time-series session of the ``"shapes"`` method on ``elements``.
+
+        :meth:`ShapeSession.run` solves one series after another in the same OpenDSS
+        yearly-mode run, so a long horizon cut into chunks gives exactly the results of one
+        :meth:`run_series` call on the whole horizon (a session is opened and closed once).
+        Use it as a context manager; while it is open, :meth:`run_series` and
+        :meth:`command` are refused.
+
+        Raises
+        ------
+        ValueError
+            ``elements`` holds other classes than Load and PVSystem, the circuit has Storage
+            elements, or another session is open.
+        """
+        if elements._owner is not self._token:
+            msg = "this ElementSet was resolved on another OpenDSSNetwork"
+            raise ValueError(msg)
+        if self._session is not None:
+            msg = "a shape session is already open on this network; close it first"
+            raise ValueError(msg)
+        unsupported = sorted({g.cls for g in elements._groups} - set(_SHAPE_CLASSES))
+        if unsupported:
+            msg = (f"method='shapes' dispatches {' and '.join(_SHAPE_CLASSES)} elements only, not "
+                   f"{', '.join(unsupported)}; use method='snapshot'")
+            raise ValueError(msg)
+        with _dss_errors("cannot prepare the loadshapes"):
+            if self._dss.Storages.Count():
+                msg = (f"method='shapes' cannot run {self.master.name}: its Storage elements would follow their "
+                       "own dispatch in yearly mode; use method='snapshot'")
+                raise ValueError(msg)
+        session = ShapeSession(self, elements)
+        self._session = session
+        return session
+
+    def _activate_shapes(self, session: ShapeSession, bases: list[tuple[_Batch, bytes]]) -> None:
+        """First run of a session: unit bases, the admittance matrix built once, yearly mode."""
+        with _dss_errors("cannot prepare the loadshapes"):
+            self._prepare_shapes(session.elements)
+            for b, prop in bases:  # unit bases: the shapes carry the values
+                b.set(prop, np.ones(b.size))
+            self._check_error("cannot set the elements' unit bases")
+            self._dss.Solution.LoadMult(1.0)
+            if self._dss.Solution.SystemYChanged():
+                # built here, in snapshot mode, from the unit bases: the same matrix however the
+                # horizon is cut, and kept for the whole session (shape multipliers do not touch it)
+                self._lib.YMatrix_BuildYMatrixD(2, 0)  # YMatrixModes.WholeMatrix, keep V and I
+            self._lib.Solution_Set_Mode(_MODE_YEARLY)
+            self._check_error("cannot switch to yearly mode")
+
+    def _run_session(self, session: ShapeSession, kw: np.ndarray, kvar: np.ndarray | None,
+                     pf: np.ndarray | None, progress: Callable[[int], None] | None) -> PowerFlowResult:
+        """One series of a :class:`ShapeSession` (see :meth:`ShapeSession.run`)."""
+        elements = session.elements
+        kw2 = _as_steps(kw, len(elements), "kw")
+        if not np.all(np.isfinite(kw2)):
+            msg = "kw holds NaN or infinite values"
+            raise ValueError(msg)
+        steps = kw2.shape[0]
+        kvar2 = None if kvar is None else _as_steps(kvar, len(elements), "kvar", steps)
+        pf2 = None if pf is None else _as_steps(pf, len(elements), "pf", steps)
+        if kvar2 is not None and pf2 is not None:
+            msg = "give kvar or pf, not both"
+            raise ValueError(msg)
+        plan = [item for g in elements._groups
+                for item in self._plan_group(g, elements.names, kw2, kvar2, pf2)]
+        layout = self._layout()
+        v_pu = np.empty((steps, len(layout.node_names)))
+        i_amps = np.empty((steps, len(layout.line_phase_names)))
+        # per element: multipliers of P (Load: kW; PV: irradiance) and Q (Load: kvar), rows = steps
+        n = len(elements)
+        p_mult = np.zeros((steps, n))
+        q_mult = np.zeros((steps, n))
+        bases: list[tuple[_Batch, bytes, np.ndarray]] = []
+        for g in elements._groups:
+            for b, prop, vals in plan:
+                if b is g.batch:
+                    (q_mult if prop == b"kvar" else p_mult)[:, g.cols] = vals
+                    bases.append((b, prop, vals))
+        if not session.active:
+            self._activate_shapes(session, [(b, prop) for b, prop, _ in bases])
+            session.active = True
+        lib, ffi = self._lib, self._dss.dss_ffi
+        with _dss_errors("power flow failed"):
+            p_ptr = ffi.cast("double*", p_mult.ctypes.data)
+            q_ptr = ffi.cast("double*", q_mult.ctypes.data)
+            for k, name in enumerate(elements.names):
+                lib.LoadShapes_Set_Name(self._shapes[name].encode())
+                lib.LoadShapes_Set_Points(steps, ffi.NULL, p_ptr + k,
+                                          q_ptr + k if k in session.load_cols else ffi.NULL, 1, 0, n)
+                lib.LoadShapes_Set_HrInterval(1.0)
+            self._shape_buffers = (p_mult, q_mult)  # the loadshapes read these: keep them alive
+            self._check_error("cannot point the loadshapes at the powers")
+            if self._needs_restart:
+                self._dss.Solution.SolveDirect()  # restart from a linear solution
+            # node voltages of a block of steps, [ground, V...] per row; magnitudes and line
+            # currents are computed per block (one sparse product instead of one per step)
+            block = np.zeros((min(steps, _SHAPE_BLOCK), layout.n_y + 1), dtype=np.complex128)
+            set_hour, loads_update = lib.Solution_Set_dblHour, lib.YMatrix_Set_LoadsNeedUpdating
+            solve, errors, converged = lib.Solution_SolveNoControl, lib.Error_Get_Number, lib.Solution_Get_Converged
+            t = t0 = -1
+            try:
+                for t in range(steps):
+                    set_hour(float(t + 1))  # hour t + 1 reads point t of an interval-1 h shape
+                    loads_update(1)
+                    solve()
+                    code = errors()
+                    if code or not converged():
+                        raise self._step_failed(t, code)
+                    row = t % _SHAPE_BLOCK
+                    if row == 0:
+                        t0 = t
+                    block[row, 1:] = self._circuit.YNodeVarray.view(np.complex128)
+                    if row == block.shape[0] - 1 or t == steps - 1:
+                        _block_results(block[: row + 1], layout, v_pu[t0: t + 1], i_amps[t0: t + 1])
+                    if progress is not None:
+                        progress(t)
+                self._needs_restart = False
+            finally:
+                if t >= 0:  # the powers the elements get back when the session closes
+                    session.last = [(b, prop, vals[t]) for b, prop, vals in bases]
+        v_pu *= layout.inv_base_v
+        v_pu[v_pu < _DEENERGISED_PU] = np.nan
+        return PowerFlowResult(v_pu=v_pu, node_names=list(layout.node_names), i_amps=i_amps,
+                               line_phase_names=list(layout.line_phase_names),
+                               norm_amps=layout.norm_amps.copy())
+
+    def _close_session(self, session: ShapeSession) -> None:
+        """Back to snapshot mode; the elements keep the powers of the last step solved."""
+        try:
+            if session.active:
+                with _dss_errors("cannot close the shape session"):
+                    self._lib.Solution_Set_Mode(_MODE_SNAPSHOT)
+                    for b, prop, vals in session.last:
+                        b.set(prop, np.ascontiguousarray(vals, dtype=float))
+                    self._check_error("cannot restore the elements' powers")
+        finally:
+            session.active = False
+            self._session = None
+
+    def _load_status(self, name: str) -> int:
+        """OpenDSS status of a Load: 0 variable, 1 fixed, 2 exempt."""
+        self._dss.Loads.Name(name.split(".", 1)[1])
+        return int(self._dss.Loads.Status())
+
+    def _check_error(self, what: str) -> None:
+        if self._lib.Error_Get_Number():
+            msg = f"{what}: OpenDSS error {self._dss.Error.Description()}"
+            raise NetworkError(msg)
+
+    def _prepare_shapes(self, elements: ElementSet) -> None:
+        """Give each element of ``elements`` its own Loadshape, and every other Load and
+        PVSystem a unity yearly shape; re-point shapes of elements not in this set to 1."""
+        cwd = os.getcwd()
+        try:
+            if _UNITY_SHAPE not in self._class_names("LoadShape"):
+                self._dss.Text.Command(f"New Loadshape.{_UNITY_SHAPE} npts=1 interval=1 mult=[1] useactual=no")
+            wanted = set(elements.names)
+            lib, ffi = self._lib, self._dss.dss_ffi
+            one = ffi.cast("double*", self._one.ctypes.data)
+            for name, shape in self._shapes.items():
+                if name not in wanted:  # dispatched earlier: hold its last power (mult 1, own memory)
+                    lib.LoadShapes_Set_Name(shape.encode())
+                    lib.LoadShapes_Set_Points(1, ffi.NULL, one, ffi.NULL, 0, 0, 1)
+            for name in elements.names:
+                if name not in self._shapes:
+                    shape = f"{_SHAPE_PREFIX}{len(self._shapes)}"
+                    self._dss.Text.Command(f"New Loadshape.{shape} npts=1 interval=1 mult=[1] useactual=no")
+                    # a fixed Load (a battery from add_battery) would ignore its shape; LoadMult stays 1,
+                    # so "variable" changes nothing else
+                    fixed = name.startswith("Load.") and self._load_status(name) == 1
+                    self._dss.Text.Command(f"Edit {name} yearly={shape}" + (" status=variable" if fixed else ""))
+                    self._shapes[name] = shape
+                    self._unity.discard(name)
+            for cls in _SHAPE_CLASSES:
+                for el in self._class_names(cls):
+                    full = f"{cls}.{el}"
+                    if full not in self._shapes and full not in self._unity:
+                        self._dss.Text.Command(f"Edit {full} yearly={_UNITY_SHAPE}")
+                        self._unity.add(full)
+        finally:
+            os.chdir(cwd)
+        self._check_error("cannot create the loadshapes")
+
+    def _step_failed(self, t: int, code: int) -> PowerFlowError:
+        """The error of a step whose solve raised OpenDSS error ``code`` (0: none) or did not converge."""
+        self._needs_restart = True
+        if code:
+            msg = f"power flow of step {t} failed: OpenDSS error {self._dss.Error.Description()}"
+        else:
+            iters = self._dss.Solution.Iterations()
+            msg = (f"power flow did not converge at step {t} after {iters} iterations "
+                   f"(circuit {self.master.name})")
+        return PowerFlowError(msg, step=t)
 
     def _solve_step(self, t: int, controls: bool) -> None:
         if self._lib.Error_Get_Number():
@@ -811,7 +1064,12 @@ class OpenDSSNetwork:
                     names.append(node)
                     node_y.append(k + 1)
                     inv_base.append(1.0 / (base * 1000.0))
-            matrix, cond_names, amps = self._line_current_matrix(len(y_order))
+            key = (self._topology_version, tuple(y_order))
+            if self._imatrix_cache is not None and self._imatrix_cache[0] == key:
+                matrix, cond_names, amps = self._imatrix_cache[1]  # only loads/PV were added
+            else:
+                matrix, cond_names, amps = self._line_current_matrix(len(y_order))
+                self._imatrix_cache = (key, (matrix, cond_names, amps))
         return _Layout(version=self._version, node_names=names, node_y=np.array(node_y, dtype=np.intp),
                        inv_base_v=np.array(inv_base), n_y=len(y_order), i_matrix=matrix,
                        line_phase_names=cond_names, norm_amps=amps)
@@ -862,11 +1120,16 @@ class OpenDSSNetwork:
                 self._dss.Solution.SolveNoControl()
             self._synced_version = self._version
 
-    def _cached(self, key: str, build: Callable[[], Any]) -> Any:
-        """``build()``, computed once per circuit version (elements added bump the version)."""
+    def _cached(self, key: str, build: Callable[[], Any], *, topology: bool = False) -> Any:
+        """``build()``, computed once per circuit version (elements added bump the version).
+
+        ``topology=True``: for what depends on lines and buses only (lines, bus graph,
+        downstream buses), which loads and PV added at existing buses do not change.
+        """
+        version = self._topology_version if topology else self._version
         hit = self._cache.get(key)
-        if hit is None or hit[0] != self._version:
-            hit = (self._version, build())
+        if hit is None or hit[0] != version:
+            hit = (version, build())
             self._cache[key] = hit
         return hit[1]
 
@@ -900,7 +1163,7 @@ class OpenDSSNetwork:
         Index: ``"line.name"``, lower case. Columns: ``bus1``, ``bus2`` (bus names without
         nodes), ``phases``, ``norm_amps`` [A], ``emerg_amps`` [A].
         """
-        return self._cached("lines", self._read_lines).copy()
+        return self._cached("lines", self._read_lines, topology=True).copy()
 
     def _read_lines(self) -> pd.DataFrame:
         rows = []
@@ -927,7 +1190,7 @@ class OpenDSSNetwork:
 
     def _graph(self) -> dict[str, set[str]]:
         """Bus adjacency through enabled power-delivery elements (lines, transformers...)."""
-        graph: dict[str, set[str]] = self._cached("graph", self._read_graph)
+        graph: dict[str, set[str]] = self._cached("graph", self._read_graph, topology=True)
         return graph
 
     def _read_graph(self) -> dict[str, set[str]]:
@@ -984,7 +1247,7 @@ class OpenDSSNetwork:
         NetworkError
             If the line does not exist.
         """
-        table = self._cached("downstream", self._read_downstream)
+        table = self._cached("downstream", self._read_downstream, topology=True)
         key = line.lower() if line.lower().startswith("line.") else f"line.{line.lower()}"
         if key not in table and key.count(".") == 2:
             key = key.rsplit(".", 1)[0]  # a conductor: "line.x.phase"
@@ -995,16 +1258,60 @@ class OpenDSSNetwork:
 
     def downstream_buses(self) -> dict[str, str]:
         """Downstream bus of every enabled line: ``{"line.x": bus}`` (see :meth:`downstream_bus`)."""
-        return dict(self._cached("downstream", self._read_downstream))
+        return dict(self._cached("downstream", self._read_downstream, topology=True))
 
     def _read_downstream(self) -> dict[str, str]:
         dist = self.bus_distance(self.source_bus)
         far = len(dist) + 1
         out = {}
-        for name, row in self.lines.iterrows():
-            d1, d2 = dist.get(row["bus1"], far), dist.get(row["bus2"], far)
-            out[str(name)] = row["bus1"] if d1 > d2 else row["bus2"]
+        lines = self._cached("lines", self._read_lines, topology=True)
+        for name, b1, b2 in zip(lines.index, lines["bus1"], lines["bus2"], strict=True):
+            out[str(name)] = b1 if dist.get(b1, far) > dist.get(b2, far) else b2
         return out
+
+
+def _block_results(block: np.ndarray, layout: _Layout, v_out: np.ndarray, i_out: np.ndarray) -> None:
+    """Node voltage magnitudes [V] and line currents [A] of a block of steps (rows of [0, V])."""
+    v_out[:] = np.abs(block[:, layout.node_y])
+    i_out[:] = np.abs(layout.i_matrix @ block.T).T
+
+
+class ShapeSession:
+    """A time-series run of :meth:`OpenDSSNetwork.run_series`'s ``"shapes"`` method that spans
+    several calls (chunks of a long horizon).
+
+    Made by :meth:`OpenDSSNetwork.shape_session`; use as a context manager. The first
+    :meth:`run` switches OpenDSS to yearly mode with every element of ``elements`` following
+    its own Loadshape; each :meth:`run` points the shapes at its powers and solves its steps in
+    order, each starting from the previous step's voltages, exactly as one long run would;
+    :meth:`close` returns to snapshot mode with the elements at the powers of the last step.
+    """
+
+    def __init__(self, net: OpenDSSNetwork, elements: ElementSet) -> None:
+        self.net = net
+        self.elements = elements
+        self.active = False
+        self.last: list[tuple[_Batch, bytes, np.ndarray]] = []
+        self.load_cols = frozenset(int(c) for g in elements._groups if g.cls == "Load" for c in g.cols)
+
+    def run(self, kw: np.ndarray, *, kvar: np.ndarray | None = None, pf: np.ndarray | None = None,
+            progress: Callable[[int], None] | None = None) -> PowerFlowResult:
+        """Solve the steps of ``kw`` (arguments and result as :meth:`OpenDSSNetwork.run_series`)."""
+        if self.net._session is not self:
+            msg = "this shape session is closed"
+            raise NetworkError(msg)
+        return self.net._run_session(self, kw, kvar, pf, progress)
+
+    def close(self) -> None:
+        """Return the network to snapshot mode (idempotent)."""
+        if self.net._session is self:
+            self.net._close_session(self)
+
+    def __enter__(self) -> ShapeSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --------------------------------------------------------------------------- helpers

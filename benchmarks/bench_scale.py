@@ -1,0 +1,131 @@
+"""Scale: market and power flow per step on synthetic feeders of 100 to 5,000 agents (issue 6, target 5).
+
+Run from the checkout (no shared data needed)::
+
+    python benchmarks/bench_scale.py [--agents 100 1000 5000] [--steps 168] [--repeat 3]
+
+For each size the case is written by ``gridmarket.cases.synthetic.build_case`` (N agents =
+N/2 households, each with PV; one community per 100 households; seed 0) and, in the same
+process, timed per hourly step (median of ``--repeat`` runs of ``--steps`` steps):
+
+* market: ``clear_market(case)`` (the default method) and, as its baseline, the general QP
+  on Clarabel (``method="qp"``, when that option exists; timed on the first 24 steps, its
+  cost per step does not depend on the horizon);
+* power flow: ``run_series(method="shapes")`` (all node voltages and line currents; each call
+  opens a yearly-mode session, whose one-off cost — the admittance matrix built and factorised
+  — is spread over ``--steps``), and as its baseline OpenDSS's own yearly loop on the same
+  series (one ``Solve``, no monitors; see ``bench_powerflow.py``).
+
+Printed: times per step, ratios to the baselines, and the growth exponent ``b`` of
+``time ∝ N^b`` from a least-squares fit of log time on log N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_powerflow import own_loop_runner  # noqa: E402
+
+
+def median_time(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def exponent(sizes: Sequence[float], times: Sequence[float]) -> float:
+    """``b`` of ``t = a · N^b`` (least squares on logs)."""
+    if len(sizes) < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(np.asarray(sizes, dtype=float)), np.log(np.asarray(times, dtype=float)), 1)[0])
+
+
+def measure(n_agents: int, steps: int, repeat: int, tmp: Path, *, qp_baseline: bool = True) -> dict[str, float]:
+    """Per-step times [s] at one size."""
+    from gridmarket.case import load_case
+    from gridmarket.cases.synthetic import build_case
+    from gridmarket.market import clear_market
+    from gridmarket.network import OpenDSSNetwork
+    from gridmarket.study.loop import dispatch_kw
+
+    t0 = time.perf_counter()
+    root = build_case(tmp / f"syn{n_agents}", n_households=max(1, n_agents // 2), seed=0, steps=steps)
+    case = load_case(root)
+    out: dict[str, float] = {"agents": float(len(case.agents)), "setup": time.perf_counter() - t0}
+    res = clear_market(case)
+    out["market"] = median_time(lambda: clear_market(case), repeat) / steps
+    if qp_baseline:
+        from gridmarket.study.long_run import slice_case
+
+        day = slice_case(case, 0, min(24, steps))
+        try:
+            out["market qp"] = median_time(lambda: clear_market(day, method="qp"), repeat) / day.time.steps
+        except TypeError:  # a clear_market without the method option
+            pass
+    kw = dispatch_kw(case, res)
+    t0 = time.perf_counter()
+    net = OpenDSSNetwork(case.network.master)
+    names = [a.element for a in case.agents]
+    es = net.resolve(names)
+    out["compile"] = time.perf_counter() - t0
+    pf = np.array([a.pf if a.pf is not None else np.nan for a in case.agents])
+    net.run_series(es, kw[:2], pf=pf, method="shapes")
+    q = np.where(np.isnan(pf), 0.0, np.sqrt(1.0 / np.where(np.isnan(pf), 1.0, pf) ** 2 - 1.0))
+    own_run, _ = own_loop_runner(net.master, names, kw, q)
+    own_run()
+    ours, own = [], []
+    for _ in range(repeat):  # interleaved with the baseline
+        ours.append(median_time(lambda: net.run_series(es, kw, pf=pf, method="shapes"), 1) / steps)
+        own.append(median_time(own_run, 1) / steps)
+    out["power flow"], out["power flow own"] = statistics.median(ours), statistics.median(own)
+    out["nodes"] = float(len(net.node_names))
+    return out
+
+
+def run(agents: Sequence[int], steps: int, repeat: int) -> list[dict[str, float]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in agents:
+            rows.append(measure(n, steps, repeat, Path(tmp)))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--agents", type=int, nargs="+", default=[100, 1000, 5000])
+    ap.add_argument("--steps", type=int, default=168)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args(argv)
+    rows = run(args.agents, args.steps, args.repeat)
+    print(f"\nsynthetic feeders, {args.steps} hourly steps, median of {args.repeat}; ms per step")
+    head = (f"{'agents':>7}{'nodes':>7}{'market':>9}{'QP':>9}{'x QP':>7}{'pf':>8}{'own loop':>10}{'x own':>7}"
+            f"{'setup s':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        qp = r.get("market qp", float("nan"))
+        print(f"{int(r['agents']):>7}{int(r['nodes']):>7}{r['market'] * 1e3:>9.2f}{qp * 1e3:>9.2f}"
+              f"{r['market'] / qp:>7.2f}{r['power flow'] * 1e3:>8.2f}{r['power flow own'] * 1e3:>10.2f}"
+              f"{r['power flow'] / r['power flow own']:>7.2f}{r['setup']:>9.2f}")
+    sizes = [r["agents"] for r in rows]
+    print("growth exponent b (time ∝ N^b): " + ", ".join(
+        f"{k} {exponent(sizes, [r[k] for r in rows]):.2f}"
+        for k in ("market", "market qp", "power flow", "power flow own") if all(k in r for r in rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
