@@ -317,3 +317,142 @@ def with_agents(case: Case, extra: Sequence[Agent], extra_profiles: np.ndarray |
         if a.community is not None and a.community not in comms:
             comms.append(a.community)
     return replace(case, agents=case.agents + tuple(extra), profile_kw=p, communities=tuple(comms))
+
+
+# ----------------------------------------------------------------------------- KKT certificate
+
+def kkt_violations(case: Case, result, *, battery_model: str | None = None,
+                   soc_init: dict[str, float] | None = None) -> dict[str, float]:
+    """Largest violation of each KKT condition of the one-step markets of ``result`` [kWh or
+    currency/kWh], written from MODEL.md (eqs. 1–18) with the ε term ``ε(ΣΦ² + α² + β² + S_ch²
+    + S_dis²)`` that the engine documents, and the prices it reports (``result.solution``:
+    ``λ`` (lam), ``μ_imp``, ``μ_exp``, ``ρ`` (rho), ``ν`` (nu)). Like :func:`reference_market`,
+    it uses no code of ``gridmarket.market``: a result that passes is an optimum of the QP.
+
+    Signs: the market minimises ``−W + ε·(...)``; with ``ν_n`` the price of agent n's balance
+    (2), ``λ_c`` of (3), ``μ_imp,c``/``μ_exp,c`` of (4)/(5) and ``ρ`` of (8) on each arc c <- j:
+
+    * Φ: ``2εΦ_n + ν_n − λ_c = 0``; α: ``2εα_n − ν_n + μ_imp,c >= 0`` (= 0 where α > 0);
+      β: ``2εβ_n + ν_n − μ_exp,c >= 0`` (= 0 where β > 0);
+    * P: ``g = 2aP − b + ν`` is 0 inside the bounds, <= 0 at the upper, >= 0 at the lower;
+    * battery: no feasible direction of ``(S_ch, S_dis)`` decreases
+      ``a(S_ch − S_dis)² + ε(S_ch² + S_dis²) + c_deg(S_ch + S_dis) − v ΔE + ν(S_ch − S_dis)``;
+    * arcs: ``π_imp − μ_imp,c >= 0`` and ``μ_exp,c − π_exp >= 0`` on grid arcs, ``ρ + τ − μ_imp,c
+      >= 0`` and ``μ_exp,j − ρ >= 0`` on the link arc c <- j, each = 0 where energy flows.
+    """
+    sol = result.solution
+    model = BatteryModel(battery_model or case.market.battery_model)
+    T = case.time.steps
+    dt = case.time.step_hours
+    spec = case.battery
+    eps = case.market.tie_break
+    tau = case.market.trade_fee
+    market = [a for a in case.agents if a.kind is not AgentKind.PASSIVE]
+    col = {a.name: i for i, a in enumerate(case.agents)}
+    comms = list(case.communities)
+    cm = np.array([comms.index(a.community) for a in market], dtype=np.int64)
+    pq = [i for i, a in enumerate(market) if a.kind is not AgentKind.BATTERY]
+    bat = [i for i, a in enumerate(market) if a.kind is AgentKind.BATTERY]
+    ip = np.asarray(case.grid.import_price, float)
+    ep = np.asarray(case.grid.export_price, float)
+    v_all = 0.5 * (ip + ep) if spec.value == "mean-price" else np.full(T, float(spec.value))
+    if model is BatteryModel.PHYSICAL:
+        g_ch, g_dis = spec.eff_charge, 1.0 / spec.eff_discharge
+    else:
+        g_ch, g_dis = 1.0, 1.0
+    keep = 1.0 - spec.self_discharge
+    # arcs in the order of the settlements frame: (community, partner)
+    first = result.settlements[result.settlements.step == 0]
+    arcs = list(zip(first.community, first.partner, strict=True))
+    rev = [arcs.index((j, c)) if j != "grid" else -1 for c, j in arcs]
+    out: dict[str, float] = {}
+
+    def worst(name: str, value: np.ndarray | float) -> None:
+        value = float(np.max(np.abs(value), initial=0.0))
+        out[name] = max(out.get(name, 0.0), value)
+
+    qtol = 1e-7  # a quantity counts as positive above this [kWh]
+    P = np.zeros((T, len(market)))
+    S = np.zeros((T, len(market)))
+    P[:, pq] = sol.p
+    S[:, bat] = sol.sch - sol.sdis
+    member = np.zeros((len(market), len(comms)))
+    member[np.arange(len(market)), cm] = 1.0
+    soc_prev = np.array([(soc_init or {}).get(market[i].name, spec.soc_init) for i in bat], dtype=float)
+    for t in range(T):
+        lam, mi, me, nu = sol.lam[t], sol.mu_imp[t], sol.mu_exp[t], sol.nu[t]
+        phi, al, be = sol.phi[t], sol.alpha[t], sol.beta[t]
+        # ---- primal feasibility
+        worst("(2) agent balance", P[t] + S[t] + phi - al + be)
+        worst("(3) community balance", phi @ member)
+        worst("(4)-(5) community trade", np.r_[al @ member - sol.gimp[t], be @ member - sol.gexp[t]])
+        for c, name in enumerate(comms):
+            mine = [k for k, (cc, _) in enumerate(arcs) if cc == name]
+            worst("(6)-(7) partner sums", [sol.gimp[t, c] - sol.aimp[t, mine].sum(),
+                                           sol.gexp[t, c] - sol.aexp[t, mine].sum()])
+        worst("(8) link balance", [sol.aimp[t, k] - sol.aexp[t, rev[k]] for k in range(len(arcs)) if rev[k] >= 0])
+        worst("(17) signs", np.minimum(0.0, np.r_[al, be, sol.aimp[t], sol.aexp[t]]))
+        # ---- stationarity and complementarity of Φ, α, β
+        worst("stationarity Φ", 2 * eps * phi + nu - lam[cm])
+        ga = 2 * eps * al - nu + mi[cm]
+        gb = 2 * eps * be + nu - me[cm]
+        worst("dual α", np.minimum(ga, 0.0))
+        worst("dual β", np.minimum(gb, 0.0))
+        worst("complementarity α", np.where(al > qtol, ga, 0.0))
+        worst("complementarity β", np.where(be > qtol, gb, 0.0))
+        # ---- consumers and producers
+        for i in pq:
+            a = market[i]
+            e = case.profile_kw[t, col[a.name]] * dt
+            lo, hi = ((1 - a.flex) * e, e) if a.kind is AgentKind.CONSUMER else (-e, 0.0)
+            x = P[t, i]
+            worst("(14)-(16) bounds P", [min(0.0, x - lo), max(0.0, x - hi)])
+            g = 2 * a.a * x - a.b + nu[i]
+            if hi - lo <= qtol:
+                continue
+            if x < hi - qtol and x > lo + qtol:
+                worst("stationarity P", g)
+            elif x >= hi - qtol:
+                worst("stationarity P", max(0.0, g))
+            else:
+                worst("stationarity P", min(0.0, g))
+        # ---- batteries
+        for k, i in enumerate(bat):
+            a = market[i]
+            cap = a.units * spec.unit_kwh
+            sch, sdis, soc = sol.sch[t, k], sol.sdis[t, k], sol.soc[t, k]
+            s0 = soc_prev[k]
+            de = g_ch * sch - g_dis * sdis
+            rate_c = min(a.units * spec.unit_kw * dt, spec.rate_charge * cap)
+            rate_d = min(a.units * spec.unit_kw * dt, spec.rate_discharge * cap)
+            worst("(9) SoC recursion", soc - (keep * s0 + de / cap))
+            lim = [(-sch, (-1.0, 0.0)), (sch - rate_c, (1.0, 0.0)), (-sdis, (0.0, -1.0)),
+                   (sdis - rate_d, (0.0, 1.0)), (soc - spec.soc_max, (g_ch, -g_dis)),
+                   (spec.soc_min - soc, (-g_ch, g_dis))]
+            if model is BatteryModel.PAPER:
+                lim += [(spec.eff_charge * sch / cap - (spec.soc_max - s0), (spec.eff_charge, 0.0)),
+                        (spec.eff_discharge * sdis / cap - (s0 - spec.soc_min), (0.0, spec.eff_discharge))]
+            worst("(10)-(13) battery limits", [max(0.0, c) for c, _ in lim])
+            ab = a.a + spec.a
+            v = v_all[t]
+            grad = np.array([2 * ab * (sch - sdis) + 2 * eps * sch + spec.degradation_cost - g_ch * v + nu[i],
+                             -2 * ab * (sch - sdis) + 2 * eps * sdis + spec.degradation_cost + g_dis * v - nu[i]])
+            active = [np.array(n) for c, n in lim if c >= -1e-9]
+            for d in ((1, 0), (-1, 0), (0, 1), (0, -1), (g_dis, g_ch), (-g_dis, -g_ch)):
+                d = np.asarray(d, float) / np.hypot(*d)
+                if all(n @ d <= 1e-12 for n in active):
+                    worst("stationarity battery", min(0.0, grad @ d))
+            soc_prev[k] = min(max(soc, spec.soc_min), spec.soc_max)
+        # ---- arcs
+        for k, (c, j) in enumerate(arcs):
+            ci = comms.index(c)
+            fi, fe = sol.aimp[t, k], sol.aexp[t, k]
+            if j == "grid":
+                si, se = ip[t] - mi[ci], me[ci] - ep[t]
+            else:
+                si = sol.rho[t, k] + tau - mi[ci]
+                se = me[comms.index(j)] - sol.rho[t, k]  # the exporter j's side of the same flow
+                fe = sol.aexp[t, rev[k]]
+            worst("dual arcs", [min(0.0, si), min(0.0, se)])
+            worst("complementarity arcs", [si if fi > qtol else 0.0, se if fe > qtol else 0.0])
+    return out

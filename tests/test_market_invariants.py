@@ -103,7 +103,8 @@ def check_invariants(case, r) -> None:
             assert (spec.eff_discharge * dis <= (prev - spec.soc_min) * cap + 1e-6).all()
     # welfare adds up; passive agents neither pay nor trade
     assert np.isclose(r.communities.welfare.sum(), r.total_welfare, atol=1e-8)
-    assert np.allclose(r.welfare.to_numpy(), r.communities.groupby("step").welfare.sum().to_numpy())
+    per_step = r.communities.groupby("step").welfare.sum().reindex(r.welfare.index, fill_value=0.0)
+    assert np.allclose(r.welfare.to_numpy(), per_step.to_numpy())  # (no communities: welfare 0)
     assert (m[m.kind == "passive"].payment == 0).all()
     assert r.payment_imbalance < 1e-6
 

@@ -4,7 +4,10 @@
   (built by ``scripts/build_default_case.py`` with :func:`gridmarket.cases.ieee_eu_lv.build_case`).
 - :func:`gridmarket.cases.cr_mar.build_case`: Costa Rica "MAR" feeder cases 1 and 2, written at
   run time from the shared data folder (the feeder data may not be redistributed).
-- :func:`write_case_source`: write one of those by name (``gridmarket new-case``).
+- :func:`gridmarket.cases.generic.new_case`: a case from any OpenDSS feeder (its loads become
+  households with PV, grouped into communities by a rule).
+- :func:`write_case_source`: write one of those by name, or from a feeder's ``.dss`` master
+  (``gridmarket new-case``).
 - :func:`write_case`: write any case folder atomically (shared CASE_FORMAT.md).
 """
 
@@ -12,8 +15,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from gridmarket.cases.shared import find_shared_data
 from gridmarket.cases.writer import write_case
@@ -26,6 +31,7 @@ SOURCES: dict[str, str] = {
     "default": "copy of the shipped default case (IEEE European LV Test Feeder with PV)",
     "ieee_eu_lv": "the default case rebuilt from the shared data (same files)",
     "cr_mar": "Costa Rica MAR feeder, study case 1 or 2, built from the shared data",
+    "<feeder>.dss": "any OpenDSS feeder's master file (gridmarket.cases.generic.new_case)",
 }
 
 _DEFAULT = "default_case"
@@ -54,20 +60,23 @@ def default_case_path() -> Path:
 
 
 def write_case_source(
-    source: str,
+    source: str | Path,
     out: Path,
     *,
     study_case: int = 1,
     data_dir: Path | str | None = None,
     overwrite: bool = False,
+    options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a case folder from a known source (see :data:`SOURCES`) to ``out``.
 
     Parameters
     ----------
-    source : str
+    source : str or pathlib.Path
         ``"default"`` (copy the shipped default case), ``"ieee_eu_lv"`` (rebuild it from the
-        shared data) or ``"cr_mar"`` (Costa Rica case ``study_case``).
+        shared data), ``"cr_mar"`` (Costa Rica case ``study_case``), or the path of an
+        OpenDSS master (a ``.dss`` file, or any existing file) for
+        :func:`gridmarket.cases.generic.new_case`.
     out : pathlib.Path
         Folder to create (atomically).
     study_case : int
@@ -76,13 +85,25 @@ def write_case_source(
         Shared data folder (default: searched, see :func:`find_shared_data`).
     overwrite : bool
         Replace an existing non-empty folder.
+    options : mapping, optional
+        Keyword arguments of :func:`~gridmarket.cases.generic.new_case` (feeder sources only),
+        e.g. ``{"pv_kwp": 4, "communities": "knn:6"}``.
 
     Returns
     -------
     pathlib.Path
         ``out``, absolute.
     """
-    key = source.strip().lower().replace("-", "_")
+    text = str(source).strip()
+    key = text.lower().replace("-", "_")
+    if key not in ("cr_mar", "ieee_eu_lv", "default") and (
+            text.lower().endswith(".dss") or Path(text).expanduser().is_file()):
+        from gridmarket.cases.generic import new_case
+
+        return new_case(Path(text), Path(out), overwrite=overwrite, **dict(options or {}))
+    if options:
+        msg = f"options {sorted(options)} apply only to a feeder (.dss) source, not to {source!r}"
+        raise GridmarketError(msg)
     if key == "cr_mar":
         from gridmarket.cases.cr_mar import build_case as build_cr
 

@@ -2,7 +2,13 @@
 read prices from its duals.
 
 Entry point: :func:`clear_market` ``(case, *, soc_init=None, horizon=None,
-battery_model=None) -> MarketResult``.
+battery_model=None, method="auto") -> MarketResult``.
+
+Two solvers give the same result: the general QP on Clarabel (``method="qp"``, the
+reference, any horizon) and, for the sequential market (horizon 1), a solver of the KKT
+conditions that exploits the structure of one step (:mod:`gridmarket.market.fast`, about
+25× faster); ``method="auto"`` uses the second where it applies and Clarabel for anything
+it cannot settle. ``MarketResult.solver`` / ``window_solver`` record which ran.
 
 Units and signs
 ---------------
@@ -73,7 +79,12 @@ from gridmarket.market.results import (
     MarketResult,
     MarketStatus,
 )
-from gridmarket.market.solve import WindowSolver, clear_market, solver_settings
+from gridmarket.market.solve import (
+    MarketMethod,
+    WindowSolver,
+    clear_market,
+    solver_settings,
+)
 from gridmarket.market.validate import MarketProblem, assert_valid_market, check_market
 
 __all__ = [
@@ -81,6 +92,7 @@ __all__ = [
     "MARKET_COLUMNS",
     "SETTLEMENT_COLUMNS",
     "MarketData",
+    "MarketMethod",
     "MarketModel",
     "MarketProblem",
     "MarketResult",

@@ -88,6 +88,10 @@ class MarketResult:
         ``λ_c`` [currency/kWh].
     constant : float
         ``Σ c_n`` of the market agents [currency per step], reported apart from welfare.
+    solver : str
+        ``"fast"`` (every window by the KKT path of :mod:`gridmarket.market.fast`),
+        ``"clarabel"`` (the general QP), ``"fast+clarabel"``, or ``"none"`` (no market agents or
+        no steps); ``window_solver`` per window.
     """
 
     market: pd.DataFrame
@@ -109,6 +113,8 @@ class MarketResult:
     solve_seconds: float
     payment_imbalance: float  #: largest |agents' payments − partner settlement| of a community [currency]
     solution: Solution  #: raw primal/dual arrays in market order (see gridmarket.market.prices)
+    #: per window, what solved it: "fast" (KKT path, gridmarket.market.fast) or "clarabel"
+    window_solver: tuple[str, ...] = ()
 
     @property
     def total_welfare(self) -> float:
@@ -124,7 +130,8 @@ def _times(data: MarketData) -> np.ndarray:
 
 
 def make_result(data: MarketData, sol: Solution, *, status: MarketStatus, window_status: tuple[MarketStatus, ...],
-                horizon: int, iterations: int, build_seconds: float, solve_seconds: float) -> MarketResult:
+                horizon: int, iterations: int, build_seconds: float, solve_seconds: float,
+                solver: str = "none", window_solver: tuple[str, ...] = ()) -> MarketResult:
     """Build the frames and arrays of a cleared market from its :class:`Solution`."""
     case = data.case
     T, n = data.steps, len(case.agents)
@@ -185,6 +192,6 @@ def make_result(data: MarketData, sol: Solution, *, status: MarketStatus, window
     return MarketResult(
         market=market, communities=communities, settlements=settlements, welfare=welfare,
         p_kwh=p, s_kwh=s, soc=soc, price=sol.lam, constant=float(data.const.sum()), status=status,
-        window_status=window_status, battery_model=data.battery_model, horizon=horizon, solver="clarabel",
+        window_status=window_status, battery_model=data.battery_model, horizon=horizon, solver=solver,
         iterations=iterations, build_seconds=build_seconds, solve_seconds=solve_seconds,
-        payment_imbalance=float(np.abs(imb).max()) if imb.size else 0.0, solution=sol)
+        payment_imbalance=float(np.abs(imb).max()) if imb.size else 0.0, solution=sol, window_solver=window_solver)

@@ -10,9 +10,11 @@ from Clarabel's infeasibility certificate.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 
 import clarabel
 import numpy as np
@@ -22,11 +24,27 @@ from gridmarket.enums import BatteryModel
 from gridmarket.errors import MarketError
 from gridmarket.market._data import MarketData, Window, market_data
 from gridmarket.market.build import NONNEG, MarketModel, RowBlock, create_model
+from gridmarket.market.fast import (
+    FastStats,
+    fast_plan,
+    fast_unsupported,
+    solve_sequential,
+)
 from gridmarket.market.prices import Solution
 from gridmarket.market.results import MarketResult, MarketStatus, make_result
 from gridmarket.market.validate import assert_valid_market
 
-__all__ = ["SNAP_KWH", "WindowOutcome", "WindowSolver", "clear_market", "solver_settings"]
+__all__ = ["SNAP_KWH", "MarketMethod", "WindowOutcome", "WindowSolver", "clear_market", "solver_settings"]
+
+log = logging.getLogger(__name__)
+
+
+class MarketMethod(str, Enum):
+    """How :func:`clear_market` solves the market."""
+
+    AUTO = "auto"  #: the fast KKT path where it applies (sequential market), Clarabel elsewhere
+    FAST = "fast"  #: the fast path only; raise MarketError where it does not apply
+    QP = "qp"  #: the general QP on Clarabel for every window (the reference)
 
 #: energies closer than this to zero [kWh] are reported as 0 (below the solver's tolerance)
 SNAP_KWH = 1e-9
@@ -205,7 +223,8 @@ def _extract(model: MarketModel, w: Window, x: np.ndarray, z: np.ndarray, sol: S
 
 
 def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, horizon: int | None = None,
-                 battery_model: BatteryModel | str | None = None) -> MarketResult:
+                 battery_model: BatteryModel | str | None = None,
+                 method: MarketMethod | str = MarketMethod.AUTO) -> MarketResult:
     """Clear the market of every step of ``case`` (shared MODEL.md, eqs. 1–18).
 
     Parameters
@@ -220,6 +239,13 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
         ``horizon`` steps roll over the case; the last one may be shorter.
     battery_model : BatteryModel or str, optional
         ``"physical"`` or ``"paper"``, overriding ``[market].battery_model``.
+    method : MarketMethod or str
+        ``"auto"`` (default): the sequential market (horizon 1) is solved from its KKT
+        conditions by :mod:`gridmarket.market.fast`, any step it cannot settle and every other
+        case by Clarabel; ``"fast"``: the fast path only (MarketError where it does not
+        apply); ``"qp"``: Clarabel for every window. ``MarketResult.solver`` says which ran
+        (``"fast"``, ``"clarabel"``, ``"fast+clarabel"``, or ``"none"`` when there is nothing
+        to clear), ``window_solver`` per window.
 
     Returns
     -------
@@ -231,8 +257,9 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
     MarketError
         An input breaks a rule (checked before solving; names step, group and agents), or a
         window QP is infeasible, unbounded or not solved (names the step and the likely
-        constraint group).
+        constraint group); with ``method="fast"``, also when the fast path does not apply.
     """
+    method = MarketMethod(method)
     t_build = 0.0
     t_solve = 0.0
     data: MarketData = market_data(case, battery_model=battery_model, soc_init=soc_init)
@@ -241,14 +268,15 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
     T = data.steps
     sol = Solution.empty(data)
     statuses: list[MarketStatus] = []
+    solvers_used: list[str] = []
     iterations = 0
     if data.n_m and T:
         H = min(H, T)
         solvers: dict[int, WindowSolver] = {}
-        soc = data.soc_init.copy()
         lo, hi = data.case.battery.soc_min, data.case.battery.soc_max
-        for start in range(0, T, H):
-            L = min(H, T - start)
+
+        def clarabel_window(start: int, L: int, soc: np.ndarray) -> np.ndarray:
+            nonlocal t_build, t_solve, iterations
             ws = solvers.get(L)
             if ws is None:
                 t0 = time.perf_counter()
@@ -261,12 +289,50 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
             if not out.status.ok:
                 raise diagnose(ws.model, w, out)
             statuses.append(out.status)
+            solvers_used.append("clarabel")
             _extract(ws.model, w, out.x, out.z, sol)
             # the solver meets the SoC bounds to ~1e-9; keep the next window's start inside them
-            soc = np.clip(sol.soc[start + L - 1], lo, hi)
+            return np.asarray(sol.soc[start + L - 1])
+
+        why = fast_unsupported(data, horizon=H) if method is not MarketMethod.QP else "method='qp'"
+        if why is None:
+            t0 = time.perf_counter()
+            plan = fast_plan(data)
+            t_build += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            build_before = t_build
+            order: list[tuple[int, str]] = []
+
+            def fallback(t: int, soc: np.ndarray) -> np.ndarray:
+                order.append((t, "clarabel"))
+                return clarabel_window(t, 1, soc)
+
+            stats: FastStats = solve_sequential(plan, sol, data.soc_init.copy(),
+                                                None if method is MarketMethod.FAST else fallback, snap=SNAP_KWH)
+            # wall time of the sequence, Clarabel fallbacks included, their QP assembly excluded
+            t_solve = time.perf_counter() - t0 - (t_build - build_before)
+            iterations += stats.iterations
+            if stats.failures:
+                log.info("market: %d of %d steps solved by Clarabel (fast path: %s)", stats.qp_steps, T,
+                         "; ".join(f"step {t}: {r}" for t, r in list(stats.failures.items())[:3]))
+            # per-window records in step order: fast steps are OPTIMAL
+            byq = dict(order)
+            qstat = iter(statuses)
+            statuses = [next(qstat) if t in byq else MarketStatus.OPTIMAL for t in range(T)]
+            solvers_used = ["clarabel" if t in byq else "fast" for t in range(T)]
+        elif method is MarketMethod.FAST:
+            msg = f"market of case {case.name!r}: the fast path does not apply: {why}; use method='auto' or 'qp'"
+            raise MarketError(msg, group="Market-method")
+        else:
+            soc = data.soc_init.copy()
+            for start in range(0, T, H):
+                L = min(H, T - start)
+                soc = np.clip(clarabel_window(start, L, soc), lo, hi)
     else:
         H = max(1, min(H, T))
         statuses = [MarketStatus.NOT_SOLVED]
     worst = MarketStatus.ALMOST_OPTIMAL if MarketStatus.ALMOST_OPTIMAL in statuses else statuses[0]
+    kinds = sorted(set(solvers_used), key=["fast", "clarabel"].index) if solvers_used else ["none"]
     return make_result(data, sol, status=worst, window_status=tuple(statuses), horizon=H, iterations=iterations,
-                       build_seconds=t_build, solve_seconds=t_solve)
+                       build_seconds=t_build, solve_seconds=t_solve, solver="+".join(kinds),
+                       window_solver=tuple(solvers_used))
