@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gridmarket.cases.profiles import pvlib_hourly_days, read_pq_csv, rotate_days, spread, to_hourly
+from gridmarket.cases.profiles import consecutive_runs, pvlib_hourly_days, read_pq_csv, rotate_days, spread, to_hourly
 from gridmarket.cases.shared import find_shared_data
 from gridmarket.cases.writer import Key, Section, render_toml, write_case
 from gridmarket.errors import GridmarketError
@@ -347,16 +347,7 @@ def build_case(
 
 
 def _ranges(nums: Sequence[int]) -> str:
-    parts: list[str] = []
-    nums = sorted(nums)
-    i = 0
-    while i < len(nums):
-        j = i
-        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
-            j += 1
-        parts.append(str(nums[i]) if i == j else f"{nums[i]}-{nums[j]}")
-        i = j + 1
-    return ", ".join(parts)
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in consecutive_runs(nums))
 
 
 def _hours(hours: Sequence[int]) -> str:

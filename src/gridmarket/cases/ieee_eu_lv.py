@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from gridmarket.cases._licences import EPRI_DSS_EXTENSIONS_BSD, TEAM_NANDO_BSD3
-from gridmarket.cases.profiles import ausnet_days, clearest_day, read_column_file, to_hourly
+from gridmarket.cases.profiles import ausnet_days, consecutive_runs, clearest_day, read_column_file, to_hourly
 from gridmarket.cases.shared import find_shared_data
 from gridmarket.cases.writer import Key, Section, render_toml, write_case
 from gridmarket.errors import GridmarketError
@@ -367,16 +367,8 @@ def build_case(
 
 def _hours(hours: Sequence[int]) -> str:
     """Compact list of hour ranges, e.g. ``07:00-16:00`` for hours 7..15."""
-    parts: list[str] = []
-    hs = list(hours)
-    i = 0
-    while i < len(hs):
-        j = i
-        while j + 1 < len(hs) and hs[j + 1] == hs[j] + 1:
-            j += 1
-        parts.append(f"{hs[i]:02d}:00-{hs[j] + 1:02d}:00")
-        i = j + 1
-    return ", ".join(parts) if parts else "none"
+    runs = consecutive_runs(hours)
+    return ", ".join(f"{a:02d}:00-{b + 1:02d}:00" for a, b in runs) if runs else "none"
 
 
 def _case_toml(f: dict) -> str:

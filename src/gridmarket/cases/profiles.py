@@ -8,6 +8,8 @@ resolution ``r`` minutes covers ``[i*r, (i+1)*r)`` minutes after midnight.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +251,14 @@ def spread(k: int, lo: float, hi: float, *, offset: float = 0.0) -> float:
     """
     u = (offset + k * GOLDEN) % 1.0
     return round(lo + (hi - lo) * u, 4)
+
+
+def consecutive_runs(nums: Sequence[int]) -> list[tuple[int, int]]:
+    """Group sorted integers into runs of consecutive values: ``[1, 2, 3, 7] -> [(1, 3), (7, 7)]``."""
+    runs: list[tuple[int, int]] = []
+    for n in sorted(nums):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    return runs
