@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from casefactory import write_tiny_case
 
@@ -30,3 +31,10 @@ def cr_mar_dir() -> Path:
         pytest.skip(f"cr_mar feeder not found at {d} (it is not redistributable; place ../shared/data beside"
                     " the checkout or set GRIDMARKET_SHARED_DATA)")
     return d
+
+
+# CI runs every property test on hypothesis' fixed example sequence, so that a red CI is a
+# reproducible one; local runs keep exploring new examples (and store failures in .hypothesis/)
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
