@@ -1,7 +1,10 @@
 """Network stage: the OpenDSS power-flow engine and the limit checks of eqs. (19)-(20).
 
-:mod:`gridmarket.network.opendss` is the only module of the project that imports
-:mod:`opendssdirect`; :mod:`gridmarket.network.violations` works on its numpy results.
+This package is the only part of the project that imports :mod:`opendssdirect`:
+:mod:`gridmarket.network.opendss` is the engine (compile, set powers, solve, read arrays) and
+:mod:`gridmarket.network.inspect` reads a feeder once, read-only and in a private DSS
+context, for the case builders and the sweep. :mod:`gridmarket.network.violations` works on
+the engine's numpy results.
 """
 
 from gridmarket.network.opendss import (

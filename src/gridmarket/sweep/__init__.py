@@ -7,8 +7,9 @@
 - :func:`plot_sweep`, :func:`write_sweep_page`: ``sweep.png`` and ``sweep.html``.
 """
 
+from typing import Any
+
 from gridmarket.sweep.apply import write_scenario_case
-from gridmarket.sweep.plots import plot_sweep, write_sweep_page
 from gridmarket.sweep.run import RESULT_COLUMNS, SERIAL, case_fingerprint, run_scenario, run_sweep, sweep_table
 from gridmarket.sweep.spec import ALIASES, PARAMETERS, Scenario, SweepSpec, parse_sweep, read_sweep
 
@@ -29,3 +30,14 @@ __all__ = [
     "write_scenario_case",
     "write_sweep_page",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # the plots import matplotlib (~0.4 s): loaded on first use, so that a Dask worker, which
+    # imports this package to run scenarios, does not pay for it
+    if name in ("plot_sweep", "write_sweep_page"):
+        from gridmarket.sweep import plots
+
+        return getattr(plots, name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
