@@ -1,10 +1,11 @@
-"""Command-line interface: ``gridmarket run | check | report | new-case``.
+"""Command-line interface: ``gridmarket run | check | report | new-case | sweep``.
 
 Every :class:`~gridmarket.errors.GridmarketError` becomes a few readable lines and exit
 status 2 (a usage error too); an unexpected exception is a bug: exit status 1 and a request
 to report it, with the traceback only under ``--debug`` (which shows it for every error).
 Ctrl-C gives exit status 130 and says whether a results folder was left (never a partial
-one). Warnings are one line each: ``warning: ...``.
+one). ``gridmarket sweep`` exits with status 3 (:data:`~gridmarket.sweep.cli.SOME_FAILED`) when
+it finished but some scenarios failed. Warnings are one line each: ``warning: ...``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import functools
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -36,7 +37,7 @@ out = Console()
 
 _state: dict[str, object] = {"debug": False}
 
-CaseArg = Annotated[Optional[Path], typer.Argument(help="Case folder (default: the embedded IEEE EU LV case).")]
+CaseArg = Annotated[Path | None, typer.Argument(help="Case folder (default: the embedded IEEE EU LV case).")]
 
 
 def _version(value: bool) -> None:
@@ -78,8 +79,12 @@ def _case_path(case: Path | None) -> Path:
 
 
 @contextmanager
-def _progress(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress bar; yields ``update(label, done, total)``."""
+def _progress(quiet: bool, *, one_bar: str | None = None) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar; yields ``update(label, done, total)``.
+
+    One bar per ``label`` (the stages of ``run``), or with ``one_bar`` a single bar named so
+    whose description also shows the latest ``label`` (the scenarios of ``sweep``).
+    """
     if quiet or not err.is_terminal:
         yield lambda label, done, total: None
         return
@@ -88,9 +93,11 @@ def _progress(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
         tasks: dict[str, TaskID] = {}
 
         def update(label: str, done: int, total: int) -> None:
-            if label not in tasks:
-                tasks[label] = bar.add_task(label, total=total)
-            bar.update(tasks[label], completed=done, total=total)
+            key = label if one_bar is None else one_bar
+            text = label if one_bar is None else f"{one_bar} (last: {escape(label)})"
+            if key not in tasks:
+                tasks[key] = bar.add_task(text, total=total)
+            bar.update(tasks[key], completed=done, total=total, description=text)
 
         yield update
 
@@ -99,8 +106,8 @@ def _progress(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
 @_records_interrupts
 def run(
     case: CaseArg = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results folder"
-                                                    " (default: results/<case name>).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Results folder"
+                                                 " (default: results/<case name>).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing results folder.")] = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip report.html and the figures.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -112,10 +119,8 @@ def run(
 
     path = _case_path(case)
     c = load_case(path)
-    if out_dir is None and (c.name.strip() in ("", ".", "..") or any(ch in c.name for ch in "/\\")):
-        msg = (f"case name {c.name!r} ([case].name in case.toml) cannot name the results folder"
-               " results/<name>: choose the folder with --out DIR")
-        raise ResultsError(msg)
+    if out_dir is None:
+        _check_folder_name(c.name, "the results folder results/<name>")
     target = out_dir if out_dir is not None else Path("results") / c.name
     prepare_out_dir(target, overwrite=overwrite)  # refuse before any work
     check_case_network(c)  # every mismatch with the network, named by file and row or key
@@ -203,23 +208,225 @@ def report(results: Annotated[Path, typer.Argument(help="A results folder writte
     out.print(f"report written to [bold]{path}[/bold]")
 
 
-@app.command("new-case")
+#: ``new-case`` options that apply to a feeder source only: keyword of
+#: :func:`gridmarket.cases.generic.new_case` -> command-line flag
+_FEEDER_FLAGS: dict[str, str] = {
+    "pv_kwp": "--pv-kwp", "pv_percent_of_peak": "--pv-percent", "communities": "--communities",
+    "template": "--template", "settings": "--set", "import_price": "--import-price",
+    "export_price": "--export-price", "steps": "--steps", "step_hours": "--step-hours", "start": "--start",
+    "start_hour": "--start-hour", "loadshape": "--loadshape", "name": "--name",
+}
+_NAMED_SOURCES = ("default", "ieee_eu_lv", "cr_mar")
+_FEEDER = "Feeder sources (.dss)"
+
+
+def _source_key(source: str) -> str:
+    """``"default"``, ``"ieee_eu_lv"`` or ``"cr_mar"`` for a named source; ``"feeder"`` for what
+    :func:`gridmarket.cases.write_case_source` reads as an OpenDSS master (a ``.dss`` path or any
+    existing file); ``""`` for anything else (an unknown source, which it names)."""
+    text = source.strip()
+    key = text.lower().replace("-", "_")
+    if key in _NAMED_SOURCES:
+        return key
+    if text.lower().endswith(".dss") or Path(text).expanduser().is_file():
+        return "feeder"
+    return ""
+
+
+def _check_new_case_options(source: str, out_dir: Path, feeder_flags: Sequence[str], *, study_case: int | None,
+                            data_dir: Path | None, both_pv: bool, overwrite: bool) -> None:
+    """Refuse ``new-case`` options that do not apply to ``source`` or to each other, naming their
+    flags, and an existing case folder without ``--overwrite``, before any work.
+
+    Raises
+    ------
+    GridmarketError
+        Feeder options for a named source; ``--case`` for anything but ``cr_mar``; ``--data``
+        for a feeder or ``default``; ``--pv-kwp`` with ``--pv-percent``; ``out_dir`` exists and
+        is not an empty folder.
+    """
+    kind = _source_key(source)
+    if kind and kind != "feeder" and feeder_flags:
+        msg = (f"option(s) {', '.join(feeder_flags)} apply only to a feeder source (the path of an OpenDSS"
+               f" master .dss), not to {kind!r}")
+        raise GridmarketError(msg)
+    wrong = [flag for flag, given, ok in (("--case", study_case is not None, ("cr_mar",)),
+                                          ("--data", data_dir is not None, ("cr_mar", "ieee_eu_lv")))
+             if given and kind and kind not in ok]
+    if wrong:
+        what = "a feeder source (.dss)" if kind == "feeder" else repr(kind)
+        msg = (f"option(s) {', '.join(wrong)} do not apply to {what}: --case is for cr_mar, --data for cr_mar"
+               " and ieee_eu_lv")
+        raise GridmarketError(msg)
+    if both_pv:
+        msg = "give --pv-kwp or --pv-percent, not both"
+        raise GridmarketError(msg)
+    out = out_dir.expanduser()
+    if not overwrite and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        msg = f"cannot write the case to {out}: it exists and is not an empty folder; pass --overwrite to replace it"
+        raise GridmarketError(msg)
+
+
+@app.command("new-case", short_help="Write a case folder from a known feeder or any OpenDSS feeder (.dss).")
 @_records_interrupts
 def new_case(
-    source: Annotated[str, typer.Argument(help="'cr_mar' (the Costa Rica feeder in ../shared/data)"
-                                          " or 'default' (the embedded IEEE EU LV case).")],
+    source: Annotated[str, typer.Argument(help="'default' (copy of the embedded IEEE EU LV case), 'ieee_eu_lv'"
+                                          " (that case rebuilt from ../shared/data), 'cr_mar' (the Costa Rica"
+                                          " feeder in ../shared/data) or the path of any OpenDSS feeder's"
+                                          " master file (.dss).")],
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the case into.")],
-    study_case: Annotated[int, typer.Option("--case", help="cr_mar: 1 (one dispersed community)"
-                                            " or 2 (five communities).")] = 1,
-    data_dir: Annotated[Optional[Path], typer.Option("--data", help="Folder holding cr_mar/ (default:"
-                                                     " ../shared/data or $GRIDMARKET_SHARED_DATA).")] = None,
+    study_case: Annotated[int | None, typer.Option("--case", help="cr_mar only: 1 (one dispersed community)"
+                                                   " or 2 (five communities); default 1.")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data", help="cr_mar, ieee_eu_lv: folder holding the"
+                                                  " feeder data (default: ../shared/data or"
+                                                  " $GRIDMARKET_SHARED_DATA).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
+    pv_kwp: Annotated[float | None, typer.Option(
+        "--pv-kwp", help="PV per household \\[kWp] (without it or --pv-percent: the feeder's own PVSystems).",
+        rich_help_panel=_FEEDER)] = None,
+    pv_percent: Annotated[float | None, typer.Option(
+        "--pv-percent", help="PV per household as % of its peak step-mean demand \\[%].",
+        rich_help_panel=_FEEDER)] = None,
+    communities: Annotated[str | None, typer.Option(
+        "--communities", metavar="RULE", help="transformer (default), branch, knn:K (groups of K nearest"
+        " households) or a CSV path (columns load, community).", rich_help_panel=_FEEDER)] = None,
+    template: Annotated[Path | None, typer.Option(
+        "--template", metavar="TOML", help="case.toml sections plus \\[consumers] and \\[producers] coefficients.",
+        rich_help_panel=_FEEDER)] = None,
+    settings: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE", help="Override one setting over the template, e.g. --set"
+        " grid.import_price=0.7 --set 'consumers.b=\\[0.9, 1.3]' (a TOML value; repeatable).",
+        rich_help_panel=_FEEDER)] = None,
+    import_price: Annotated[float | None, typer.Option(
+        "--import-price", help="Grid tariff \\[currency/kWh].", rich_help_panel=_FEEDER)] = None,
+    export_price: Annotated[float | None, typer.Option(
+        "--export-price", help="Feed-in price \\[currency/kWh].", rich_help_panel=_FEEDER)] = None,
+    steps: Annotated[int | None, typer.Option(
+        "--steps", help="Number of steps (default 24).", rich_help_panel=_FEEDER)] = None,
+    step_hours: Annotated[float | None, typer.Option(
+        "--step-hours", help="Length of a step \\[h] (default 1).", rich_help_panel=_FEEDER)] = None,
+    start: Annotated[str | None, typer.Option(
+        "--start", metavar="ISO", help="Timestamp of step 0, e.g. 2024-06-01T00:00 (only labels the steps).",
+        rich_help_panel=_FEEDER)] = None,
+    start_hour: Annotated[float | None, typer.Option(
+        "--start-hour", help="Hour of the feeder's loadshapes at which step 0 begins \\[h] (default 0).",
+        rich_help_panel=_FEEDER)] = None,
+    loadshape: Annotated[str | None, typer.Option(
+        "--loadshape", help="Which shape of a load to use: auto (daily, yearly, duty; default), daily,"
+        " yearly or duty.", rich_help_panel=_FEEDER)] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="\\[case].name (default: the master's file or folder name).", rich_help_panel=_FEEDER)] = None,
 ) -> None:
-    """Write a case folder built from a known feeder."""
-    from gridmarket.cases import write_case_source
+    """Write a case folder built from a known feeder or from any OpenDSS feeder (.dss master):
+    its loads become households with PV (the feeder's own, or one per household with --pv-kwp or
+    --pv-percent), grouped into communities by a rule; rules and defaults in docs/sweep.md.
+    \f
+    The feeder options are the keyword arguments of :func:`gridmarket.cases.generic.new_case`;
+    an option that does not apply to SOURCE is an error naming its flag (exit status 2).
+    """
+    from gridmarket.sweep.cli import new_case_command
 
-    path = write_case_source(source, out_dir, study_case=study_case, data_dir=data_dir, overwrite=overwrite)
-    out.print(f"case written to [bold]{path}[/bold]; run it with: gridmarket run {path}")
+    options: dict[str, object] = {
+        "pv_kwp": pv_kwp, "pv_percent_of_peak": pv_percent, "communities": communities, "template": template,
+        "settings": settings or None, "import_price": import_price, "export_price": export_price, "steps": steps,
+        "step_hours": step_hours, "start": start, "start_hour": start_hour, "loadshape": loadshape, "name": name,
+    }
+    given = {k: v for k, v in options.items() if v is not None}
+    _check_new_case_options(source, out_dir, [_FEEDER_FLAGS[k] for k in given], study_case=study_case,
+                            data_dir=data_dir, both_pv=pv_kwp is not None and pv_percent is not None,
+                            overwrite=overwrite)
+    if not _source_key(source):
+        given = {}  # an unknown source: let write_case_source name it, not the options
+    res = new_case_command(source, out_dir, overwrite=overwrite, study_case=study_case or 1, data_dir=data_dir,
+                           **given)
+    path = res.path if res.path is not None else out_dir
+    out.print(escape(res.text), highlight=False, soft_wrap=True)
+    out.print(f"run it with: gridmarket run {escape(str(path))}", highlight=False, soft_wrap=True)
+
+
+@app.command(short_help="Run a case over the scenarios of a SWEEP.toml on Dask (exit 3: some failed).")
+@_records_interrupts
+def sweep(
+    case: Annotated[Path, typer.Argument(help="The base case folder.")],
+    sweep_toml: Annotated[Path, typer.Argument(metavar="SWEEP.toml", help="The scenarios: a grid"
+                                               " (\\[parameters]) and/or a list (\\[\\[scenarios]]);"
+                                               " see docs/sweep.md.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Sweep folder (default:"
+                                                 " results/<case name>-<SWEEP file name without .toml>)."
+                                                 " Rerunning into the same folder reuses the scenarios"
+                                                 " already done.")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", metavar="ADDR|serial", help="A running"
+                                                  " Dask scheduler (tcp://host:8786), or 'serial' (no Dask,"
+                                                  " one scenario after the other). Default: a local cluster"
+                                                  " started for this sweep.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", min=1, help="Worker processes of the"
+                                                " local cluster (default: one per CPU, at most one per"
+                                                " scenario).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Run every scenario again, also those"
+                                            " already done.")] = False,
+    report: Annotated[bool | None, typer.Option("--report/--no-report", help="Write every scenario's"
+                                                " report.html (default: \\[sweep].report of the file).",
+                                                show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run CASE over the scenarios of SWEEP.toml, each an independent task on Dask: writes
+    sweep.csv (one row per scenario: parameters, welfare, violations, batteries, runtime),
+    sweep.png, sweep.html and each scenario's case and results folder. A failed scenario does not
+    stop the others; exit status 3 when some failed (they are listed), 2 for a bad case or sweep
+    file.
+    \f
+    :func:`gridmarket.sweep.cli.sweep_command` (:func:`gridmarket.sweep.run_sweep`) with a
+    progress bar over the scenarios; format and behaviour in docs/sweep.md.
+    """
+    from gridmarket.sweep.cli import sweep_command
+    from gridmarket.sweep.run import SERIAL
+
+    if workers is not None and scheduler is not None:
+        what = "serial runs" if scheduler == SERIAL else f"the scheduler {scheduler}"
+        msg = f"--workers sizes the local cluster only; it does not apply to {what}"
+        raise GridmarketError(msg)
+    target = out_dir if out_dir is not None else _default_sweep_dir(case, sweep_toml)
+    try:
+        with _progress(quiet, one_bar="scenarios") as update:
+            res = sweep_command(case, sweep_toml, target, scheduler=scheduler, workers=workers,
+                                overwrite=overwrite, progress=update, report=report)
+    except KeyboardInterrupt as exc:
+        exc.add_note(f"the scenarios finished so far are kept in {target} and a rerun reuses them;"
+                     " sweep.csv was not updated")
+        raise
+    out.print(escape(res.text), highlight=False, soft_wrap=True)
+    if res.exit_code:
+        raise typer.Exit(code=res.exit_code)
+
+
+def _default_sweep_dir(case: Path, sweep_toml: Path) -> Path:
+    """``results/<case name>-<sweep file stem>`` (beside ``run``'s ``results/<case name>``).
+
+    Raises
+    ------
+    ResultsError
+        The case name cannot name a folder.
+    """
+    from gridmarket.case import CaseWarning, load_case
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CaseWarning)  # as run_sweep, which reads the case again
+        name = load_case(case).name
+    _check_folder_name(name, "the sweep folder results/<name>-<sweep file name>")
+    return Path("results") / f"{name}-{sweep_toml.stem}"
+
+
+def _check_folder_name(name: str, what: str) -> None:
+    """Refuse a case name that cannot name a folder (empty, ``.``, ``..``, with a slash).
+
+    Raises
+    ------
+    ResultsError
+        Naming ``[case].name`` and the way out (``--out DIR``).
+    """
+    if name.strip() in ("", ".", "..") or any(ch in name for ch in "/\\"):
+        msg = f"case name {name!r} ([case].name in case.toml) cannot name {what}: choose the folder with --out DIR"
+        raise ResultsError(msg)
 
 
 #: click's exception base class, whether typer vendors click (typer >= 0.17) or not
@@ -236,7 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gridmarket`` command; returns the exit status.
 
     Exit statuses: 0 success; 2 a :class:`~gridmarket.errors.GridmarketError` (bad input or
-    environment: printed as a few lines) or a command-line usage error; 130 interrupted
+    environment: printed as a few lines) or a command-line usage error; 3 ``gridmarket sweep``
+    finished but some scenarios failed (:data:`~gridmarket.sweep.cli.SOME_FAILED`); 130 interrupted
     (Ctrl-C; no results folder is left); 1 an unexpected exception, i.e. a bug: a request
     to report it, and the traceback with ``--debug``. With ``--debug`` the traceback of a
     ``GridmarketError`` is shown too.
