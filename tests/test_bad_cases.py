@@ -100,6 +100,10 @@ def test_bad_input_gives_its_one_error(entry: dict[str, Any], tmp_path: Path) ->
     if entry["stage"] == "check":
         with pytest.raises(GridmarketError) as info:
             check_case_network(case)
+        _assert_error(info.value, entry, root)
+        # the API's study loop makes the same checks before any work, with the same error
+        with pytest.raises(GridmarketError) as info:
+            run_study(case)
     else:
         check_case_network(case)
         with pytest.raises(GridmarketError) as info:

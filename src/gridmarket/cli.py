@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from gridmarket import __version__
-from gridmarket.errors import CaseError, GridmarketError, NetworkError, Problem, ResultsError
+from gridmarket.errors import GridmarketError, ResultsError
 
 if TYPE_CHECKING:
     from gridmarket.case import Case
@@ -149,53 +149,12 @@ def check(case: CaseArg = None) -> None:
 
 
 def check_case_network(case: Case) -> str:
-    """Every check ``gridmarket check`` makes once the network is compiled: each agent's
-    element or bus exists (:func:`gridmarket.study.check_network`) and each of
-    ``[network].monitored_buses`` is a bus of the network.
-
-    Returns
-    -------
-    str
-        One line describing the network.
-
-    Raises
-    ------
-    CaseError
-        Naming the agents.csv rows and case.toml keys that do not match the network.
-    NetworkError
-        The master does not compile (OpenDSS's message, with file and line).
-    """
-    from gridmarket.network import OpenDSSNetwork, monitored_mask
+    """Every check of the case against its compiled network (:func:`gridmarket.study.check_network`,
+    the same that :func:`~gridmarket.study.run_study` makes): one line describing the network,
+    or a CaseError naming every agents.csv row and case.toml key that does not match it."""
     from gridmarket.study import check_network
 
-    net = OpenDSSNetwork(case.network.master)
-    problems: list[Problem] = []
-    try:
-        info = check_network(case, net)
-    except CaseError as exc:
-        problems.extend(exc.problems)
-        info = ""
-    reported = {p.where for p in problems}
-    b = case.battery
-    for i, a in enumerate(case.agents):
-        where = f"row {i + 2} ({a.name})"
-        if a.bus is None or where in reported:
-            continue
-        try:  # on this throw-away network: the bus's nodes exist, the name is free
-            net.add_battery(a.name, a.bus, kw_rated=a.units * b.unit_kw, kwh=a.units * b.unit_kwh)
-        except (NetworkError, ValueError) as exc:
-            text = str(exc)
-            if text.endswith("already exists in " + net.master.name):
-                text = (f"gridmarket creates this battery as Load.{a.name}, which already exists in"
-                        f" {net.master.name}; give the agent another name")
-            problems.append(Problem("agents.csv", where, f"element {a.element!r}: {text}"))
-    try:
-        monitored_mask(net.node_names, net.buses, case.network.monitored_buses)
-    except NetworkError as exc:
-        problems.append(Problem("case.toml", "[network].monitored_buses", str(exc)))
-    if problems:
-        raise CaseError(problems, case=case.name)
-    return info
+    return check_network(case)
 
 
 @app.command()

@@ -201,9 +201,31 @@ def _agent_rows(case: Case) -> dict[str, int]:
 
 
 def check_network(case: Case, net: OpenDSSNetwork | None = None) -> str:
-    """Compile the case's network and check every agent's element or bus exists.
+    """Check the case against its compiled network and report every mismatch at once.
 
-    Raises :class:`CaseError` naming every agents.csv row whose element is missing.
+    Checks that each agent's element exists; that each ``bus:`` agent's bus exists and a
+    battery can be created there (the nodes of a split-phase ``bus.1.2`` exist, the name
+    ``Load.<agent>`` is free), tried on a throw-away copy of the network so that ``net`` is
+    left as it was; and that each of ``[network].monitored_buses`` is a bus of the network.
+    :func:`run_study` and ``gridmarket check`` / ``run`` make exactly these checks.
+
+    Parameters
+    ----------
+    case : Case
+    net : OpenDSSNetwork, optional
+        The case's compiled network (compiled here when not given). Not changed.
+
+    Returns
+    -------
+    str
+        One line describing the network.
+
+    Raises
+    ------
+    CaseError
+        Naming every agents.csv row and case.toml key that does not match the network.
+    NetworkError
+        The master does not compile (OpenDSS's message, with file and line).
     """
     net = net or OpenDSSNetwork(case.network.master)
     problems: list[Problem] = []
@@ -218,13 +240,44 @@ def check_network(case: Case, net: OpenDSSNetwork | None = None) -> str:
             except NetworkError as exc:
                 problems.append(Problem("agents.csv", f"row {rows[a.name] + 2} ({a.name})", str(exc)))
     known = set(net.buses.index)
+    on_bus = []
     for a in case.agents:
-        if a.bus is not None and a.bus.split(".")[0].lower() not in known:
+        if a.bus is None:
+            continue
+        if a.bus.split(".")[0].lower() in known:
+            on_bus.append(a)
+        else:
             problems.append(Problem("agents.csv", f"row {rows[a.name] + 2} ({a.name})",
                                     f"element {a.element!r}: bus {a.bus.split('.')[0]!r} is not in the network"))
+    if on_bus:
+        problems += _battery_problems(case, on_bus, OpenDSSNetwork(case.network.master), rows)
+    try:
+        monitored_mask(net.node_names, net.buses, case.network.monitored_buses)
+    except NetworkError as exc:
+        problems.append(Problem("case.toml", "[network].monitored_buses", str(exc)))
     if problems:
         raise CaseError(problems, case=case.name)
     return f"network has {len(net.buses)} buses, {len(net.lines)} lines; all {len(case.agents)} elements found"
+
+
+def _battery_problems(case: Case, agents: list[Agent], scratch: OpenDSSNetwork, rows: dict[str, int]
+                      ) -> list[Problem]:
+    """Create the battery of each ``bus:`` agent in ``scratch`` (a throw-away network); one
+    problem per agent whose battery OpenDSS or gridmarket refuses."""
+    b = case.battery
+    problems = []
+    for a in agents:
+        assert a.bus is not None
+        try:
+            scratch.add_battery(a.name, a.bus, kw_rated=a.units * b.unit_kw, kwh=a.units * b.unit_kwh)
+        except (NetworkError, ValueError) as exc:
+            text = str(exc)
+            if text.endswith("already exists in " + scratch.master.name):
+                text = (f"gridmarket creates this battery as Load.{a.name}, which already exists in"
+                        f" {scratch.master.name}; give the agent another name")
+            where = f"row {rows[a.name] + 2} ({a.name})"
+            problems.append(Problem("agents.csv", where, f"element {a.element!r}: {text}"))
+    return problems
 
 
 class _Grid:
