@@ -728,16 +728,8 @@ class OpenDSSNetwork:
             msg = "this ElementSet was resolved on another OpenDSSNetwork"
             raise ValueError(msg)
         self._no_session("run_series")
-        kw2 = _as_steps(kw, len(elements), "kw")
-        if not np.all(np.isfinite(kw2)):
-            msg = "kw holds NaN or infinite values"
-            raise ValueError(msg)
+        kw2, kvar2, pf2 = _series_inputs(len(elements), kw, kvar, pf)
         steps = kw2.shape[0]
-        kvar2 = None if kvar is None else _as_steps(kvar, len(elements), "kvar", steps)
-        pf2 = None if pf is None else _as_steps(pf, len(elements), "pf", steps)
-        if kvar2 is not None and pf2 is not None:
-            msg = "give kvar or pf, not both"
-            raise ValueError(msg)
         if method not in ("snapshot", "shapes"):
             msg = f"method must be 'snapshot' or 'shapes', got {method!r}"
             raise ValueError(msg)
@@ -828,16 +820,8 @@ class OpenDSSNetwork:
                      pf: np.ndarray | None, progress: Callable[[int], None] | None) -> PowerFlowResult:
         """One series of a :class:`ShapeSession` (see :meth:`ShapeSession.run`)."""
         elements = session.elements
-        kw2 = _as_steps(kw, len(elements), "kw")
-        if not np.all(np.isfinite(kw2)):
-            msg = "kw holds NaN or infinite values"
-            raise ValueError(msg)
+        kw2, kvar2, pf2 = _series_inputs(len(elements), kw, kvar, pf)
         steps = kw2.shape[0]
-        kvar2 = None if kvar is None else _as_steps(kvar, len(elements), "kvar", steps)
-        pf2 = None if pf is None else _as_steps(pf, len(elements), "pf", steps)
-        if kvar2 is not None and pf2 is not None:
-            msg = "give kvar or pf, not both"
-            raise ValueError(msg)
         plan = [item for g in elements._groups
                 for item in self._plan_group(g, elements.names, kw2, kvar2, pf2)]
         layout = self._layout()
@@ -1348,6 +1332,23 @@ def _as_steps(a: np.ndarray, n: int, what: str, steps: int | None = None) -> np.
         raise ValueError(msg)
     return arr
 
+
+
+def _series_inputs(n: int, kw: np.ndarray, kvar: np.ndarray | None, pf: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``kw`` [kW], ``kvar`` [kvar] or ``pf`` of a series as (steps, n) arrays, checked: finite kW,
+    the same steps for all, not both kvar and pf (ValueError otherwise)."""
+    kw2 = _as_steps(kw, n, "kw")
+    if not np.all(np.isfinite(kw2)):
+        msg = "kw holds NaN or infinite values"
+        raise ValueError(msg)
+    steps = kw2.shape[0]
+    kvar2 = None if kvar is None else _as_steps(kvar, n, "kvar", steps)
+    pf2 = None if pf is None else _as_steps(pf, n, "pf", steps)
+    if kvar2 is not None and pf2 is not None:
+        msg = "give kvar or pf, not both"
+        raise ValueError(msg)
+    return kw2, kvar2, pf2
 
 def _check_ratings(p: np.ndarray, g: _ClassGroup, names: tuple[str, ...]) -> None:
     """Raise if a set power exceeds the element's rating (or PV is asked to consume)."""
