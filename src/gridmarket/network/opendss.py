@@ -1333,7 +1333,6 @@ def _as_steps(a: np.ndarray, n: int, what: str, steps: int | None = None) -> np.
     return arr
 
 
-
 def _series_inputs(n: int, kw: np.ndarray, kvar: np.ndarray | None, pf: np.ndarray | None
                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """``kw`` [kW], ``kvar`` [kvar] or ``pf`` of a series as (steps, n) arrays, checked: finite kW,
@@ -1349,6 +1348,7 @@ def _series_inputs(n: int, kw: np.ndarray, kvar: np.ndarray | None, pf: np.ndarr
         msg = "give kvar or pf, not both"
         raise ValueError(msg)
     return kw2, kvar2, pf2
+
 
 def _check_ratings(p: np.ndarray, g: _ClassGroup, names: tuple[str, ...]) -> None:
     """Raise if a set power exceeds the element's rating (or PV is asked to consume)."""
