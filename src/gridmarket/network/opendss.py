@@ -1,4 +1,5 @@
-"""OpenDSS power-flow engine: the only module of gridmarket that imports :mod:`opendssdirect`.
+"""OpenDSS power-flow engine; with the read-only :mod:`gridmarket.network.inspect`, the only
+code of gridmarket that imports :mod:`opendssdirect`.
 
 The engine compiles an OpenDSS master into a private DSS context, sets the powers the market
 cleared on Loads, PVSystems, Generators and Storage elements, runs one snapshot power flow
