@@ -75,17 +75,23 @@ market. A step that still does not settle, or whose data break an assumption (an
 battery bound, a pool where a community would both import and export), is reported as failed
 and solved by Clarabel.
 
-The iteration starts from the market without the ε term (each pool's excess supply and
-each community's net demand are monotone piecewise-linear in one price; their roots are
-found by safeguarded Newton steps), with each trading community's importers or exporters
-at their water level, so that usually only ε-level decisions remain.
+The iteration starts from the market without the ε term, solved exactly, with each trading
+community's importers or exporters at their water level, so that usually only ε-level
+decisions remain. A community's net demand is a nonincreasing piecewise-linear function of
+its price with two breakpoints per unit (a vertical unit jumps at one), so its root follows
+from one sort of the breakpoints inside ``[π_exp, π_imp]`` (those below are folded into a
+linear part) and cumulative sums of their slope changes, for every step and community of a
+batch at once. A pool's excess supply is piecewise linear in ``q`` again (each member's
+breakpoints, those below the member's own root moved by ``−τ``, with a plateau of zero
+exchange in between), and its root is found the same way.
 
 Sequential steps are coupled only through the SoC before each step, which enters the
 battery limits alone. Steps are therefore solved in batches with guessed SoC (the batteries
 run in order at the ε = 0 prices); the steps of a batch are kept in order while their
 batteries' responses are unchanged under the true SoC (their KKT points are then
 unchanged), and from the first that is not, the remaining steps whose solution fails a new
-guess are solved again, warm-started.
+guess are solved again, warm-started. The kept steps of a batch are written to the
+:class:`~gridmarket.market.prices.Solution` at once.
 """
 
 from __future__ import annotations
@@ -142,6 +148,7 @@ class FastPlan:
     theta_p: np.ndarray  #: (n_pq,) b [currency/kWh]
     sig_p: np.ndarray  #: (n_pq,) 2a [currency/kWh²]
     inv_sig_p: np.ndarray  #: (n_pq,) 1/(2a), 1 where a = 0
+    tos_p: np.ndarray  #: (n_pq,) b/(2a) [kWh], b where a = 0
     vert_p: np.ndarray  #: (n_pq,) a == 0: a vertical unit
     any_vert: bool
     lo_fac: np.ndarray  #: (n_pq,) P̲ = lo_fac · energy
@@ -157,10 +164,16 @@ class FastPlan:
     cmember: np.ndarray  #: (n_c, n_k) 1.0 where the community is in the clique
     link_comm: np.ndarray  #: (n_link,) importer of each link arc
     link_partner: np.ndarray  #: (n_link,) exporter of each link arc
-    group_start: np.ndarray  #: (n_m,) first position of the agent's community when sorted by community
-    sorted_member: np.ndarray  #: (n_m, n_c) membership of the positions sorted by community
-    sorted_comm: np.ndarray  #: (n_m,) community of each position sorted by community
-    group_last: np.ndarray  #: (n_m,) whether the position is its community's last
+    link_in: np.ndarray  #: (n_link, n_c) 1.0 at each link arc's importer
+    link_out: np.ndarray  #: (n_link, n_c) 1.0 at each link arc's exporter
+    comm_map: np.ndarray  #: (n_c, M) internal agents of each community, padded with n_m
+    pt_slope: np.ndarray  #: (P,) slope change of −R at each unit breakpoint (:func:`_unit_points`)
+    pt_comm: np.ndarray  #: (P,) community of each unit breakpoint
+    port_col: np.ndarray  #: (n_c,) the community's clique, n_k where it is alone
+    all_pooled: bool  #: every community is in a pool clique
+    member_pq: np.ndarray  #: (n_pq, n_c) rows of ``member`` of the consumers and producers
+    member_b: np.ndarray  #: (n_b, n_c) rows of ``member`` of the batteries
+    pt_member: np.ndarray  #: (P, n_c) 1.0 where the breakpoint's unit is in the community
 
 
 @dataclass
@@ -208,30 +221,42 @@ def fast_unsupported(data: MarketData, *, horizon: int) -> str | None:
     The fast path needs one-step windows, ``ε > 0``, a trade fee ``τ > 0`` when communities
     are linked, linked communities forming cliques, and at least one agent per community.
     """
+    return _check(data, horizon)[0]
+
+
+def _check(data: MarketData, horizon: int) -> tuple[str | None, np.ndarray, int]:
+    """Why the fast path cannot clear this case (None when it can), the pool clique of every
+    community (-1 alone) and the number of cliques."""
+    none = np.zeros(0, dtype=np.int64)
     if horizon != 1:
-        return f"horizon {horizon} > 1 (multi-period windows link steps through SoC)"
+        return f"horizon {horizon} > 1 (multi-period windows link steps through SoC)", none, 0
     if not data.tie_break > 0:
-        return "tie_break ε = 0 (the split of trades among agents is not unique)"
+        return "tie_break ε = 0 (the split of trades among agents is not unique)", none, 0
     if data.n_c and np.bincount(data.comm, minlength=data.n_c).min() == 0:
-        return "a community has no market agent"
+        return "a community has no market agent", none, 0
     if len(data.link_arcs) and not data.trade_fee > 0:
-        return "trade_fee τ = 0 with linked communities (no pool structure)"
+        return "trade_fee τ = 0 with linked communities (no pool structure)", none, 0
     cl = _cliques(data)
-    if isinstance(cl, str):
-        return cl
-    return None
+    return (cl, none, 0) if isinstance(cl, str) else (None, *cl)
+
+
+def _group_map(groups: np.ndarray, n_g: int, pad: int) -> np.ndarray:
+    """(n_g, M) positions of each group's members (``groups`` per position) in order, padded with ``pad``."""
+    counts = np.bincount(groups, minlength=n_g)
+    out = np.full((n_g, max(int(counts.max(initial=0)), 1)), pad, dtype=np.int64)
+    order = np.argsort(groups, kind="stable")
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out[groups[order], np.arange(len(groups)) - first[groups[order]]] = order
+    return out
 
 
 def fast_plan(data: MarketData) -> FastPlan:
     """Precompute the arrays of :class:`FastPlan` (call :func:`fast_unsupported` first)."""
     d = data
-    why = fast_unsupported(d, horizon=1)
+    why, clique, n_k = _check(d, 1)
     if why is not None:
         msg = f"the fast market path does not apply: {why}"
         raise ValueError(msg)
-    cl = _cliques(d)
-    assert not isinstance(cl, str)
-    clique, n_k = cl
     eps = float(d.tie_break)
     perm = np.concatenate([d.pq, d.bat]).astype(np.int64)
     comm = d.comm[perm]
@@ -257,15 +282,23 @@ def fast_plan(data: MarketData) -> FastPlan:
     links = d.link_arcs
     vert = d.a_pq == 0.0
     sig_b = 2.0 * (d.a_bat + eps)
-    starts = np.concatenate([[0], np.cumsum(np.bincount(comm, minlength=d.n_c))[:-1]])
+    # unit breakpoints: [P first | P second | charge first | charge second | discharge first | second]
+    n_pq, n_b = d.n_pq, d.n_b
+    inv_p = np.where(vert, 0.0, 1.0 / np.where(vert, 1.0, 2.0 * d.a_pq))
+    pt_slope = np.concatenate([inv_p, -inv_p, 1.0 / sig_b, -1.0 / sig_b, 1.0 / sig_b, -1.0 / sig_b])
+    own = np.concatenate([np.arange(n_pq), np.arange(n_pq)] + [n_pq + np.arange(n_b)] * 4)
     return FastPlan(
         data=d, eps=eps, h=0.5 / eps, tau=float(d.trade_fee), n_pq=d.n_pq, n_b=d.n_b, perm=perm, comm=comm,
         member=member, theta_p=d.b_pq.astype(float), sig_p=2.0 * d.a_pq, inv_sig_p=1.0 / np.where(vert, 1.0, 2.0 * d.a_pq),
+        tos_p=d.b_pq / np.where(vert, 1.0, 2.0 * d.a_pq),
         vert_p=vert, any_vert=bool(vert.any()), lo_fac=lo_fac, hi_fac=hi_fac, sig_b=sig_b, inv_sig_b=1.0 / sig_b,
         g_ch=g_ch, g_dis=g_dis, cdeg=float(spec.degradation_cost), keep=1.0 - float(spec.self_discharge),
         clique=clique, n_k=n_k, cmember=cmember, link_comm=d.arc_comm[links], link_partner=d.arc_partner[links],
-        group_start=starts[np.sort(comm)], sorted_member=member[np.argsort(comm, kind="stable")],
-        sorted_comm=np.sort(comm), group_last=np.append(np.sort(comm)[1:] != np.sort(comm)[:-1], True))
+        link_in=np.eye(d.n_c)[d.arc_comm[links]].reshape(len(links), d.n_c),
+        link_out=np.eye(d.n_c)[d.arc_partner[links]].reshape(len(links), d.n_c),
+        comm_map=_group_map(comm, d.n_c, d.n_m),
+        pt_slope=pt_slope, pt_comm=comm[own], port_col=np.where(clique >= 0, clique, n_k),
+        all_pooled=bool(n_k and (clique >= 0).all()), member_pq=member[:n_pq], member_b=member[n_pq:], pt_member=member[own])
 
 
 # ----------------------------------------------------------------------------- step data
@@ -288,6 +321,8 @@ class _Bounds:
     span_c: np.ndarray  #: (B, n_b) S̄_ch − S̲_ch
     thc: np.ndarray  #: (B, n_b) θ_ch/σ [kWh]
     thd: np.ndarray  #: (B, n_b) θ_dis/σ [kWh]
+    neg_ub_dis: np.ndarray  #: (B, n_b) −S̄_dis
+    closed: np.ndarray  #: (B,) the fee closes every pool: ``π_imp − τ <= π_exp``
 
     def take(self, rows: np.ndarray) -> _Bounds:
         """The rows ``rows`` of every array."""
@@ -295,7 +330,7 @@ class _Bounds:
 
 
 _BOUND_FIELDS = ("lo_p", "hi_p", "th_ch", "th_dis", "lb_ch", "ub_ch", "ub_dis", "value", "ip", "ep", "span_p",
-                 "span_c", "thc", "thd")
+                 "span_c", "thc", "thd", "neg_ub_dis", "closed")
 
 
 def _battery_limits(p: FastPlan, soc0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -318,16 +353,24 @@ def _battery_limits(p: FastPlan, soc0: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return lb_ch, ub_ch, np.maximum(ub_dis, 0.0)
 
 
-def _bounds(p: FastPlan, steps: np.ndarray, soc0: np.ndarray) -> _Bounds:
+def _bounds(p: FastPlan, steps: np.ndarray, soc0: np.ndarray, base: _Bounds | None = None) -> _Bounds:
+    """Step data of ``steps`` with SoC ``soc0`` (B, n_b) before each; ``base``: the same steps
+    with other SoC, whose step data are reused."""
+    lb, ub, ubd = _battery_limits(p, soc0)
+    if base is not None:
+        b = base
+        return _Bounds(lo_p=b.lo_p, hi_p=b.hi_p, th_ch=b.th_ch, th_dis=b.th_dis, lb_ch=lb, ub_ch=ub, ub_dis=ubd,
+                       value=b.value, ip=b.ip, ep=b.ep, span_p=b.span_p, span_c=ub - lb, thc=b.thc, thd=b.thd,
+                       neg_ub_dis=-ubd, closed=b.closed)
     d = p.data
     e = d.energy_kwh[steps]
     v = d.value_step[steps]
-    lb, ub, ubd = _battery_limits(p, soc0)
     lo, hi = e * p.lo_fac, e * p.hi_fac
     th_ch, th_dis = (p.g_ch * v - p.cdeg)[:, None], (p.g_dis * v + p.cdeg)[:, None]
     return _Bounds(lo_p=lo, hi_p=hi, th_ch=th_ch, th_dis=th_dis, lb_ch=lb, ub_ch=ub, ub_dis=ubd, value=v,
                    ip=d.import_price[steps], ep=d.export_price[steps], span_p=hi - lo, span_c=ub - lb,
-                   thc=th_ch * p.inv_sig_b, thd=th_dis * p.inv_sig_b)
+                   thc=th_ch * p.inv_sig_b, thd=th_dis * p.inv_sig_b, neg_ub_dis=-ubd,
+                   closed=~_pool_open(p, d.import_price[steps], d.export_price[steps]))
 
 
 def _pool_open(p: FastPlan, ip: np.ndarray, ep: np.ndarray) -> np.ndarray:
@@ -337,204 +380,224 @@ def _pool_open(p: FastPlan, ip: np.ndarray, ep: np.ndarray) -> np.ndarray:
 
 def _port_prices(p: FastPlan, reg: np.ndarray, q: np.ndarray, ip: np.ndarray,
                  ep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Import and export price ``(P_i, P_e)`` (B, n_c) of every community from its clique's regime."""
-    n_c = p.data.n_c
-    pi = np.repeat(ip[:, None], n_c, axis=1)
-    pe = np.repeat(ep[:, None], n_c, axis=1)
-    if p.n_k:
-        inc = np.flatnonzero(p.clique >= 0)
-        rk = reg[:, p.clique[inc]]
-        qk = q[:, p.clique[inc]]
-        tau = p.tau
-        pi[:, inc] = np.where(rk == FLOAT, qk + tau, np.where(rk == LOW, ep[:, None] + tau, ip[:, None]))
-        pe[:, inc] = np.where(rk == FLOAT, qk, np.where(rk == HIGH, ip[:, None] - tau, ep[:, None]))
-    return pi, pe
-
-
-def _sum_by(x: np.ndarray, member: np.ndarray) -> np.ndarray:
-    """Sum the last axis of ``x`` (..., n) by group: ``x @ member`` as one 2-D product."""
-    return (x.reshape(-1, x.shape[-1]) @ member).reshape(*x.shape[:-1], member.shape[1])
+    """Import and export price ``(P_i, P_e)`` (B, n_c) of every community from its clique's regime:
+    ``(q + τ, q)`` in a pool (``q`` sits at its bound when low or high), the grid's prices where
+    the pool is closed or the community alone."""
+    ipc, epc = ip[:, None], ep[:, None]
+    if not p.n_k:
+        n_c = len(p.clique)
+        return np.repeat(ipc, n_c, axis=1), np.repeat(epc, n_c, axis=1)
+    none = reg == NONE
+    pik = np.where(none, ipc, q + p.tau)
+    pek = np.where(none, epc, q)
+    if p.all_pooled:
+        return pik[:, p.clique], pek[:, p.clique]
+    # a community alone meets the grid's prices (the last column)
+    return (np.concatenate([pik, ipc], axis=1)[:, p.port_col], np.concatenate([pek, epc], axis=1)[:, p.port_col])
 
 
 # ----------------------------------------------------------------------------- the ε = 0 start
 
-def _aggregate(p: FastPlan, bd: _Bounds, price: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Net demand ``Σ_{n∈c} (P_n + S_n)`` [kWh] of every community when all its agents face
-    the price ``price[b, j, c]`` (ε = 0), and its slope [kWh/(currency/kWh)] -> (B, J, n_c) each.
+def _unit_points(p: FastPlan, bd: _Bounds) -> tuple[np.ndarray, np.ndarray | None]:
+    """Breakpoints ``t`` [currency/kWh] and jumps ``dj`` [kWh] of every unit's response at ε = 0,
+    (B, P) each (``dj`` None when no unit is vertical).
 
-    A vertical unit (a = 0) is a jump: it adds no slope.
+    Minus a community's net demand at one price ``x`` is written as
+    ``F(x) = F₀ + Σ_i ds_i·(x − t_i)⁺ + dj_i·[x > t_i]`` (nondecreasing): a sloped unit
+    ``clip((θ − x)/σ, lo, hi)`` has points ``θ − σ·hi`` (slope change ``ds = +1/σ``) and
+    ``θ − σ·lo`` (``−1/σ``), a vertical one (a = 0) a jump of ``hi − lo`` at ``θ``, a battery one
+    pair for its charge unit and one for its discharge unit; ``F₀ = −Σ hi``. The slopes are fixed
+    (:attr:`FastPlan.pt_slope`). A unit fixed in the step (``hi = lo``) has two equal points whose
+    slopes cancel.
     """
-    n_pq = p.n_pq
-    nu = price[:, :, p.comm]  # (B, J, n_m)
-    nup = nu[:, :, :n_pq]
-    lo, hi = bd.lo_p[:, None, :], bd.hi_p[:, None, :]
-    v = (p.theta_p - nup) * p.inv_sig_p
-    inside = (v > lo) & (v < hi)
-    y = np.minimum(np.maximum(v, lo), hi)
-    if p.any_vert:
-        step = np.where(nup < p.theta_p, hi, np.where(nup > p.theta_p, lo, 0.5 * (lo + hi)))
-        y = np.where(p.vert_p, step, y)
-        inside &= ~p.vert_p
-    g = inside * -p.inv_sig_p
+    parts = [p.theta_p - p.sig_p * bd.hi_p, p.theta_p - p.sig_p * bd.lo_p]
     if p.n_b:
-        nb = nu[:, :, n_pq:]
-        vc = (bd.th_ch[:, :, None] - nb) * p.inv_sig_b
-        vd = (bd.th_dis[:, :, None] - nb) * p.inv_sig_b
-        lc, hc, ld = bd.lb_ch[:, None, :], bd.ub_ch[:, None, :], -bd.ub_dis[:, None, :]
-        yb = np.minimum(np.maximum(vc, lc), hc) + np.minimum(np.maximum(vd, ld), 0.0)
-        gb = (((vc > lc) & (vc < hc)).astype(float) + ((vd > ld) & (vd < 0.0))) * -p.inv_sig_b
-        y = np.concatenate([y, yb], axis=2)
-        g = np.concatenate([g, gb], axis=2)
-    return _sum_by(y, p.member), _sum_by(g, p.member)
+        sb = p.sig_b
+        parts += [bd.th_ch - sb * bd.ub_ch, bd.th_ch - sb * bd.lb_ch, np.broadcast_to(bd.th_dis, bd.ub_dis.shape),
+                  bd.th_dis + sb * bd.ub_dis]
+    t = np.concatenate(parts, axis=1)
+    dj = None
+    if p.any_vert:
+        dj = np.zeros(t.shape)
+        dj[:, :p.n_pq] = p.vert_p * bd.span_p
+    return t, dj
 
 
-def _root(f: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]], a: np.ndarray, b: np.ndarray,
-          fa: np.ndarray, fb: np.ndarray, active: np.ndarray, probes: np.ndarray, *, width: float = 1e-10,
-          iters: int = 60) -> np.ndarray:
-    """Root of increasing piecewise-linear ``f`` on ``[a, b]``, elementwise where ``active``.
+def _seg_order(seg: np.ndarray, t: np.ndarray, n_seg: int, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Order that sorts the points by segment, then by ``t`` (in ``[lo, hi]``), and the sorted
+    segments: one integer sort of keys holding the segment, ``t`` on a grid of ``2⁵⁰`` steps and
+    the index (faster than ``lexsort``; values closer than a step may come out in either order)."""
+    n = len(t)
+    ib = max(1, (n - 1).bit_length())
+    top = (n_seg - 1).bit_length() + ib
+    k = min(61 - top, 50)
+    if k < 24:
+        o = np.lexsort((t, seg))
+        return o, seg[o]
+    key = ((t - lo) * ((2.0**k - 1.0) / (hi - lo) if hi > lo else 0.0)).astype(np.int64)
+    key <<= ib
+    key |= np.arange(n, dtype=np.int64)
+    key |= seg << (k + ib)
+    key.sort()
+    return key & ((1 << ib) - 1), key >> (k + ib)
 
-    ``fa = f(a) < 0 < f(b) = fb`` where active; ``f(x, rows)`` evaluates rows ``rows`` of a
-    (R, K, M) array of points and returns values and slopes of that shape. The ``probes[b, j]``
-    (points on the steep pieces of batteries with a = 0, which switch over ~1e-5
-    currency/kWh and make Newton from the flat sides oscillate) are evaluated first, all at
-    once, to narrow the bracket; then Newton steps on the local piece, or Illinois secant
-    steps when Newton leaves the bracket. Stops at ``|f| <= 1e-9`` or a bracket narrower than
-    ``width``: it is a start for the active-set iteration, which settles the rest exactly.
+
+def _seg_root(seg: np.ndarray, t: np.ndarray, ds: np.ndarray, dj: np.ndarray | None, a: np.ndarray,
+              b: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Root of ``F_g(x) = a_g + b_g·x + Σ_{i∈g} ds_i·(x − t_i)⁺ + dj_i·[x > t_i]`` for every
+    segment ``g`` (``seg`` of each point, ``t`` in ``[lo, hi]``), each F_g nondecreasing -> (G,).
+
+    F is piecewise linear with its breakpoints at ``t``: sorted, the cumulative sums of the
+    deltas give F just right of every point, the first point where it is ``>= 0`` closes the
+    piece holding the root, and on it F is linear (or jumps over zero at the point). −inf where
+    ``F > 0`` everywhere, +inf where ``F < 0`` everywhere (and for a segment without points
+    and ``F ≡ 0``).
     """
-    a, b, fa, fb = a.copy(), b.copy(), fa.copy(), fb.copy()
-    ga = np.zeros(a.shape)
-    gb = np.zeros(a.shape)
-    if probes.shape[1]:
-        pr = np.broadcast_to(probes[:, None, :], a.shape + probes.shape[1:])
-        inside = (pr > a[:, :, None]) & (pr < b[:, :, None]) & active[:, :, None]
-        rows = np.flatnonzero(inside.any(axis=(1, 2)))
-        if len(rows):
-            px = pr[rows]
-            fx, gx = f(px, rows)
-            ins = inside[rows]
-            lowp = ins & (fx <= 0.0)
-            highp = ins & (fx >= 0.0)
-            # best probe on each side: the largest point below the root, the smallest above
-            ia = np.argmax(np.where(lowp, px, -np.inf), axis=2)[:, :, None]
-            ib = np.argmin(np.where(highp, px, np.inf), axis=2)[:, :, None]
-            has_a, has_b = lowp.any(axis=2), highp.any(axis=2)
-            take = np.take_along_axis
-            a[rows] = np.where(has_a, take(px, ia, 2)[:, :, 0], a[rows])
-            fa[rows] = np.where(has_a, take(fx, ia, 2)[:, :, 0], fa[rows])
-            ga[rows] = np.where(has_a, take(gx, ia, 2)[:, :, 0], 0.0)
-            b[rows] = np.where(has_b, take(px, ib, 2)[:, :, 0], b[rows])
-            fb[rows] = np.where(has_b, take(fx, ib, 2)[:, :, 0], fb[rows])
-            gb[rows] = np.where(has_b, take(gx, ib, 2)[:, :, 0], 0.0)
-    side = np.zeros(a.shape, dtype=np.int8)
-    done = ~active | (fa == 0.0) | (fb == 0.0)
-    root = np.where(fa == 0.0, a, np.where(fb == 0.0, b, np.nan))
-    # start: Newton from a bracket end with a slope, else the secant point
-    na = a - fa / np.where(ga > 0.0, ga, np.inf)
-    nb = b - fb / np.where(gb > 0.0, gb, np.inf)
-    sec = a - fa * (b - a) / np.where(fb - fa > 0.0, fb - fa, np.inf)
-    x = np.where((na > a) & (na < b), na, np.where((nb > a) & (nb < b), nb,
-                                                   np.where((sec > a) & (sec < b), sec, 0.5 * (a + b))))
-    x = np.where(np.isnan(root), x, root)
-    x = np.where(active, x, a)
-    for _ in range(iters):
-        rows = np.flatnonzero(~done.all(axis=1))
-        if not len(rows):
-            break
-        xr = x[rows]
-        fx, gx = f(xr[:, :, None], rows)
-        fx, gx = fx[:, :, 0], gx[:, :, 0]
-        ar, br, far, fbr, sr, dr = a[rows], b[rows], fa[rows], fb[rows], side[rows], done[rows]
-        low = fx <= 0.0
-        ar = np.where(low & ~dr, xr, ar)
-        br = np.where(~low & ~dr, xr, br)
-        # Illinois: halve the stale end's value when the same end moves twice
-        fbr = np.where(low & (sr == 1), 0.5 * fbr, fbr)
-        far = np.where(~low & (sr == -1), 0.5 * far, far)
-        far = np.where(low, fx, far)
-        fbr = np.where(~low, fx, fbr)
-        sr = np.where(low, 1, -1).astype(np.int8)
-        dr = dr | (np.abs(fx) <= 1e-9) | (br - ar <= width * (1.0 + np.abs(xr)))
-        newton = xr - fx / np.where(gx > 0.0, gx, np.inf)
-        secant = ar - far * (br - ar) / np.where(fbr - far > 0.0, fbr - far, np.inf)
-        secant = np.where((secant > ar) & (secant < br), secant, 0.5 * (ar + br))
-        use_newton = (gx > 0.0) & (newton > ar) & (newton < br)
-        x[rows] = np.where(dr, xr, np.where(use_newton, newton, secant))
-        a[rows], b[rows], fa[rows], fb[rows], side[rows], done[rows] = ar, br, far, fbr, sr, dr
-    return x
+    G = len(a)
+    n = len(t)
+    o, seg = _seg_order(seg, t, G, lo, hi)
+    t = t[o]
+    ds = ds[o]
+    # cumulative sums with a leading zero; F = (b − S₀ + S)·x − C + (a + C₀) on a segment's pieces,
+    # with S₀, C₀ the sums before the segment
+    S = np.zeros(n + 1)
+    np.cumsum(ds, out=S[1:])
+    C = np.zeros(n + 1)
+    w = ds * t
+    if dj is not None:
+        w -= dj[o]
+    np.cumsum(w, out=C[1:])
+    cnt = np.bincount(seg, minlength=G)
+    end = np.cumsum(cnt)
+    start = end - cnt
+    bb = b - S[start]
+    aa = a + C[start]
+    right = (bb[seg] + S[1:]) * t - C[1:] + aa[seg]  # F just right of each point
+    # the first point with F >= 0 (F is nondecreasing up to rounding: a steep unit's pieces leave
+    # ~1e-11 kWh of noise where F is flat, so the negatives need not come first)
+    first = np.minimum.reduceat(np.append(np.where(right >= 0.0, np.arange(n), n), n), start)
+    k = np.where(cnt > 0, np.minimum(first, end), end)
+    j = k - start
+    tx = np.append(t, 0.0)
+    tk = tx[k]
+    s_prev = bb + S[k]
+    left = s_prev * tk - C[k] + aa  # F just left of point k
+    pos = s_prev > 0.0
+    # on the piece before point k (clipped to it), or at point k where F jumps over zero
+    lin = np.maximum(tk - left / np.where(pos, s_prev, 1.0), np.where(j > 0, tx[k - 1], -np.inf))
+    root = np.where(left >= 0.0, np.where(pos, lin, np.where((j == 0) & (left > 0.0), -np.inf, tk)), tk)
+    # past the last point: F = s·x − v
+    s_last = bb + S[end]
+    v_last = C[end] - aa
+    up = s_last > 0.0
+    last = np.where(up, v_last / np.where(up, s_last, 1.0), np.where(v_last < 0.0, -np.inf, np.inf))
+    return np.where(k >= end, last, root)
 
 
 def _initial_guess(p: FastPlan, bd: _Bounds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Regimes, pool potentials and community prices of the market without the ε term.
+    """Regimes, pool potentials and community prices of the market without the ε term, exactly.
 
-    With ``R_c`` a community's aggregate net demand at one price, a pool exports
-    ``max(0, −R_c(q))`` and imports ``max(0, R_c(q + τ))`` from each member; its excess supply
-    increases with ``q``, and its root, clipped to ``[π_exp, π_imp − τ]``, gives the regime. A
-    community's price is then the root of ``R_c`` clipped to ``[P_e, P_i]``.
+    Only prices in ``[π_exp, π_imp]`` matter, so a community's ``F_c`` (minus its net demand,
+    :func:`_unit_points`) keeps the breakpoints inside that range and folds those below it into
+    its linear part ``a_c + b_c·x``; ``r_c`` is its root. A pool member exports
+    ``max(0, F_c(q))`` and imports ``max(0, −F_c(q + τ))``: its part of the pool's excess supply
+    is ``F_c(q + τ)`` below ``r_c − τ``, zero up to ``r_c`` and ``F_c(q)`` above, piecewise linear
+    again with the points of ``F_c`` (those below ``r_c`` moved by ``−τ``) and two more at
+    ``r_c − τ`` and ``r_c``. The root of the clique's sum, clipped to ``[π_exp, π_imp − τ]``,
+    gives its regime and ``q``; a community's price is ``r_c`` clipped to its ports ``[P_e, P_i]``.
     """
     ip, ep = bd.ip, bd.ep
     B = len(ip)
-    tau = p.tau
-    n_c = p.data.n_c
-    # points on the steep pieces of batteries: just inside the charge and discharge thresholds
+    n_c = len(p.clique)
+    t, dj = _unit_points(p, bd)
+    P = t.shape[1]
+    below = t < ep[:, None]
+    inside = t <= ip[:, None]
+    inside &= ~below
+    # F = −Σ hi below every point; the points below π_exp add b·x − Σ (ds·t − dj)
+    wb = np.empty((2, B, P))
+    np.multiply(below, p.pt_slope, out=wb[1])
+    np.multiply(wb[1], t, out=wb[0])
+    if dj is not None:
+        wb[0] -= below * dj
+    ab = (wb.reshape(2 * B, P) @ p.pt_member).reshape(2, B, n_c)
+    a = ab[0]
+    a += bd.hi_p @ p.member_pq
     if p.n_b:
-        width = np.minimum(bd.ub_ch.min(axis=1), bd.ub_dis.min(axis=1))
-        half = 0.5 * p.sig_b.min() * np.maximum(width, 1e-9)
-        probes = np.stack([bd.th_ch[:, 0] - half, bd.th_dis[:, 0] + half], axis=1)
-    else:
-        probes = np.zeros((B, 0))
-    cand = np.stack([ep, ep + tau, ip - tau, ip], axis=1)  # (B, 4)
-    R4, _ = _aggregate(p, bd, np.repeat(cand[:, :, None], n_c, axis=2))  # (B, 4, n_c)
+        a += bd.ub_ch @ p.member_b
+    np.negative(a, out=a)
+    b = ab[1]
+    idx = np.flatnonzero(inside)
+    row, col = np.divmod(idx, P)
+    seg = row * n_c + p.pt_comm[col]
+    tt = t.ravel()[idx]
+    ds = p.pt_slope[col]
+    dd = None if dj is None else dj.ravel()[idx]
+    lo, hi = float(ep.min()), float(ip.max())
+    r = _seg_root(seg, tt, ds, dd, a.ravel(), b.ravel(), lo, hi)
     reg = np.zeros((B, p.n_k), dtype=np.int8)
     q = np.zeros((B, p.n_k))
-    r_e = R4[:, 0].copy()  # demand at P_e and P_i, regime NONE
-    r_i = R4[:, 3].copy()
     if p.n_k:
-        openp = _pool_open(p, ip, ep)
-        kc = np.maximum(p.clique, 0)
-        inc = p.clique >= 0
-
-        def excess(qk: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            # qk (R, n_k, M) -> excess supply and its slope, (R, n_k, M)
-            qc = qk[:, kc, :].transpose(0, 2, 1)  # (R, M, n_c)
-            M = qc.shape[1]
-            R, g = _aggregate(p, bd.take(rows), np.concatenate([qc, qc + tau], axis=1))
-            r0, r1, g0, g1 = R[:, :M], R[:, M:], g[:, :M], g[:, M:]
-            ex = np.where(r0 < 0, -r0, 0.0) - np.where(r1 > 0, r1, 0.0)
-            dex = np.where(r0 < 0, -g0, 0.0) - np.where(r1 > 0, g1, 0.0)
-            return (ex @ p.cmember).transpose(0, 2, 1), (dex @ p.cmember).transpose(0, 2, 1)
-
-        z_lo = (np.maximum(-R4[:, 0], 0.0) - np.maximum(R4[:, 1], 0.0)) @ p.cmember
-        z_hi = (np.maximum(-R4[:, 2], 0.0) - np.maximum(R4[:, 3], 0.0)) @ p.cmember
-        lo_q = np.repeat(ep[:, None], p.n_k, axis=1)
-        hi_q = np.repeat((ip - tau)[:, None], p.n_k, axis=1)
-        reg[:] = np.where(z_lo >= 0, LOW, np.where(z_hi <= 0, HIGH, FLOAT))
-        reg[~openp] = NONE
-        fl = reg == FLOAT
-        if fl.any():
-            q[:] = _root(excess, lo_q, hi_q, z_lo, z_hi, fl, np.concatenate([probes, probes - tau], axis=1))
-        q[:] = np.where(reg == LOW, lo_q, np.where(reg == HIGH, hi_q, q))
-        rc = np.where(inc, reg[:, kc], NONE)
-        r_e = np.where(rc == HIGH, R4[:, 2], r_e)
-        r_i = np.where(rc == LOW, R4[:, 1], r_i)
-        fr = np.flatnonzero(fl.any(axis=1))
-        if len(fr):
-            qc = q[fr][:, kc]
-            R2, _ = _aggregate(p, bd.take(fr), np.stack([qc, qc + tau], axis=1))
-            f_c = rc[fr] == FLOAT
-            r_e[fr] = np.where(f_c, R2[:, 0], r_e[fr])
-            r_i[fr] = np.where(f_c, R2[:, 1], r_i[fr])
+        reg[:], q[:] = _pool_guess(p, bd, r, seg, tt, ds, dd, a.ravel(), b.ravel())
     pi, pe = _port_prices(p, reg, q, ip, ep)
-    lam = np.where(r_i >= 0, pi, np.where(r_e <= 0, pe, 0.5 * (pi + pe)))
-    inner = (r_i < 0) & (r_e > 0)
-    if inner.any():
-
-        def short(lam_: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            # lam_ (R, n_c, M) -> minus the net demand and its slope, (R, n_c, M)
-            R, g = _aggregate(p, bd.take(rows), lam_.transpose(0, 2, 1))
-            return -R.transpose(0, 2, 1), -g.transpose(0, 2, 1)
-
-        lam = np.where(inner, _root(short, pe, pi, -r_e, -r_i, inner, probes), lam)
+    lam = np.minimum(np.maximum(r.reshape(B, n_c), pe), pi)
     return reg, q, lam
+
+
+def _pool_guess(p: FastPlan, bd: _Bounds, r: np.ndarray, seg: np.ndarray, t: np.ndarray, ds: np.ndarray,
+                dj: np.ndarray | None, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Regime and ``q`` (B, n_k) of every pool at ε = 0 from its members' ``F_c`` (points ``seg, t,
+    ds, dj`` and linear parts ``a, b`` per row × community, as in :func:`_initial_guess`) and roots ``r``."""
+    ip, ep = bd.ip, bd.ep
+    B = len(ip)
+    n_c, n_k, tau = len(p.clique), p.n_k, p.tau
+    G = B * n_c
+    rows = np.repeat(np.arange(B), n_c)
+    # a root outside [π_exp, π_imp] leaves no plateau there: the member only exports (only imports)
+    r = np.where(r < ep[rows], -np.inf, np.where(r > ip[rows], np.inf, r))
+    fin = np.isfinite(r)
+    rf = np.where(fin, r, 0.0)
+    less = t < r[seg]
+    # slope and value of F_c just left of its root
+    dl = ds * less
+    s_left = b + np.bincount(seg, weights=dl, minlength=G)
+    gap = dl * (rf[seg] - t)
+    if dj is not None:
+        gap += less * dj
+    f_left = a + b * rf + np.bincount(seg, weights=gap, minlength=G)
+    kc = np.tile(p.clique, B)
+    kseg = rows * n_k + kc
+    plat = fin
+    tk = t - tau * less
+    if p.all_pooled:
+        pseg, pds, pdj = kseg[seg], ds, dj
+    else:
+        inc = kc >= 0
+        keep = inc[seg]
+        plat = plat & inc
+        pseg, tk, pds, pdj = kseg[seg[keep]], tk[keep], ds[keep], None if dj is None else dj[keep]
+        kseg = np.where(inc, kseg, B * n_k)  # communities alone go to a spare segment
+    # the plateau [r_c − τ, r_c]: F_c(q + τ) stops at r_c − τ, F_c(q) starts at r_c
+    sl, fl = s_left[plat], f_left[plat]
+    ks = kseg[plat]
+    pseg = np.concatenate([pseg, ks, ks])
+    pt = np.concatenate([tk, rf[plat] - tau, rf[plat]])
+    pds = np.concatenate([pds, -sl, sl])
+    pdj = np.concatenate([np.zeros(len(tk)) if pdj is None else pdj, -fl, fl])
+    # below its root a member contributes F_c(q + τ): linear part a + b·τ + b·q
+    lin_a = a + (b * tau) * (r > -np.inf)
+    ka = np.bincount(kseg, weights=lin_a, minlength=B * n_k + 1)[:B * n_k]
+    kb = np.bincount(kseg, weights=b, minlength=B * n_k + 1)[:B * n_k]
+    qk = _seg_root(pseg, pt, pds, pdj, ka, kb, float(ep.min()) - tau, float(ip.max())).reshape(B, n_k)
+    lo_q = ep[:, None]
+    hi_q = (ip - tau)[:, None]
+    low = qk <= lo_q
+    high = qk >= hi_q
+    reg = np.where(low, LOW, np.where(high, HIGH, FLOAT)).astype(np.int8)
+    reg[~_pool_open(p, ip, ep)] = NONE
+    q = np.where(low, lo_q, np.where(high, hi_q, qk))
+    q[reg == NONE] = 0.0
+    return reg, q
 
 
 # ----------------------------------------------------------------------------- the active-set iteration
@@ -565,43 +628,49 @@ class _State:
 _STATE_FIELDS = ("pp", "pc", "pd", "ia", "ib", "reg", "q")
 
 
-def _piece(v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Piece of a sloped unit whose unclipped value is ``v``; fixed units (hi <= lo) are LO."""
-    return np.where(v >= hi, HI, np.where((v <= lo) | (hi <= lo), LO, MID)).astype(np.int8)
+def _piece(v: np.ndarray, lo: np.ndarray, hi: np.ndarray | float) -> np.ndarray:
+    """Piece of a sloped unit whose unclipped value is ``v``; fixed units (hi <= lo) are LO below hi."""
+    at_hi = v >= hi
+    mid = (v > lo) & ~at_hi
+    return mid.view(np.int8) + 2 * at_hi.view(np.int8)
 
 
 def _start(p: FastPlan, bd: _Bounds, guess: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> _State:
     """Active sets read from the ε = 0 market (:func:`_initial_guess`, or ``guess`` if given)."""
     reg, q, lam = _initial_guess(p, bd) if guess is None else guess
-    B = len(bd.ip)
     nu = lam[:, p.comm]  # ν = λ at x = 0
     n_pq = p.n_pq
     nup = nu[:, :n_pq]
-    pp = _piece((p.theta_p - nup) * p.inv_sig_p, bd.lo_p, bd.hi_p)
+    v = p.tos_p - nup * p.inv_sig_p
+    pp = _piece(v, bd.lo_p, bd.hi_p)
+    # net position at the start price (a sloped unit's clipped response is its piece's value)
+    y = np.minimum(np.maximum(v, bd.lo_p), bd.hi_p)
     if p.any_vert:
         vert = p.vert_p & (bd.hi_p > bd.lo_p)
         pp = np.where(vert, np.where(nup < p.theta_p, HI, LO), pp).astype(np.int8)
-    nub = nu[:, n_pq:]
-    vc = (bd.th_ch - nub) * p.inv_sig_b
-    vd = (bd.th_dis - nub) * p.inv_sig_b
-    pc = _piece(vc, bd.lb_ch, bd.ub_ch)
-    pd = _piece(vd, -bd.ub_dis, np.zeros_like(bd.ub_dis))
+        y = np.where(vert, np.where(pp == HI, bd.hi_p, bd.lo_p), y)
+    pc = pd = np.zeros((len(lam), 0), dtype=np.int8)
+    if p.n_b:
+        nub = nu[:, n_pq:] * p.inv_sig_b
+        vc = bd.thc - nub
+        vd = bd.thd - nub
+        pc = _piece(vc, bd.lb_ch, bd.ub_ch)
+        pd = _piece(vd, bd.neg_ub_dis, 0.0)
+        yb = np.minimum(np.maximum(vc, bd.lb_ch), bd.ub_ch)
+        yb += np.minimum(np.maximum(vd, bd.neg_ub_dis), 0.0)
+        y = np.concatenate([y, yb], axis=1)
     pi, pe = _port_prices(p, reg, q, bd.ip, bd.ep)
-    # net demand at the start price: the importers and exporters of the ε = 0 market
-    y = np.empty((B, p.data.n_m))
-    yp = np.minimum(np.maximum((p.theta_p - nup) * p.inv_sig_p, bd.lo_p), bd.hi_p)
-    y[:, :n_pq] = np.where(pp == HI, bd.hi_p, np.where(pp == LO, bd.lo_p, yp))
-    y[:, n_pq:] = (np.minimum(np.maximum(vc, bd.lb_ch), bd.ub_ch)
-                   + np.minimum(np.maximum(vd, -bd.ub_dis), 0.0))
     # importers and exporters: the water level of each trading community's net positions
     imp = lam >= pi
     exp = (lam <= pe) & ~imp
-    ia = np.zeros((B, p.data.n_m))
-    ib = np.zeros((B, p.data.n_m))
-    if (imp | exp).any():
-        wf = _waterfill(p, y, np.where(imp, 1.0, -1.0)).astype(float)
-        ia = np.where(imp[:, p.comm], wf, 0.0)
-        ib = np.where(exp[:, p.comm], wf, 0.0)
+    trade = imp | exp
+    if trade.any():
+        wf = _waterfill(p, y, np.where(imp, 1.0, -1.0))
+        ia = (wf & imp[:, p.comm]).astype(float)
+        ib = (wf & exp[:, p.comm]).astype(float)
+    else:
+        ia = np.zeros(y.shape)
+        ib = np.zeros(y.shape)
     return _State(pp, pc, pd, ia, ib, reg, q)
 
 
@@ -617,6 +686,16 @@ class _Vals:
     pi: np.ndarray  #: (R, n_c) μ_imp
     pe: np.ndarray  #: (R, n_c) μ_exp
 
+    def rows(self, sl: slice | np.ndarray) -> _Vals:
+        """A copy of rows ``sl`` (fancy indexing copies already; slices are copied)."""
+        if isinstance(sl, slice):
+            return _Vals(*(getattr(self, f)[sl].copy() for f in _VAL_FIELDS))
+        return _Vals(*(getattr(self, f)[sl] for f in _VAL_FIELDS))
+
+    def put(self, rows: np.ndarray | slice, other: _Vals) -> None:
+        for f in _VAL_FIELDS:
+            getattr(self, f)[rows] = getattr(other, f)
+
 
 _VAL_FIELDS = ("x", "al", "be", "nu", "lam", "pi", "pe")
 
@@ -626,29 +705,25 @@ def _waterfill(p: FastPlan, y: np.ndarray, side: np.ndarray) -> np.ndarray:
 
     For an importing community (``side = +1``) the importers are the agents with ``y_n > u``,
     the water level ``u`` solving ``Σ_{y>u} (y + u)/2 + Σ_{y<=u} y = 0`` (from ``x = y − α``,
-    ``α = (x − u)⁺`` and Σ x = 0); exporters (``side = −1``) mirror it with ``−y``. With the
-    agents sorted by ``v = side·y``, the top ``k`` trade at level ``(S_k − 2Y)/k``, ``S_k`` their
-    sum and ``Y`` the community's; the consistent ``k`` is read off. Rows x agents -> bool.
+    ``α = (x − u)⁺`` and Σ x = 0); exporters (``side = −1``) mirror it with ``−y``. With each
+    community's agents sorted by ``v = side·y`` (descending), the top ``k`` trade at level
+    ``(S_k − 2Y)/k``, ``S_k`` their sum and ``Y`` the community's; the consistent ``k`` is read
+    off. Rows x agents -> bool.
     """
     v = y * side[:, p.comm]
-    big = 2.0 * (np.abs(v).max() + 1.0)
-    order = np.argsort(p.comm * big - v, axis=1)  # by community, then v descending
-    vs = np.take_along_axis(v, order, axis=1)
-    cs = np.cumsum(vs, axis=1)
-    start = p.group_start
-    before = np.where(start > 0, cs[:, np.maximum(start - 1, 0)], 0.0)
-    sk = cs - before  # sum of the top k of the community
-    k = np.arange(vs.shape[1]) - start + 1.0
-    tot = _sum_by(vs, p.sorted_member)[:, p.sorted_comm]  # Y per position
-    level = (sk - 2.0 * tot) / k
+    R = len(v)
+    # (R, n_c, M): each community's values, padded with −inf, sorted descending
+    vs = np.concatenate([-v, np.full((R, 1), np.inf)], axis=1)[:, p.comm_map]
+    vs.sort(axis=2)
+    np.negative(vs, out=vs)
+    level = np.cumsum(vs, axis=2)  # S_k (−inf on the padding)
+    level -= 2.0 * (v @ p.member)[:, :, None]
+    level /= np.arange(1.0, vs.shape[2] + 1.0)
     nxt = np.empty_like(vs)
-    nxt[:, :-1] = vs[:, 1:]
-    nxt[:, -1] = -np.inf
-    nxt[:, p.group_last] = -np.inf
+    nxt[:, :, :-1] = vs[:, :, 1:]
+    nxt[:, :, -1] = -np.inf
     ok = (vs > level) & (level >= nxt)
-    thr = _sum_by(np.where(ok, level, 0.0), p.sorted_member)  # one consistent k per community
-    has = _sum_by(ok.astype(float), p.sorted_member) > 0
-    thr = np.where(has, thr, np.inf)
+    thr = np.where(ok.any(axis=2), np.where(ok, level, 0.0).sum(axis=2), np.inf)  # one consistent k per community
     return v > thr[:, p.comm]
 
 
@@ -694,66 +769,85 @@ def _iterate(p: FastPlan, bd: _Bounds, st: _State) -> tuple[_State, np.ndarray, 
     Returns the new active sets, whether each row changed, whether each row has a rigid
     community that cannot balance, and the solution of the current sets.
     """
-    eps, h, tau, n_pq = p.eps, p.h, p.tau, p.n_pq
+    eps2, h, tau, n_pq = 2.0 * p.eps, p.h, p.tau, p.n_pq
     ip, ep = bd.ip, bd.ep
     pp, pc, pd, fa, fb, reg, q = st.pp, st.pc, st.pd, st.ia, st.ib, st.reg, st.q
     lo, hi = bd.lo_p, bd.hi_p
-    # ---- each agent on its pieces: s·y = r0 − r1·ν
+    R, n_m = fa.shape
+    # ---- each agent on its pieces: y = r0 − r1·ν (s·y = r0 − r1·ν with vertical units, whose
+    # sloped piece has s = σ = 0: ν = θ)
     mid = pp == MID
-    bnd = lo + (pp == HI) * bd.span_p
-    s = np.empty(fa.shape)
-    r0 = np.empty(fa.shape)
-    r1 = np.empty(fa.shape)
-    s[:, :n_pq] = 1.0 + mid * (p.sig_p - 1.0)
-    r0[:, :n_pq] = bnd + mid * (p.theta_p - bnd)
-    r1[:, :n_pq] = mid
+    bnd = np.where(pp == HI, hi, lo)
+    s: np.ndarray | None = None
+    if p.any_vert:
+        s = np.ones((R, n_m))
+        s[:, :n_pq] = np.where(mid, p.sig_p, 1.0)
+        r0 = np.where(mid, p.theta_p, bnd)
+        r1 = mid.astype(float)
+    else:
+        r0 = np.where(mid, p.tos_p, bnd)
+        r1 = mid * p.inv_sig_p
     if p.n_b:
         mc, md, ld = pc == MID, pd == MID, pd == LO
-        bc = bd.lb_ch + (pc == HI) * bd.span_c
-        s[:, n_pq:] = 1.0
-        r0[:, n_pq:] = bc + mc * (bd.thc - bc) + md * bd.thd - ld * bd.ub_dis
-        r1[:, n_pq:] = (mc.astype(float) + md) * p.inv_sig_b
-    k = 1.0 / (s * (1.0 + fa + fb) + (2.0 * eps) * r1)
-    c = k * r0
-    dd = k * r1
-    ks = k * s * h
-    e = ks * fa
-    g = ks * fb
-    sums = _sum_by(np.stack([c, dd, e, g, fa * c, fa * dd, e * fb, fa, fb * c, fb * dd, fb], axis=1), p.member)
-    S0, Sr, Si, Se = sums[:, 0], sums[:, 1], sums[:, 2], sums[:, 3]
+        bc = np.where(pc == HI, bd.ub_ch, bd.lb_ch)
+        r0 = np.concatenate([r0, np.where(mc, bd.thc, bc) + np.where(md, bd.thd, np.where(ld, bd.neg_ub_dis, 0.0))],
+                            axis=1)
+        r1 = np.concatenate([r1, (mc.astype(float) + md) * p.inv_sig_b], axis=1)
+    k = fa + fb
+    k += 1.0
+    if s is not None:
+        k *= s
+    k += eps2 * r1
+    np.reciprocal(k, out=k)
+    ks = k * h if s is None else (k * s) * h
+    n_sum = 12 if p.n_k else 4
+    buf = np.empty((n_sum, R, n_m))
+    c, dd, e, g = buf[0], buf[1], buf[2], buf[3]
+    np.multiply(k, r0, out=c)
+    np.multiply(k, r1, out=dd)
+    np.multiply(ks, fa, out=e)
+    np.multiply(ks, fb, out=g)
+    if p.n_k:
+        np.multiply(fa, c, out=buf[4])
+        np.multiply(fa, dd, out=buf[5])
+        np.multiply(e, fb, out=buf[6])
+        buf[7] = fa
+        np.multiply(fb, c, out=buf[8])
+        np.multiply(fb, dd, out=buf[9])
+        buf[10] = fb
+        buf[11] = r1
+    sums = (buf.reshape(n_sum * R, n_m) @ p.member).reshape(n_sum, R, -1)
+    S0, Sr, Si, Se = sums[0], sums[1], sums[2], sums[3]
     # ---- (3) gives λ from the port prices
     den = Sr + Si + Se
     rigid = den <= 0.0
     dsafe = np.where(rigid, 1.0, den)
     if p.n_k:
-        # port totals I = Σ_ia (x − u), E = Σ_ib (−x − w) as functions of (μ_imp, μ_exp)
-        A0, Ar, Am, Na, B0, Br, Nb = (sums[:, i] for i in range(4, 11))
-        L0, Li, Le = S0 / dsafe, Si / dsafe, Se / dsafe
-        cI = Na * h - Ar - Si - Am
-        I0, Ii, Ie = A0 + cI * L0, Si - Na * h + cI * Li, Am + cI * Le
-        cE = Br + Am + Se - Nb * h
-        E0, Ei, Ee = -B0 + cE * L0, -Am + cE * Li, Nb * h - Se + cE * Le
-        # floating pools: Σ_clique (E − I) = 0 with μ_imp = q + τ, μ_exp = q
-        num = (E0 - I0 + tau * (Ei - Ii)) @ p.cmember
-        dq = (Ei - Ii + Ee - Ie) @ p.cmember
+        # port totals I = Σ_ia (x − u), E = Σ_ib (−x − w) are affine in (μ_imp, μ_exp); with
+        # μ_imp = q + τ, μ_exp = q a floating pool's balance Σ_clique (E − I) = 0 is
+        # num + dq·q = 0, where (D = ∂(E − I)/∂λ)
+        A0, Ar, Am, Na, B0, Br, Nb, Sm = sums[4:]
+        Nt = Na + Nb
+        D = Br + Ar + 2.0 * Am + Si + Se - Nt * h
+        D /= dsafe
+        num = (D * (S0 + tau * Si) - (A0 + B0) + tau * (Na * h - Am - Si)) @ p.cmember
+        dq = (Br + Ar - D * Sr) @ p.cmember
         fl = reg == FLOAT
         # a pool whose trading communities cannot respond to prices (no sloped unit) cannot
         # be balanced by q: it goes to the grid (regime low or high, decided below)
-        trading = (Na + Nb) > 0.0
-        stiff = ((_sum_by(r1, p.member) * trading) @ p.cmember) <= 0.0
+        stiff = ((Sm * (Nt > 0.0)) @ p.cmember) <= 0.0
         solve_q = fl & ~stiff & (dq != 0.0)
-        q = np.where(solve_q, -num / np.where(solve_q, dq, 1.0), q)
-        pi, pe = _port_prices(p, reg, q, ip, ep)
-    else:
-        pi = np.repeat(ip[:, None], p.data.n_c, axis=1)
-        pe = np.repeat(ep[:, None], p.data.n_c, axis=1)
+        if solve_q.any():
+            q = np.where(solve_q, -num / np.where(solve_q, dq, 1.0), q)
+    pi, pe = _port_prices(p, reg, q, ip, ep)
     lam = (S0 + Si * pi + Se * pe) / dsafe
     # a Newton step far outside the community's ports (a solution has λ between them, up to
     # ε-level spreads) is cut back to them before the pieces are read again: otherwise the
     # active sets can cycle; such a row is not settled
     margin = PRICE_MARGIN * (1.0 + np.abs(pi - pe))
     wild = ((lam < pe - margin) | (lam > pi + margin)) & ~rigid
-    if wild.any():
+    any_wild = wild.any()
+    if any_wild:
         lam = np.minimum(np.maximum(lam, pe - margin), pi + margin)
     bad = rigid & (np.abs(S0) > TOL_KWH)
     if rigid.any():
@@ -765,17 +859,24 @@ def _iterate(p: FastPlan, bd: _Bounds, st: _State) -> tuple[_State, np.ndarray, 
     lam_a = lam[:, p.comm]
     dli = (pi - lam)[:, p.comm]  # μ_imp − λ per agent
     dle = (lam - pe)[:, p.comm]
-    x = k * (r0 - r1 * lam_a) + ks * (fa * dli - fb * dle)
+    x = r1 * lam_a
+    np.subtract(r0, x, out=x)
+    x *= k
+    x += ks * (fa * dli - fb * dle)
     al = x - h * dli
-    be = -x - h * dle
-    nu = lam_a + (2.0 * eps) * x
+    be = h * dle
+    np.add(x, be, out=be)
+    np.negative(be, out=be)
+    nu = eps2 * x
+    nu += lam_a
     vals = _Vals(x, al, be, nu, lam, pi, pe)
 
     # ---- re-read the active sets from the new prices (a unit moves when its value on its
     # current piece is off its clipped response by more than TOL_KWH; fixed units never do)
     nup = nu[:, :n_pq]
-    v = (p.theta_p - nup) * p.inv_sig_p
-    move = np.abs(bnd + mid * (v - bnd) - np.minimum(np.maximum(v, lo), hi)) > TOL_KWH
+    v = p.tos_p - nup * p.inv_sig_p
+    clip = np.minimum(np.maximum(v, lo), hi)
+    move = np.abs(np.where(mid, v, bnd) - clip) > TOL_KWH
     if p.any_vert:
         vert = p.vert_p & (bd.span_p > 0.0)
         move &= ~vert
@@ -789,37 +890,47 @@ def _iterate(p: FastPlan, bd: _Bounds, st: _State) -> tuple[_State, np.ndarray, 
             pp = np.where(vmove, vnew, pp).astype(np.int8)
         move_rows = vmove.any(axis=1)
     else:
-        move_rows = np.zeros(len(ip), dtype=bool)
+        move_rows = np.zeros(R, dtype=bool)
     if move.any():
         pp = np.where(move, (v > lo).astype(np.int8) + (v >= hi), pp).astype(np.int8)
         move_rows |= move.any(axis=1)
     changed = move_rows
     if p.n_b:
-        nub = nu[:, n_pq:]
-        vc = bd.thc - nub * p.inv_sig_b
+        nub = nu[:, n_pq:] * p.inv_sig_b
+        vc = bd.thc - nub
         mvc = np.abs(np.where(mc, vc, bc) - np.minimum(np.maximum(vc, bd.lb_ch), bd.ub_ch)) > TOL_KWH
-        vd = bd.thd - nub * p.inv_sig_b
-        cur_d = np.where(md, vd, ld * -bd.ub_dis)
-        mvd = np.abs(cur_d - np.minimum(np.maximum(vd, -bd.ub_dis), 0.0)) > TOL_KWH
+        vd = bd.thd - nub
+        cur_d = np.where(md, vd, np.where(ld, bd.neg_ub_dis, 0.0))
+        mvd = np.abs(cur_d - np.minimum(np.maximum(vd, bd.neg_ub_dis), 0.0)) > TOL_KWH
         if mvc.any():
             pc = np.where(mvc, (vc > bd.lb_ch).astype(np.int8) + (vc >= bd.ub_ch), pc).astype(np.int8)
             changed = changed | mvc.any(axis=1)
         if mvd.any():
-            pd = np.where(mvd, (vd > -bd.ub_dis).astype(np.int8) + (vd >= 0.0), pd).astype(np.int8)
+            pd = np.where(mvd, (vd > bd.neg_ub_dis).astype(np.int8) + (vd >= 0.0), pd).astype(np.int8)
             changed = changed | mvd.any(axis=1)
-    ia_new = ((al > TOL_KWH) | ((fa > 0) & (al > -TOL_KWH))).astype(float)
-    ib_new = ((be > TOL_KWH) | ((fb > 0) & (be > -TOL_KWH))).astype(float)
+    # an agent keeps trading down to −TOL_KWH and starts above +TOL_KWH
+    ia_new = (al > TOL_KWH * (1.0 - 2.0 * fa)).astype(float)
+    ib_new = (be > TOL_KWH * (1.0 - 2.0 * fb)).astype(float)
     mv = (ia_new != fa) | (ib_new != fb)
     if mv.any():
         changed = changed | mv.any(axis=1)
         # a community whose importers (or exporters) are still moving by more than one agent
         # jumps to the water level of its current net positions (only where it already trades
         # on that side: its net positions are then read at its port price)
-        dab = _sum_by(np.stack([np.abs(ia_new - fa), np.abs(ib_new - fb), ia_new, ib_new], axis=1), p.member)
-        jump_a = (dab[:, 0] > 1.0) & (dab[:, 3] == 0.0) & (sums[:, 7] > 0.0)
-        jump_b = (dab[:, 1] > 1.0) & (dab[:, 2] == 0.0) & (sums[:, 10] > 0.0)
-        if jump_a.any() or jump_b.any():
-            rows = np.flatnonzero((jump_a | jump_b).any(axis=1))
+        dab = np.empty((4, R, n_m))
+        np.subtract(ia_new, fa, out=dab[0])
+        np.subtract(ib_new, fb, out=dab[1])
+        np.abs(dab[:2], out=dab[:2])
+        dab[2] = ia_new
+        dab[3] = ib_new
+        dab = (dab.reshape(4 * R, n_m) @ p.member).reshape(4, R, -1)
+        na_c = sums[7] if p.n_k else fa @ p.member
+        nb_c = sums[10] if p.n_k else fb @ p.member
+        jump_a = (dab[0] > 1.0) & (dab[3] == 0.0) & (na_c > 0.0)
+        jump_b = (dab[1] > 1.0) & (dab[2] == 0.0) & (nb_c > 0.0)
+        jump = jump_a | jump_b
+        if jump.any():
+            rows = np.flatnonzero(jump.any(axis=1))
             y = x[rows] + fa[rows] * al[rows] - fb[rows] * be[rows]
             wf = _waterfill(p, y, np.where(jump_a[rows], 1.0, -1.0)).astype(float)
             ja = jump_a[rows][:, p.comm]
@@ -827,21 +938,29 @@ def _iterate(p: FastPlan, bd: _Bounds, st: _State) -> tuple[_State, np.ndarray, 
             ia_new[rows] = np.where(ja, wf, ia_new[rows])
             ib_new[rows] = np.where(jb, wf, ib_new[rows])
     if p.n_k:
-        ie = _sum_by(np.stack([fa * al, fb * be], axis=1), p.member)  # (R, 2, n_c)
-        z = (ie[:, 1] - ie[:, 0]) @ p.cmember  # pool excess supply of this solution
+        ie = np.empty((2, R, n_m))
+        np.multiply(fa, al, out=ie[0])
+        np.multiply(fb, be, out=ie[1])
+        ie = (ie.reshape(2 * R, n_m) @ p.member).reshape(2, R, -1)  # (2, R, n_c) imports, exports
+        z = (ie[1] - ie[0]) @ p.cmember  # pool excess supply of this solution
         qlo, qhi = ep[:, None], (ip - tau)[:, None]
-        r_new = reg.copy()
-        r_new[fl & (q < qlo - TOL_PRICE)] = LOW
-        r_new[fl & (q > qhi + TOL_PRICE)] = HIGH
-        # (only once the agents' sets have settled: new traders may still balance the pool)
-        calm = ~changed[:, None]
-        r_new[fl & stiff & calm & (z < -TOL_KWH)] = HIGH
-        r_new[fl & stiff & calm & (z > TOL_KWH)] = LOW
-        r_new[(reg == LOW) & (z < -TOL_KWH)] = FLOAT
-        r_new[(reg == HIGH) & (z > TOL_KWH)] = FLOAT
-        r_new[~_pool_open(p, ip, ep)] = NONE
+        zn, zp = z < -TOL_KWH, z > TOL_KWH
+        out_q = (q < qlo - TOL_PRICE) | (q > qhi + TOL_PRICE)
+        r_new = reg
+        if (fl & (out_q | (stiff & (zn | zp)))).any() or ((reg == LOW) & zn).any() or ((reg == HIGH) & zp).any() \
+                or (bd.closed[:, None] & (reg != NONE)).any():
+            r_new = reg.copy()
+            r_new[fl & (q < qlo - TOL_PRICE)] = LOW
+            r_new[fl & (q > qhi + TOL_PRICE)] = HIGH
+            # (only once the agents' sets have settled: new traders may still balance the pool)
+            calm = ~changed[:, None]
+            r_new[fl & stiff & calm & zn] = HIGH
+            r_new[fl & stiff & calm & zp] = LOW
+            r_new[(reg == LOW) & zn] = FLOAT
+            r_new[(reg == HIGH) & zp] = FLOAT
+            r_new[bd.closed] = NONE
         # a floating pool out of balance has not settled (its q must still move)
-        changed = changed | (fl & (r_new == FLOAT) & (np.abs(z) > 1e-8 * (1.0 + (ie[:, 0] @ p.cmember)))).any(axis=1)
+        changed = changed | (fl & (r_new == FLOAT) & (np.abs(z) > 1e-8 * (1.0 + (ie[0] @ p.cmember)))).any(axis=1)
         mv = r_new != reg
         if mv.any():
             # a pool entering low/high sits at that bound; one leaving them starts there
@@ -849,91 +968,81 @@ def _iterate(p: FastPlan, bd: _Bounds, st: _State) -> tuple[_State, np.ndarray, 
                 (reg == LOW) & (r_new == FLOAT), qlo, np.where((reg == HIGH) & (r_new == FLOAT), qhi, q))))
             reg = r_new
             changed = changed | mv.any(axis=1)
-    changed = changed | wild.any(axis=1)
+    if any_wild:
+        changed = changed | wild.any(axis=1)
     return _State(pp, pc, pd, ia_new, ib_new, reg, q), changed, bad.any(axis=1), vals
 
 
 # ----------------------------------------------------------------------------- one batch of steps
 
 @dataclass
-class _Out:
-    """Primal and dual values of a batch in market units and market agent order, rows = steps."""
+class _Res:
+    """Solution of a batch of steps in internal units and agent order, rows = steps."""
 
     ok: np.ndarray  #: (B,) solved
-    reason: list[str]
+    reason: np.ndarray  #: (B,) why a row is not solved (str objects)
     iterations: int
     state: _State
-    p: np.ndarray
-    sch: np.ndarray
-    sdis: np.ndarray
-    soc: np.ndarray
-    phi: np.ndarray
-    alpha: np.ndarray
-    beta: np.ndarray
-    gimp: np.ndarray
-    gexp: np.ndarray
-    aimp: np.ndarray
-    aexp: np.ndarray
-    lam: np.ndarray
-    mu_imp: np.ndarray
-    mu_exp: np.ndarray
-    rho: np.ndarray
-    nu: np.ndarray
-    vfac: np.ndarray
+    vals: _Vals
+    sch: np.ndarray  #: (B, n_b) S_ch [kWh]
+    sdis: np.ndarray  #: (B, n_b) S_dis [kWh]
+    soc: np.ndarray  #: (B, n_b) SoC after the step, from the SoC the step was solved with
+    value: np.ndarray  #: (B,) v [currency/kWh]
+
+    def view(self, start: int) -> _Res:
+        """Rows ``start, start+1, ...`` as views: writing to them writes to this batch."""
+        sl = slice(start, None)
+        return _Res(self.ok[sl], self.reason[sl], 0, _State(*(getattr(self.state, f)[sl] for f in _STATE_FIELDS)),
+                    _Vals(*(getattr(self.vals, f)[sl] for f in _VAL_FIELDS)),
+                    *(getattr(self, f)[sl] for f in _RES_ARRAYS))
+
+    def put(self, rows: np.ndarray, other: _Res) -> None:
+        """Overwrite rows ``rows`` with the rows of ``other``."""
+        self.ok[rows] = other.ok
+        self.reason[rows] = other.reason
+        self.state.put(rows, other.state)
+        self.vals.put(rows, other.vals)
+        for f in _RES_ARRAYS:
+            getattr(self, f)[rows] = getattr(other, f)
 
 
-_OUT_FIELDS = ("p", "sch", "sdis", "soc", "phi", "alpha", "beta", "gimp", "gexp", "aimp", "aexp", "lam", "mu_imp",
-               "mu_exp", "rho", "nu", "vfac")
-
-
-def _out_rows(out: _Out, sl: slice) -> _Out:
-    """Rows ``sl`` of a batch result (copies)."""
-    idx = range(len(out.ok))[sl]
-    return _Out(ok=out.ok[sl].copy(), reason=[out.reason[i] for i in idx], iterations=0, state=out.state.rows(sl),
-                **{f: getattr(out, f)[sl].copy() for f in _OUT_FIELDS})
-
-
-def _out_put(out: _Out, rows: np.ndarray, other: _Out) -> None:
-    """Overwrite rows ``rows`` of ``out`` with the rows of ``other``."""
-    out.ok[rows] = other.ok
-    for i, r in enumerate(rows):
-        out.reason[r] = other.reason[i]
-    out.state.put(rows, other.state)
-    for f in _OUT_FIELDS:
-        getattr(out, f)[rows] = getattr(other, f)
+_RES_ARRAYS = ("sch", "sdis", "soc", "value")
 
 
 def solve_batch(p: FastPlan, steps: np.ndarray, soc0: np.ndarray, *, max_iter: int | None = None,
                 warm: _State | None = None,
-                guess: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> _Out:
+                guess: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, base: _Bounds | None = None) -> _Res:
     """Solve the one-step markets of ``steps`` (independently) with SoC ``soc0`` (B, n_b) before each.
 
     Returns the primal and dual values of every step; ``ok[b]`` is False (with a ``reason``)
     where the active-set iteration did not settle or an assumption failed. ``warm`` starts from
-    the active sets of an earlier solve of the same steps instead of the ε = 0 market;
-    ``guess`` gives that market's regimes, pool potentials and prices when already known.
-    Rows that have settled are not iterated further.
+    the active sets of an earlier solve of the same steps instead of the ε = 0 market (it is
+    updated in place); ``guess`` gives that market's regimes, pool potentials and prices when
+    already known; ``base`` the step data of ``steps`` (with any SoC), reused. Rows that have
+    settled are not iterated further.
     """
     d = p.data
     B = len(steps)
-    n_m, n_c, n_b = d.n_m, d.n_c, d.n_b
+    n_b, n_pq = d.n_b, p.n_pq
     max_iter = MAX_ITER if max_iter is None else max_iter
-    bd = _bounds(p, steps, soc0)
+    bd = _bounds(p, steps, soc0, base)
     reason = [""] * B
     fail = (bd.lb_ch > bd.ub_ch + TOL_KWH).any(axis=1) if n_b else np.zeros(B, dtype=bool)
-    for b in np.flatnonzero(fail):
-        reason[b] = "a battery's forced charge exceeds its charge limit (infeasible SoC bound)"
+    if fail.any():
+        for b in np.flatnonzero(fail):
+            reason[b] = "a battery's forced charge exceeds its charge limit (infeasible SoC bound)"
     if warm is not None:
-        st = warm.rows(slice(None))
+        st = warm
         st.pp[bd.hi_p <= bd.lo_p] = LO
         if n_b:
             st.pc[bd.ub_ch <= bd.lb_ch] = LO
             st.pd[bd.ub_dis <= 0.0] = LO
     else:
         st = _start(p, bd, guess)
-    vals = _Vals(*(np.zeros((B, n)) for n in (n_m, n_m, n_m, n_m, n_c, n_c, n_c)))
+    vals: _Vals | None = None
     settled = np.zeros(B, dtype=bool)
-    act = np.flatnonzero(~fail)
+    act = np.flatnonzero(~fail)  # rows still iterated: ``sub`` and ``sst`` hold their data
+    sub, sst = (bd, st) if len(act) == B else (bd.take(act), st.rows(act))
     it = 0
     for it in range(1, max_iter + 1):
         if not len(act):
@@ -941,88 +1050,127 @@ def solve_batch(p: FastPlan, steps: np.ndarray, soc0: np.ndarray, *, max_iter: i
         if it == RESTART_ITER + 1 and (warm is not None or guess is not None):
             # a start from other steps' active sets or from an ε = 0 market read with other
             # SoC limits is not settling: start these rows again from their own ε = 0 market
-            st.put(act, _start(p, bd.take(act)))
-        full = len(act) == B
-        new, changed, bad, v = _iterate(p, bd if full else bd.take(act), st if full else st.rows(act))
-        if full:
-            st, vals = new, v
+            sst = _start(p, sub)
+        sst, changed, bad, v = _iterate(p, sub, sst)
+        go = changed | bad
+        if len(act) == B and vals is None:
+            st, vals = sst, v
         else:
-            st.put(act, new)
-            for f in _VAL_FIELDS:
-                getattr(vals, f)[act] = getattr(v, f)
-        settled[act] = ~changed & ~bad
-        act = act[changed | bad]
+            if vals is None:
+                vals = _Vals(*(np.zeros((B,) + getattr(v, f).shape[1:]) for f in _VAL_FIELDS))
+            done = ~go
+            if done.any() or it == max_iter:
+                put = act if it == max_iter else act[done]
+                rows = slice(None) if it == max_iter else done
+                st.put(put, sst.rows(rows) if it < max_iter else sst)
+                vals.put(put, v.rows(rows) if it < max_iter else v)
+        settled[act] = ~go
+        if go.all():
+            continue
+        act = act[go]
         if not len(act):
             break
+        sub, sst = sub.take(go), sst.rows(go)
+    if vals is None:  # no row was solved
+        n_m, n_c = d.n_m, d.n_c
+        vals = _Vals(*(np.zeros((B, n)) for n in (n_m, n_m, n_m, n_m, n_c, n_c, n_c)))
     ok = settled & ~fail
-    for b in np.flatnonzero(~settled & ~fail):
-        reason[b] = f"active-set iteration did not settle in {max_iter} iterations"
-    return _outputs(p, bd, soc0, st, vals, ok, reason, it)
-
-
-def _outputs(p: FastPlan, bd: _Bounds, soc0: np.ndarray, st: _State, v: _Vals, ok: np.ndarray, reason: list[str],
-             iterations: int) -> _Out:
-    """Market-order arrays of a settled batch (flows split pro rata inside each pool)."""
-    d = p.data
-    B = len(bd.ip)
-    n_c, n_pq = d.n_c, p.n_pq
-    alpha_i = st.ia * np.maximum(v.al, 0.0)
-    beta_i = st.ib * np.maximum(v.be, 0.0)
-    y = v.x + alpha_i - beta_i
-    ie = _sum_by(np.stack([alpha_i, beta_i], axis=1), p.member)
-    gimp, gexp = ie[:, 0], ie[:, 1]
+    if not ok.all():
+        for b in np.flatnonzero(~settled & ~fail):
+            reason[b] = f"active-set iteration did not settle in {max_iter} iterations"
     if p.n_k:
+        # with the fee, a pooled community never both imports and exports
+        ie = np.empty((2,) + st.ia.shape)
+        np.maximum(vals.al, 0.0, out=ie[0])
+        np.maximum(vals.be, 0.0, out=ie[1])
+        ie[0] *= st.ia
+        ie[1] *= st.ib
+        ie = (ie.reshape(2 * B, -1) @ p.member).reshape(2, B, -1)
         inc = p.clique >= 0
-        pooled = ((gimp > TOL_KWH) & (gexp > TOL_KWH))[:, inc] & (st.reg[:, p.clique[inc]] != NONE)
-        for b in np.flatnonzero(pooled.any(axis=1) & ok):
-            ok[b] = False
-            reason[b] = "a pooled community would both import and export (not a pool equilibrium)"
-    aimp = np.zeros((B, d.n_arc))
-    aexp = np.zeros((B, d.n_arc))
-    rho = np.full((B, d.n_arc), np.nan)
+        pooled = ((ie[0] > TOL_KWH) & (ie[1] > TOL_KWH))[:, inc] & (st.reg[:, p.clique[inc]] != NONE)
+        if pooled.any():
+            for b in np.flatnonzero(pooled.any(axis=1) & ok):
+                ok[b] = False
+                reason[b] = "a pooled community would both import and export (not a pool equilibrium)"
+    yb = vals.x[:, n_pq:] + st.ia[:, n_pq:] * np.maximum(vals.al[:, n_pq:], 0.0) \
+        - st.ib[:, n_pq:] * np.maximum(vals.be[:, n_pq:], 0.0)
+    sch = np.maximum(yb, 0.0)
+    sdis = np.maximum(-yb, 0.0)
+    soc = p.keep * soc0 + (p.g_ch * sch - p.g_dis * sdis) / d.cap_kwh
+    return _Res(ok, np.array(reason, dtype=object), it, st, vals, sch, sdis, soc, bd.value)
+
+
+def _write(p: FastPlan, sol: Solution, t0: int, res: _Res, rows: slice, snap: float) -> None:
+    """Write rows ``rows`` of ``res`` (steps ``t0, t0+1, ...``) into ``sol`` in market units and
+    order, splitting inter-community flows pro rata inside each pool; energies below ``snap``
+    [kWh] are written as 0."""
+    d = p.data
+    ia, ib, reg, q = res.state.ia[rows], res.state.ib[rows], res.state.reg[rows], res.state.q[rows]
+    v = _Vals(*(getattr(res.vals, f)[rows] for f in _VAL_FIELDS))
+    B = len(q)
+    tr = slice(t0, t0 + B)
+    steps = np.arange(t0, t0 + B)
+    ip, ep = d.import_price[steps], d.export_price[steps]
+    n_c, n_pq = d.n_c, p.n_pq
+    ab = np.empty((2,) + ia.shape)
+    alpha_i, beta_i = ab
+    np.maximum(v.al, 0.0, out=alpha_i)
+    np.maximum(v.be, 0.0, out=beta_i)
+    alpha_i *= ia
+    beta_i *= ib
+    ie = (ab.reshape(2 * B, -1) @ p.member).reshape(2, B, n_c)
+    gimp, gexp = ie[0], ie[1]
+    aimp, aexp = sol.aimp[tr], sol.aexp[tr]
+    aimp[:] = 0.0
+    aexp[:] = 0.0
+    sol.rho[tr] = np.nan  # grid arcs, and links without a pool
     gi, ge = gimp, gexp
     if len(p.link_comm):
         links = d.link_arcs
         kl = p.clique[p.link_comm]
-        regl = st.reg[:, kl]
+        regl = reg[:, kl]
         scale = np.maximum(gexp @ p.cmember, gimp @ p.cmember)[:, kl]
         fl = np.where((regl != NONE) & (scale > 0),
                       gexp[:, p.link_partner] * gimp[:, p.link_comm] / np.where(scale > 0, scale, 1.0), 0.0)
         aimp[:, links] = fl
         aexp[:, d.arc_rev[links]] = fl
-        gi = gimp - np.bincount(np.repeat(np.arange(B) * n_c, len(links)) + np.tile(p.link_comm, B),
-                                weights=fl.ravel(), minlength=B * n_c).reshape(B, n_c)
-        ge = gexp - np.bincount(np.repeat(np.arange(B) * n_c, len(links)) + np.tile(p.link_partner, B),
-                                weights=fl.ravel(), minlength=B * n_c).reshape(B, n_c)
+        gi = gimp - fl @ p.link_in
+        ge = gexp - fl @ p.link_out
         # the pool's price: q when floating, the bound it sits at when low or high
-        qeff = np.where(regl == LOW, bd.ep[:, None], np.where(regl == HIGH, (bd.ip - p.tau)[:, None], st.q[:, kl]))
-        rho[:, links] = np.where(regl != NONE, qeff, 0.5 * ((bd.ip - p.tau) + bd.ep)[:, None])
+        qeff = np.where(regl == LOW, ep[:, None], np.where(regl == HIGH, (ip - p.tau)[:, None], q[:, kl]))
+        sol.rho[tr, links] = np.where(regl != NONE, qeff, 0.5 * ((ip - p.tau) + ep)[:, None])
     aimp[:, :n_c] = np.maximum(gi, 0.0)  # grid arcs come first, one per community
     aexp[:, :n_c] = np.maximum(ge, 0.0)
-
-    def market(a: np.ndarray) -> np.ndarray:
-        out = np.empty_like(a)
-        out[:, p.perm] = a
-        return out
-
-    sch = np.maximum(y[:, n_pq:], 0.0)
-    sdis = np.maximum(-y[:, n_pq:], 0.0)
-    soc = p.keep * soc0 + (p.g_ch * sch - p.g_dis * sdis) / d.cap_kwh
-    return _Out(ok=ok, reason=reason, iterations=iterations, state=st, p=y[:, :n_pq], sch=sch, sdis=sdis, soc=soc,
-                phi=market(-v.x), alpha=market(alpha_i), beta=market(beta_i), gimp=gimp, gexp=gexp, aimp=aimp,
-                aexp=aexp, lam=v.lam, mu_imp=v.pi, mu_exp=v.pe, rho=rho, nu=market(v.nu),
-                vfac=np.repeat(bd.value[:, None], d.n_b, axis=1))
+    x = v.x
+    sol.p[tr] = x[:, :n_pq] + alpha_i[:, :n_pq] - beta_i[:, :n_pq]
+    sol.sch[tr] = res.sch[rows]
+    sol.sdis[tr] = res.sdis[rows]
+    sol.soc[tr] = res.soc[rows]
+    sol.phi[tr, p.perm] = -x
+    sol.alpha[tr, p.perm] = alpha_i
+    sol.beta[tr, p.perm] = beta_i
+    sol.gimp[tr] = gimp
+    sol.gexp[tr] = gexp
+    sol.lam[tr] = v.lam
+    sol.mu_imp[tr] = v.pi
+    sol.mu_exp[tr] = v.pe
+    sol.nu[tr, p.perm] = v.nu
+    sol.vfac[tr] = res.value[rows, None]
+    if snap:
+        for name in ("p", "sch", "sdis", "phi", "alpha", "beta", "gimp", "gexp", "aimp", "aexp"):
+            arr = getattr(sol, name)[tr]
+            arr[np.abs(arr) < snap] = 0.0
 
 
 # ----------------------------------------------------------------------------- the sequence
 
-def _valid_rows(p: FastPlan, out: _Out, soc: np.ndarray) -> np.ndarray:
+def _valid_rows(p: FastPlan, out: _Res, soc: np.ndarray) -> np.ndarray:
     """(B,) whether each row of a batch, solved with a guessed SoC, is also the solution for ``soc``
     (B, n_b): every battery's charge and discharge equal its clipped response to its price
     under the limits of that SoC, so every KKT condition still holds."""
     lb, ub, ubd = _battery_limits(p, soc)
-    nu = out.nu[:, p.data.bat]
-    th = out.vfac
+    nu = out.vals.nu[:, p.n_pq:]
+    th = out.value[:, None]
     ch = np.minimum(np.maximum((p.g_ch * th - p.cdeg - nu) * p.inv_sig_b, lb), ub)
     dis = -np.minimum(np.maximum((p.g_dis * th + p.cdeg - nu) * p.inv_sig_b, -ubd), 0.0)
     tol = 1e-9 * (1.0 + out.sch + out.sdis)
@@ -1030,7 +1178,7 @@ def _valid_rows(p: FastPlan, out: _Out, soc: np.ndarray) -> np.ndarray:
     return good.all(axis=1)
 
 
-def _true_soc(p: FastPlan, out: _Out, soc: np.ndarray) -> np.ndarray:
+def _true_soc(p: FastPlan, out: _Res, soc: np.ndarray) -> np.ndarray:
     """(B, n_b) SoC before each row if every row is kept, starting from ``soc`` before row 0."""
     d = p.data
     de = (p.g_ch * out.sch - p.g_dis * out.sdis) / d.cap_kwh  # (B, n_b) stored energy change
@@ -1045,7 +1193,7 @@ def _true_soc(p: FastPlan, out: _Out, soc: np.ndarray) -> np.ndarray:
     return np.clip(s, spec.soc_min, spec.soc_max)
 
 
-def _guess_soc(p: FastPlan, out: _Out, j: int, soc: np.ndarray) -> np.ndarray:
+def _guess_soc(p: FastPlan, out: _Res, j: int, soc: np.ndarray) -> np.ndarray:
     """Guessed SoC before rows ``j, j+1, ...`` of a batch, from the true ``soc`` before row j.
 
     Each row keeps its pieces: a battery at a limit takes the limit of the guessed SoC (one that
@@ -1068,7 +1216,6 @@ def _run_batteries(p: FastPlan, soc: np.ndarray, ch_hi: np.ndarray, ch_lo: np.nd
     d = p.data
     spec = d.case.battery
     n, nb = sch.shape
-    out = np.empty((n, nb))
     paper = d.battery_model is BatteryModel.PAPER
     keep, g_ch, g_dis = p.keep, p.g_ch, p.g_dis
     lo, hi = float(spec.soc_min), float(spec.soc_max)
@@ -1076,39 +1223,45 @@ def _run_batteries(p: FastPlan, soc: np.ndarray, ch_hi: np.ndarray, ch_lo: np.nd
     cap = d.cap_kwh.tolist()
     rate_c = d.sch_max.tolist()
     rate_d = d.sdis_max.tolist()
-    s = [float(v) for v in soc]
-    flags = (ch_hi.tolist(), ch_lo.tolist(), dis_lo.tolist(), dis_hi.tolist())
-    sch_l, sdis_l = sch.tolist(), sdis.tolist()
-    for m in range(n):
-        out[m] = s
-        chh, chl, dl, dh = flags[0][m], flags[1][m], flags[2][m], flags[3][m]
-        row_c, row_d = sch_l[m], sdis_l[m]
-        for b in range(nb):
-            sb = s[b]
-            e_hi = (hi - keep * sb) * cap[b]
-            e_lo = (lo - keep * sb) * cap[b]
-            c = row_c[b]
-            if chh[b]:
-                c = min(rate_c[b], e_hi / g_ch)
-                if paper:
-                    c = min(c, (hi - sb) * cap[b] / eta_c)
-            elif chl[b]:
-                c = max(0.0, e_lo / g_ch)
-            dd = row_d[b]
-            if dl[b]:
-                dd = min(rate_d[b], -e_lo / g_dis)
-                if paper:
-                    dd = min(dd, (sb - lo) * cap[b] / eta_d)
-                dd = max(dd, 0.0)
-            elif dh[b]:
-                dd = 0.0
-            s[b] = min(max(keep * sb + (g_ch * c - g_dis * dd) / cap[b], lo), hi)
-    return out
+    # each battery runs on its own: loop over its rows with plain floats; flags 1: charge at its
+    # upper limit, 2: at its lower limit, 4: discharge at its limit, 8: no discharge
+    flags = ch_hi.astype(np.int8)
+    flags |= ch_lo.astype(np.int8) << 1
+    flags |= dis_lo.astype(np.int8) << 2
+    flags |= dis_hi.astype(np.int8) << 3
+    cols = []
+    for b, (fl, row_c, row_d) in enumerate(zip(flags.T.tolist(), sch.T.tolist(), sdis.T.tolist())):
+        sb = float(soc[b])
+        cb, rc, rd = cap[b], rate_c[b], rate_d[b]
+        col = []
+        for f, c, dd in zip(fl, row_c, row_d):
+            col.append(sb)
+            if f:
+                if f & 1:
+                    c = min((hi - keep * sb) * cb / g_ch, rc)
+                    if paper:
+                        c = min(c, (hi - sb) * cb / eta_c)
+                elif f & 2:
+                    c = max((lo - keep * sb) * cb / g_ch, 0.0)
+                if f & 4:
+                    dd = min(-((lo - keep * sb) * cb) / g_dis, rd)
+                    if paper:
+                        dd = min(dd, (sb - lo) * cb / eta_d)
+                    dd = max(dd, 0.0)
+                elif f & 8:
+                    dd = 0.0
+            sb = keep * sb + (g_ch * c - g_dis * dd) / cb
+            if sb < lo:
+                sb = lo
+            elif sb > hi:
+                sb = hi
+        cols.append(col)
+    return np.array(cols).T.reshape(n, nb)
 
 
 def _presimulate(p: FastPlan, steps: np.ndarray, soc: np.ndarray, *, passes: int = PRESIM_PASSES
-                 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """SoC guesses before each of ``steps``, and the ε = 0 market they come from.
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], _Bounds]:
+    """SoC guesses before each of ``steps``, the ε = 0 market they come from and its step data.
 
     The market without the ε term is read with every step's SoC at ``soc``; the batteries are
     then run in order at its community prices, each clipped to the limits of its running SoC.
@@ -1118,8 +1271,9 @@ def _presimulate(p: FastPlan, steps: np.ndarray, soc: np.ndarray, *, passes: int
     d = p.data
     g = np.repeat(soc[None, :], len(steps), axis=0)
     guess: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    bd: _Bounds | None = None
     for _ in range(passes if d.n_b else 1):
-        bd = _bounds(p, steps, g)
+        bd = _bounds(p, steps, g, bd)
         guess = _initial_guess(p, bd)
         if not d.n_b:
             break
@@ -1135,8 +1289,8 @@ def _presimulate(p: FastPlan, steps: np.ndarray, soc: np.ndarray, *, passes: int
         g = new
         if done:
             break
-    assert guess is not None
-    return g, guess
+    assert guess is not None and bd is not None
+    return g, guess, bd
 
 
 def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
@@ -1174,19 +1328,22 @@ def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
     stats = FastStats()
     soc = np.asarray(soc_init, dtype=float).copy()
     t0 = 0
-    out: _Out | None = None  # solutions of steps t0, t0+1, ... with the SoC guesses soc0
-    soc0 = np.zeros((0, d.n_b))
+    # the current batch: its solutions (rows = steps a0, a0+1, ...), each solved with the SoC
+    # guess in ``guesses``; its steps b0 ... t0 − 1 are kept and wait to be written at once
+    acc: _Res | None = None
+    guesses = np.zeros((0, d.n_b))
+    a0 = b0 = 0
     while t0 < T:
-        if out is None:
+        if acc is None or t0 >= a0 + len(acc.ok):
+            if acc is not None and t0 > b0:
+                _write(p, sol, b0, acc, slice(b0 - a0, t0 - a0), snap)
             steps = np.arange(t0, min(T, t0 + batch))
-            soc0, guess = _presimulate(p, steps, soc)
-            if d.n_b:
-                # the ε = 0 prices were read with the SoC before the batch: read them again
-                # where the guessed SoC moves a battery's limits
-                out = solve_batch(p, steps, soc0, guess=guess)
-            else:
-                out = solve_batch(p, steps, soc0, guess=guess)
-            stats.iterations += out.iterations
+            guesses, guess, base = _presimulate(p, steps, soc)
+            acc = solve_batch(p, steps, guesses, guess=guess, base=base)
+            stats.iterations += acc.iterations
+            a0 = b0 = t0
+        out = acc.view(t0 - a0)  # steps t0, t0+1, ...
+        soc0 = guesses[t0 - a0:]
         B = len(out.ok)
         if d.n_b:
             true = _true_soc(p, out, soc)
@@ -1198,20 +1355,13 @@ def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
             good = out.ok.copy()
         n_keep = int(np.argmin(good)) if not good.all() else B
         if n_keep:
-            keep = slice(0, n_keep)
             if d.n_b:
-                out.soc[keep] = p.keep * true[keep] + (p.g_ch * out.sch[keep] - p.g_dis * out.sdis[keep]) / d.cap_kwh
-            if snap:
-                for name in ("p", "sch", "sdis", "phi", "alpha", "beta", "gimp", "gexp", "aimp", "aexp"):
-                    arr = getattr(out, name)[keep]
-                    arr[np.abs(arr) < snap] = 0.0
-            for name in _OUT_FIELDS:
-                getattr(sol, name)[t0:t0 + n_keep] = getattr(out, name)[keep]
-            soc = np.clip(out.soc[n_keep - 1], lo, hi) if d.n_b else soc
+                out.soc[:n_keep] = p.keep * true[:n_keep] + (p.g_ch * out.sch[:n_keep]
+                                                             - p.g_dis * out.sdis[:n_keep]) / d.cap_kwh
+                soc = np.clip(out.soc[n_keep - 1], lo, hi)
             stats.fast_steps += n_keep
         t0 += n_keep
         if n_keep == B:
-            out = None
             continue
         j = n_keep
         if not out.ok[j] and (same[j] or np.array_equal(soc0[j], soc)):
@@ -1220,17 +1370,19 @@ def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
                 msg = (f"step {t0}: fast market path failed: {out.reason[j]}; use method='auto' to have"
                        " Clarabel solve such steps")
                 raise MarketError(msg, step=t0, group="Market-method")
+            if t0 > b0:
+                _write(p, sol, b0, acc, slice(b0 - a0, t0 - a0), snap)
             stats.failures[t0] = out.reason[j]
             soc = np.clip(fallback(t0, soc), lo, hi)
             stats.qp_steps += 1
             t0 += 1
+            b0 = t0
             j += 1
             if j >= B:
-                out = None
                 continue
         # guess the SoC before the remaining steps again; solve those whose solution fails it
         stats.resolves += 1
-        rest = _out_rows(out, slice(j, None))
+        rest = out.view(j)
         g = _guess_soc(p, rest, 0, soc) if d.n_b else np.zeros((B - j, 0))
         redo = ~rest.ok | ~(np.all(g == soc0[j:], axis=1) | (_valid_rows(p, rest, g) if d.n_b else True))
         redo[0] |= not rest.ok[0]
@@ -1238,10 +1390,12 @@ def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
         if len(rows):
             o2 = solve_batch(p, t0 + rows, g[rows], warm=rest.state.rows(rows))
             stats.iterations += o2.iterations
-            _out_put(rest, rows, o2)
+            rest.put(rows, o2)
         # rows kept from the earlier solve hold under their new guess: refresh their SoC
         if d.n_b:
             kept = ~redo
             rest.soc[kept] = p.keep * g[kept] + (p.g_ch * rest.sch[kept] - p.g_dis * rest.sdis[kept]) / d.cap_kwh
-        out, soc0 = rest, g
+        guesses[t0 - a0:] = g
+    if acc is not None and t0 > b0:
+        _write(p, sol, b0, acc, slice(b0 - a0, t0 - a0), snap)
     return stats
