@@ -366,3 +366,33 @@ def test_infeasible_step_is_diagnosed_by_clarabel() -> None:
         clear_market(case)
     assert err.value.step == 0
     assert "infeasible" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- link topologies
+
+TOPOLOGIES = {
+    "two pairs": [("C1", "C2"), ("C3", "C4")],
+    "pair and singles": [("C2", "C3")],
+    "triangle and single": [("C1", "C2"), ("C2", "C3"), ("C1", "C3")],
+}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("topology", list(TOPOLOGIES))
+def test_several_pools_agree_with_clarabel(topology: str, seed: int) -> None:
+    # cliques that do not reach every community: each its own pool, the rest trade with the grid alone
+    case = random_case(seed, n_agents=24, n_communities=4, n_batteries=3, steps=4, links=TOPOLOGIES[topology],
+                       trade_fee=0.01)
+    r = clear_market(case)
+    assert r.solver == "fast"
+    assert_kkt(case, r)
+    assert_matches_tight(case, r)
+    assert_matches_qp(case, r, clear_market(case, method="qp"))
+
+
+def test_a_non_clique_link_topology_goes_to_clarabel() -> None:
+    case = random_case(4, n_agents=12, n_communities=3, n_batteries=1, steps=2, links=[("C1", "C2"), ("C2", "C3")])
+    r = clear_market(case)
+    assert r.solver == "clarabel"
+    with pytest.raises(MarketError, match="not all linked pairwise"):
+        clear_market(case, method="fast")
