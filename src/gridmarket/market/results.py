@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -94,9 +96,6 @@ class MarketResult:
         no steps); ``window_solver`` per window.
     """
 
-    market: pd.DataFrame
-    communities: pd.DataFrame
-    settlements: pd.DataFrame
     welfare: pd.Series
     p_kwh: np.ndarray
     s_kwh: np.ndarray
@@ -115,6 +114,30 @@ class MarketResult:
     solution: Solution  #: raw primal/dual arrays in market order (see gridmarket.market.prices)
     #: per window, what solved it: "fast" (KKT path, gridmarket.market.fast) or "clarabel"
     window_solver: tuple[str, ...] = ()
+    #: builds (market, communities, settlements) on first use: the study loop and the
+    #: benchmarks read the arrays, and the frames cost as much as the fast path's solve
+    _frames: Callable[[], tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] | None = field(
+        default=None, repr=False, compare=False)
+
+    @cached_property
+    def _built(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        assert self._frames is not None
+        return self._frames()
+
+    @property
+    def market(self) -> pd.DataFrame:
+        """One row per step and agent, columns :data:`MARKET_COLUMNS` (see the class docstring)."""
+        return self._built[0]
+
+    @property
+    def communities(self) -> pd.DataFrame:
+        """One row per step and community, columns :data:`COMMUNITY_COLUMNS`."""
+        return self._built[1]
+
+    @property
+    def settlements(self) -> pd.DataFrame:
+        """One row per step, community and partner, columns :data:`SETTLEMENT_COLUMNS`."""
+        return self._built[2]
 
     @property
     def total_welfare(self) -> float:
@@ -132,14 +155,10 @@ def _times(data: MarketData) -> np.ndarray:
 def make_result(data: MarketData, sol: Solution, *, status: MarketStatus, window_status: tuple[MarketStatus, ...],
                 horizon: int, iterations: int, build_seconds: float, solve_seconds: float,
                 solver: str = "none", window_solver: tuple[str, ...] = ()) -> MarketResult:
-    """Build the frames and arrays of a cleared market from its :class:`Solution`."""
+    """The arrays of a cleared market from its :class:`Solution` (its frames are built on first use)."""
     case = data.case
     T, n = data.steps, len(case.agents)
     dt = data.step_hours
-    names = np.array(case.agent_names, dtype=object)
-    kinds = np.array([a.kind.value for a in case.agents], dtype=object)
-    comms = np.array([(a.community or "") if a.kind is not AgentKind.PASSIVE else "" for a in case.agents],
-                     dtype=object)
     pos = data.pos
     p = np.array(case.profile_kw, dtype=float, copy=True) * dt
     s = np.zeros((T, n))
@@ -155,6 +174,35 @@ def make_result(data: MarketData, sol: Solution, *, status: MarketStatus, window
     phi[:, pos], alpha[:, pos], beta[:, pos] = sol.phi, sol.alpha, sol.beta
     price[:, pos] = sol.lam[:, data.comm]
     pay[:, pos] = agent_payments(data, sol)
+    cw = community_welfare(data, sol)
+
+    def frames() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        return _frames(data, sol, p, s, soc, phi, alpha, beta, price, pay, cw)
+
+    welfare = pd.Series(cw.sum(axis=1), index=pd.RangeIndex(T, name="step"), name="welfare")
+    imb = payment_imbalance(data, sol)
+    for arr in (p, s, soc, sol.lam):
+        arr.setflags(write=False)
+    return MarketResult(
+        welfare=welfare,
+        p_kwh=p, s_kwh=s, soc=soc, price=sol.lam, constant=float(data.const.sum()), status=status,
+        window_status=window_status, battery_model=data.battery_model, horizon=horizon, solver=solver,
+        iterations=iterations, build_seconds=build_seconds, solve_seconds=solve_seconds,
+        payment_imbalance=float(np.abs(imb).max()) if imb.size else 0.0, solution=sol, window_solver=window_solver,
+        _frames=frames)
+
+
+def _frames(data: MarketData, sol: Solution, p: np.ndarray, s: np.ndarray, soc: np.ndarray, phi: np.ndarray,
+            alpha: np.ndarray, beta: np.ndarray, price: np.ndarray, pay: np.ndarray, cw: np.ndarray
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The tidy frames of :class:`MarketResult` (market, communities, settlements)."""
+    case = data.case
+    T, n = data.steps, len(case.agents)
+    dt = data.step_hours
+    names = np.array(case.agent_names, dtype=object)
+    kinds = np.array([a.kind.value for a in case.agents], dtype=object)
+    comms = np.array([(a.community or "") if a.kind is not AgentKind.PASSIVE else "" for a in case.agents],
+                     dtype=object)
     times = _times(data)
     market = pd.DataFrame({
         "step": np.repeat(np.arange(T, dtype=np.int64), n),
@@ -167,7 +215,6 @@ def make_result(data: MarketData, sol: Solution, *, status: MarketStatus, window
         "price": price.ravel(), "payment": pay.ravel(),
     }, columns=list(MARKET_COLUMNS))
     nc = data.n_c
-    cw = community_welfare(data, sol)
     communities = pd.DataFrame({
         "step": np.repeat(np.arange(T, dtype=np.int64), nc),
         "community": np.tile(np.array(data.communities, dtype=object), T),
@@ -185,13 +232,4 @@ def make_result(data: MarketData, sol: Solution, *, status: MarketStatus, window
         "import_price": st.import_price.ravel(), "export_price": st.export_price.ravel(),
         "fee": st.fee.ravel(), "payment": st.payment.ravel(),
     }, columns=list(SETTLEMENT_COLUMNS))
-    welfare = pd.Series(cw.sum(axis=1), index=pd.RangeIndex(T, name="step"), name="welfare")
-    imb = payment_imbalance(data, sol)
-    for arr in (p, s, soc, sol.lam):
-        arr.setflags(write=False)
-    return MarketResult(
-        market=market, communities=communities, settlements=settlements, welfare=welfare,
-        p_kwh=p, s_kwh=s, soc=soc, price=sol.lam, constant=float(data.const.sum()), status=status,
-        window_status=window_status, battery_model=data.battery_model, horizon=horizon, solver=solver,
-        iterations=iterations, build_seconds=build_seconds, solve_seconds=solve_seconds,
-        payment_imbalance=float(np.abs(imb).max()) if imb.size else 0.0, solution=sol, window_solver=window_solver)
+    return market, communities, settlements
