@@ -80,6 +80,18 @@ def fast_vs_clarabel(case, repeat: int) -> dict[str, float]:
     }
 
 
+def measure(*, repeat: int = 5, agents: int = 272, communities: int = 5, batteries: int = 6, steps: int = 24,
+            seed: int = 3) -> dict[str, float]:
+    """Target 1 of issue 6 for ``benchmarks/run_all.py``: ms per step of the fast path and of
+    Clarabel, engine time (``solve``) and whole ``clear_market`` call (``wall``), medians."""
+    case = random_case(seed, n_agents=agents - batteries, n_communities=communities, n_batteries=batteries,
+                       steps=steps, horizon=1)
+    m = fast_vs_clarabel(case, max(3, repeat))
+    ms = 1e3 / steps
+    return {"fast_ms_per_step": ms * m["solve_fast"], "qp_ms_per_step": ms * m["solve_qp"],
+            "fast_wall_ms_per_step": ms * m["wall_fast"], "qp_wall_ms_per_step": ms * m["wall_qp"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agents", type=int, default=272, help="market agents in all, batteries included")

@@ -49,12 +49,18 @@ def target_market(repeat: int) -> list[Row]:
     """1. one market step: default method vs Clarabel QP."""
     bench = importlib.import_module("bench_market")
     measure: Callable[..., dict] | None = getattr(bench, "measure", None)
-    if measure is not None:
+    if measure is not None:  # fast path against Clarabel (the general QP), 24 sequential steps
         try:
             r = measure(repeat=repeat)
-            fast, qp = float(r["fast_ms_per_step"]) / 1e3, float(r["qp_ms_per_step"]) / 1e3
-            return [("1 market", "272 agents, step (bench_market)", fast, "ms", qp, "faster than QP",
-                     "PASS" if fast < qp else "gap")]
+            rows: list[Row] = []
+            for what, fast_key, qp_key in (("engine solve", "fast_ms_per_step", "qp_ms_per_step"),
+                                          ("whole clear_market", "fast_wall_ms_per_step", "qp_wall_ms_per_step")):
+                fast, qp = float(r[fast_key]) / 1e3, float(r[qp_key]) / 1e3
+                met = fast <= 0.5e-3 and qp / fast >= 25.0
+                verdict = "PASS" if met else f"gap: {fast / 0.5e-3:.2f}x of 0.5 ms, {qp / fast:.1f}x of 25x"
+                rows.append(("1 market", f"272 agents, 5 communities, per step, {what}",
+                             fast, "ms", qp, "≤ 0.5 ms, ≥ 25x", verdict))
+            return rows
         except (TypeError, KeyError):
             pass  # another signature: measure it here
     from _market_cases import random_case
