@@ -309,7 +309,7 @@ def test_new_case_command(mixed: Path, tmp_path: Path) -> None:
 
     res = new_case_command(str(mixed), tmp_path / "c", pv_kwp=1.0, communities="knn:5", pv_percent_of_peak=None,
                            settings=["grid.import_price=0.65", 'case.currency="EUR"'])
-    assert "5 consumer(s), 5 producer(s); 1 communities (C1)" in res.text
+    assert "5 consumer(s), 5 producer(s); 1 community (C1)" in res.text
     case = load_case(res.path)
     assert case.grid.import_price[0] == 0.65 and case.currency == "EUR"
     with pytest.raises(GridmarketError, match="unknown new-case option"):

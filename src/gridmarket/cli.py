@@ -144,7 +144,8 @@ def check(case: CaseArg = None) -> None:
 
     c = load_case(_case_path(case))
     info = check_case_network(c)
-    out.print(f"case {c.name!r} is valid: {len(c.agents)} agents in {len(c.communities)} communities,"
+    out.print(f"case {c.name!r} is valid: {len(c.agents)} agents in {len(c.communities)}"
+              f" {'community' if len(c.communities) == 1 else 'communities'},"
               f" {c.time.steps} steps of {c.time.step_hours:g} h; {info}")
 
 

@@ -108,7 +108,8 @@ def _describe(path: Path) -> str:
     for a in case.agents:
         kinds[a.kind.value] = kinds.get(a.kind.value, 0) + 1
     parts = ", ".join(f"{n} {k}(s)" for k, n in kinds.items())
-    return (f"case {case.name!r} written to {path}: {parts}; {len(case.communities)} communities "
+    return (f"case {case.name!r} written to {path}: {parts}; {len(case.communities)} "
+            f"{'community' if len(case.communities) == 1 else 'communities'} "
             f"({', '.join(case.communities)}); {case.time.steps} steps of {case.time.step_hours:g} h")
 
 
