@@ -97,7 +97,7 @@ def test_save_figures_is_deterministic(built: tuple[Path, Path], tmp_path: Path)
 @pytest.fixture
 def fast_png(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip the (slow) rasterising where a test only checks which figures are made."""
-    monkeypatch.setattr(plots, "_png", lambda fig: b"\x89PNG-stub-" + fig.get_label().encode())
+    monkeypatch.setattr(plots, "figure_png", lambda fig: b"\x89PNG-stub-" + fig.get_label().encode())
 
 
 @pytest.mark.usefixtures("fast_png")
@@ -329,14 +329,14 @@ def test_network_map_one_panel_per_lv_area(tmp_path: Path) -> None:
     assert "transformer b4" in panels["lv_area_2"].get_title()
     # the overview holds the whole feeder and boxes both areas
     overview = panels["overview"]
-    png = plots._png(fig)  # draws: the overview's limits are final after the aspect is applied
+    png = plots.figure_png(fig)  # draws: the overview's limits are final after the aspect is applied
     assert _buses_in_view(overview, buses) == set(buses["bus"])
     assert len(overview.patches) == 2
     # one shared legend with both levels and both communities
     assert len(fig.legends) == 1
     labels = {t.get_text() for t in fig.legends[0].get_texts()}
     assert {"MV line", "LV line", "Community C1", "Community C2"} <= labels
-    assert png == plots._png(plot_network_map(data.buses, data.lines, data.agents,
+    assert png == plots.figure_png(plot_network_map(data.buses, data.lines, data.agents,
                                               data.batteries, data.violations, iteration=2))
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from gridmarket.errors import ResultsError
 
-__all__ = ["FLOAT_FORMAT", "Results", "write_results", "prepare_out_dir"]
+__all__ = ["FLOAT_FORMAT", "Results", "prepare_out_dir", "write_bytes_atomic", "write_results"]
 
 #: note added to a KeyboardInterrupt that arrived after the results folder was complete
 RESULTS_WRITTEN_NOTE = "the results were complete before the interrupt:"
@@ -155,6 +155,19 @@ def write_results(results: Results, out: Path, *, overwrite: bool = False,
             raise ResultsError(msg) from exc
         raise
     return out
+
+
+def write_bytes_atomic(path: Path, payload: bytes) -> None:
+    """Write one file whole or not at all: ``payload`` goes to a temporary file beside ``path``,
+    which is then moved into place (a reader never sees half a file)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @contextmanager

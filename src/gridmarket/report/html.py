@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gridmarket.report._load import ResultsData, finite_or, load_results
-from gridmarket.report.plots import FigureSpec, render_figures, write_bytes_atomic, write_figures
+from gridmarket.report.plots import FigureSpec, render_figures, write_figures
 from gridmarket.report.tables import (
     community_table,
     format_community_table,
@@ -18,6 +18,7 @@ from gridmarket.report.tables import (
     to_html,
     violation_table,
 )
+from gridmarket.results import write_bytes_atomic
 
 __all__ = ["build_report", "render_html"]
 

@@ -13,8 +13,6 @@ discharging, imports) below it; for the market's agents both sides have equal he
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,11 +30,13 @@ from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar  # type: ig
 from scipy.spatial import cKDTree
 
 from gridmarket.report._load import ResultsData, finite_or, load_results, violated_buses
+from gridmarket.results import write_bytes_atomic
 
 __all__ = [
     "LV_KV_MAX",
     "FigureSpec",
     "energy_balance",
+    "figure_png",
     "has_coordinates",
     "lv_areas",
     "plot_energy_balance",
@@ -961,7 +961,8 @@ class FigureSpec:
     png: bytes
 
 
-def _png(fig: Figure) -> bytes:
+def figure_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes, without the Matplotlib version in the metadata (reproducible)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
@@ -982,7 +983,7 @@ def render_figures(data: ResultsData) -> tuple[list[FigureSpec], list[str]]:
     specs.append(FigureSpec("iterations", "Welfare and violations per iteration",
                             "Social welfare (top; change vs the base iteration in brackets) and "
                             "limit violations by kind with the installed battery units "
-                            "(bottom) for every iteration of the placement loop.", _png(fig)))
+                            "(bottom) for every iteration of the placement loop.", figure_png(fig)))
     for it, label in ((base, "base"), (after, after_label)) if after != base else ((base, "base, best"),):
         fig = plot_energy_balance(data.market, data.communities, iteration=it,
                                   step_hours=step_hours, currency=currency, label=label)
@@ -991,7 +992,7 @@ def render_figures(data: ResultsData) -> tuple[list[FigureSpec], list[str]]:
             "Per step: consumption side above zero (consumer loads, battery charging, "
             "exports), supply side below (PV, battery discharging, imports) [kW]; line: net "
             "community demand = imports − exports; community clearing prices and battery "
-            "state of charge below.", _png(fig)))
+            "state of charge below.", figure_png(fig)))
     fig = plot_voltages(data.voltages, iterations=[base, after], vmin_pu=vmin, vmax_pu=vmax,
                         labels=["base" + (", best" if best == base else ""), after_label]
                         if after != base else ["base, best"],
@@ -1000,7 +1001,7 @@ def render_figures(data: ResultsData) -> tuple[list[FigureSpec], list[str]]:
                             f"Every bus-phase voltage per step (thin), the min/max envelope and "
                             f"the limits {vmin:g}/{vmax:g} pu, before (iteration {base}) and "
                             f"after batteries (iteration {after}); red dots are out of limits.",
-                            _png(fig)))
+                            figure_png(fig)))
     if data.buses is None or data.lines is None:
         missing = [n for n, f in (("network_buses.csv", data.buses),
                                   ("network_lines.csv", data.lines)) if f is None]
@@ -1019,20 +1020,8 @@ def render_figures(data: ResultsData) -> tuple[list[FigureSpec], list[str]]:
                         f"area(s) holding agents boxed; below: one zoomed panel per LV area "
                         f"(title: transformer bus and agents per community; scale bar in "
                         f"bus coordinate units).")
-        specs.append(FigureSpec("network_map", "Network map", caption, _png(fig)))
+        specs.append(FigureSpec("network_map", "Network map", caption, figure_png(fig)))
     return specs, notes
-
-
-def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to a temporary file beside ``path``, then move it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_figures(results_dir: str | Path, *, out_dir: str | Path | None = None) -> list[Path]:

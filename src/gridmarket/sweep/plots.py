@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +20,11 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from gridmarket.report.plots import DPI, figure_png
+from gridmarket.results import write_bytes_atomic
+
 __all__ = ["plot_sweep", "render_sweep_html", "write_sweep_page"]
 
-DPI = 110
 _RC: Any = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 7}
 _MAX_PARAMS = 4  #: panels drawn (the first swept parameters)
 _MAX_GROUPS = 8  #: lines per panel before falling back to points and a mean line
@@ -146,23 +145,6 @@ def _panel(ax_w: Axes, ax_v: Axes, ok: pd.DataFrame, p: str, others: Sequence[st
         ax_w.legend(fontsize=6)
 
 
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    return buf.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:.85em}th,td{border:1px solid #ccc;padding:.2em .5em}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -217,8 +199,8 @@ def write_sweep_page(table: pd.DataFrame, out_dir: str | Path, *, swept: Sequenc
     """
     out = Path(out_dir)
     fig = plot_sweep(table, swept, currency=currency, title=title)
-    png = _png(fig)
-    _write_atomic(out / "sweep.png", png)
+    png = figure_png(fig)
+    write_bytes_atomic(out / "sweep.png", png)
     page = render_sweep_html(table, png, title=title, out_dir=out)
-    _write_atomic(out / "sweep.html", page.encode("utf-8"))
+    write_bytes_atomic(out / "sweep.html", page.encode("utf-8"))
     return out / "sweep.png", out / "sweep.html"

@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 import traceback
 import uuid
@@ -39,6 +38,7 @@ import pandas as pd
 
 from gridmarket.case import CaseWarning, load_case
 from gridmarket.errors import GridmarketError
+from gridmarket.results import write_bytes_atomic
 from gridmarket.sweep.apply import base_master, write_scenario_case
 from gridmarket.sweep.spec import Scenario, SweepSpec, read_sweep
 
@@ -261,17 +261,6 @@ def sweep_table(spec: SweepSpec, rows: dict[str, dict[str, Any]]) -> pd.DataFram
     return table
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_sweep(
     case_dir: str | Path,
     sweep_toml: str | Path | SweepSpec,
@@ -331,7 +320,7 @@ def run_sweep(
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     if spec.source:
-        _write_text_atomic(out / "sweep.toml", spec.source)
+        write_bytes_atomic(out / "sweep.toml", spec.source.encode("utf-8"))
     fingerprint = case_fingerprint(case_path)
     total = len(spec.scenarios)
     rows: dict[str, dict[str, Any]] = {}
@@ -354,7 +343,8 @@ def run_sweep(
         if progress is not None:
             progress(f"{sc.id}: {row['status']}", done, total)
     table = sweep_table(spec, rows)
-    _write_text_atomic(out / SWEEP_CSV, table.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+    csv = table.to_csv(index=False, float_format="%.10g", lineterminator="\n")
+    write_bytes_atomic(out / SWEEP_CSV, csv.encode("utf-8"))
     if figures:
         from gridmarket.sweep.plots import write_sweep_page
 
