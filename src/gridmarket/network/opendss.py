@@ -759,11 +759,7 @@ class OpenDSSNetwork:
                 i_amps[t] = np.abs(layout.i_matrix @ vfull)
                 if progress is not None:
                     progress(t)
-        v_pu *= layout.inv_base_v
-        v_pu[v_pu < _DEENERGISED_PU] = np.nan
-        return PowerFlowResult(v_pu=v_pu, node_names=list(layout.node_names), i_amps=i_amps,
-                               line_phase_names=list(layout.line_phase_names),
-                               norm_amps=layout.norm_amps.copy())
+        return _series_result(layout, v_pu, i_amps)
 
     # ----------------------------------------------------------------- the "shapes" method
 
@@ -880,11 +876,7 @@ class OpenDSSNetwork:
             finally:
                 if t >= 0:  # the powers the elements get back when the session closes
                     session.last = [(b, prop, vals[t]) for b, prop, vals in bases]
-        v_pu *= layout.inv_base_v
-        v_pu[v_pu < _DEENERGISED_PU] = np.nan
-        return PowerFlowResult(v_pu=v_pu, node_names=list(layout.node_names), i_amps=i_amps,
-                               line_phase_names=list(layout.line_phase_names),
-                               norm_amps=layout.norm_amps.copy())
+        return _series_result(layout, v_pu, i_amps)
 
     def _close_session(self, session: ShapeSession) -> None:
         """Back to snapshot mode; the elements keep the powers of the last step solved."""
@@ -1253,6 +1245,16 @@ class OpenDSSNetwork:
         for name, b1, b2 in zip(lines.index, lines["bus1"], lines["bus2"], strict=True):
             out[str(name)] = b1 if dist.get(b1, far) > dist.get(b2, far) else b2
         return out
+
+
+def _series_result(layout: _Layout, v_volts: np.ndarray, i_amps: np.ndarray) -> PowerFlowResult:
+    """A series' result from node voltage magnitudes [V] (scaled to pu in place; nodes below
+    :data:`_DEENERGISED_PU` become NaN) and line currents [A]."""
+    v_pu = v_volts
+    v_pu *= layout.inv_base_v
+    v_pu[v_pu < _DEENERGISED_PU] = np.nan
+    return PowerFlowResult(v_pu=v_pu, node_names=list(layout.node_names), i_amps=i_amps,
+                           line_phase_names=list(layout.line_phase_names), norm_amps=layout.norm_amps.copy())
 
 
 def _block_results(block: np.ndarray, layout: _Layout, v_out: np.ndarray, i_out: np.ndarray) -> None:
