@@ -46,7 +46,7 @@ from gridmarket.case import load_case
 from gridmarket.market import clear_market
 from gridmarket.network import OpenDSSNetwork, check_limits, monitored_mask
 from gridmarket.study.long_run import run_long
-from gridmarket.study.loop import check_network, dispatch_kw
+from gridmarket.study.loop import attach_agents, dispatch_kw
 mode, case_dir, out, chunk, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 t_import = time.perf_counter() - t0
 t0 = time.perf_counter()  # imports are not counted: the run of a library call
@@ -62,8 +62,7 @@ else:
     kw = dispatch_kw(case, res)
     t2 = time.perf_counter()
     net = OpenDSSNetwork(case.network.master)
-    check_network(case, net)
-    es = net.resolve([a.element for a in case.agents])
+    es = net.resolve(attach_agents(case, net))
     pf = np.array([a.pf if a.pf is not None else np.nan for a in case.agents])
     flow = net.run_series(es, kw, pf=pf, method="shapes")
     mask = monitored_mask(net.node_names, net.buses, case.network.monitored_buses)

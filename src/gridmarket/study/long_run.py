@@ -75,7 +75,7 @@ from gridmarket.network import (
 from gridmarket.network.opendss import ShapeSession
 from gridmarket.network.violations import VIOLATION_COLUMNS
 from gridmarket.results import prepare_out_dir
-from gridmarket.study.loop import check_network, dispatch_kw
+from gridmarket.study.loop import attach_agents, dispatch_kw
 
 __all__ = ["LONG_RUN_FILES", "LongRunResult", "run_long", "slice_case"]
 
@@ -193,16 +193,7 @@ class _NetworkStage:
     def __post_init__(self) -> None:
         case = self.case
         self.net = OpenDSSNetwork(case.network.master)
-        check_network(case, self.net)
-        elements = []
-        b = case.battery
-        for a in case.agents:
-            if a.bus is not None:
-                elements.append(self.net.add_battery(a.name, a.bus, kw_rated=a.units * b.unit_kw,
-                                                     kwh=a.units * b.unit_kwh))
-            else:
-                elements.append(a.element)
-        self.es = self.net.resolve(elements)
+        self.es = self.net.resolve(attach_agents(case, self.net))  # checked; the case's batteries created
         pf = np.array([a.pf if a.pf is not None else np.nan for a in case.agents])
         self.pf = None if np.isnan(pf).all() else pf
         self.mask = monitored_mask(self.net.node_names, self.net.buses, case.network.monitored_buses)

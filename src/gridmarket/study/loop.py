@@ -31,7 +31,7 @@ from gridmarket.network import (
 from gridmarket.results import Results
 from gridmarket.study.placement import battery_community, next_banks, violated_buses
 
-__all__ = ["Iteration", "StudyResult", "run_study", "check_network", "dispatch_kw", "BATTERY_PREFIX"]
+__all__ = ["Iteration", "StudyResult", "run_study", "attach_agents", "check_network", "dispatch_kw", "BATTERY_PREFIX"]
 
 #: name prefix of batteries placed by the loop: ``SBU_<bus>``
 BATTERY_PREFIX = "SBU_"
@@ -201,19 +201,18 @@ def _agent_rows(case: Case) -> dict[str, int]:
 
 
 def check_network(case: Case, net: OpenDSSNetwork | None = None) -> str:
-    """Check the case against its compiled network and report every mismatch at once.
+    """Check the case against its compiled network and report every mismatch at once
+    (:func:`attach_agents` on ``net``, or on a network compiled here).
 
-    Checks that each agent's element exists; that each ``bus:`` agent's bus exists and a
-    battery can be created there (the nodes of a split-phase ``bus.1.2`` exist, the name
-    ``Load.<agent>`` is free), tried on a throw-away copy of the network so that ``net`` is
-    left as it was; and that each of ``[network].monitored_buses`` is a bus of the network.
-    :func:`run_study` and ``gridmarket check`` / ``run`` make exactly these checks.
+    :func:`run_study`, :func:`~gridmarket.study.long_run.run_long` and ``gridmarket check`` /
+    ``run`` make exactly these checks.
 
     Parameters
     ----------
     case : Case
     net : OpenDSSNetwork, optional
-        The case's compiled network (compiled here when not given). Not changed.
+        The case's compiled network (compiled here when not given); the batteries of the
+        ``bus:`` agents are created in it.
 
     Returns
     -------
@@ -228,8 +227,34 @@ def check_network(case: Case, net: OpenDSSNetwork | None = None) -> str:
         The master does not compile (OpenDSS's message, with file and line).
     """
     net = net or OpenDSSNetwork(case.network.master)
+    attach_agents(case, net)
+    return f"network has {len(net.buses)} buses, {len(net.lines)} lines; all {len(case.agents)} elements found"
+
+
+def attach_agents(case: Case, net: OpenDSSNetwork) -> list[str]:
+    """Check the case against ``net`` and create the battery of every ``bus:`` agent in it.
+
+    Checks that each agent's element exists; that each ``bus:`` agent's bus exists and its
+    battery can be created (the nodes of a split-phase ``bus.1.2`` exist, the name
+    ``Load.<agent>`` is free); and that each of ``[network].monitored_buses`` is a bus of the
+    network.
+
+    Returns
+    -------
+    list of str
+        The element of every agent in case order (``Load.<agent>`` for a ``bus:`` agent).
+
+    Raises
+    ------
+    CaseError
+        Naming every agents.csv row and case.toml key that does not match the network.
+    """
     problems: list[Problem] = []
     rows = _agent_rows(case)
+
+    def where(a: Agent) -> str:
+        return f"row {rows[a.name] + 2} ({a.name})"
+
     fixed = [a for a in case.agents if a.bus is None]
     try:
         net.resolve([a.element for a in fixed])
@@ -238,46 +263,32 @@ def check_network(case: Case, net: OpenDSSNetwork | None = None) -> str:
             try:
                 net.resolve([a.element])
             except NetworkError as exc:
-                problems.append(Problem("agents.csv", f"row {rows[a.name] + 2} ({a.name})", str(exc)))
+                problems.append(Problem("agents.csv", where(a), str(exc)))
     known = set(net.buses.index)
-    on_bus = []
+    created: dict[str, str] = {}
+    b = case.battery
     for a in case.agents:
         if a.bus is None:
             continue
-        if a.bus.split(".")[0].lower() in known:
-            on_bus.append(a)
-        else:
-            problems.append(Problem("agents.csv", f"row {rows[a.name] + 2} ({a.name})",
+        if a.bus.split(".")[0].lower() not in known:
+            problems.append(Problem("agents.csv", where(a),
                                     f"element {a.element!r}: bus {a.bus.split('.')[0]!r} is not in the network"))
-    if on_bus:
-        problems += _battery_problems(case, on_bus, OpenDSSNetwork(case.network.master), rows)
+            continue
+        try:
+            created[a.name] = net.add_battery(a.name, a.bus, kw_rated=a.units * b.unit_kw, kwh=a.units * b.unit_kwh)
+        except (NetworkError, ValueError) as exc:
+            text = str(exc)
+            if text.endswith("already exists in " + net.master.name):
+                text = (f"gridmarket creates this battery as Load.{a.name}, which already exists in"
+                        f" {net.master.name}; give the agent another name")
+            problems.append(Problem("agents.csv", where(a), f"element {a.element!r}: {text}"))
     try:
         monitored_mask(net.node_names, net.buses, case.network.monitored_buses)
     except NetworkError as exc:
         problems.append(Problem("case.toml", "[network].monitored_buses", str(exc)))
     if problems:
         raise CaseError(problems, case=case.name)
-    return f"network has {len(net.buses)} buses, {len(net.lines)} lines; all {len(case.agents)} elements found"
-
-
-def _battery_problems(case: Case, agents: list[Agent], scratch: OpenDSSNetwork, rows: dict[str, int]
-                      ) -> list[Problem]:
-    """Create the battery of each ``bus:`` agent in ``scratch`` (a throw-away network); one
-    problem per agent whose battery OpenDSS or gridmarket refuses."""
-    b = case.battery
-    problems = []
-    for a in agents:
-        assert a.bus is not None
-        try:
-            scratch.add_battery(a.name, a.bus, kw_rated=a.units * b.unit_kw, kwh=a.units * b.unit_kwh)
-        except (NetworkError, ValueError) as exc:
-            text = str(exc)
-            if text.endswith("already exists in " + scratch.master.name):
-                text = (f"gridmarket creates this battery as Load.{a.name}, which already exists in"
-                        f" {scratch.master.name}; give the agent another name")
-            where = f"row {rows[a.name] + 2} ({a.name})"
-            problems.append(Problem("agents.csv", where, f"element {a.element!r}: {text}"))
-    return problems
+    return [created.get(a.name, a.element) for a in case.agents]
 
 
 class _Grid:
@@ -285,11 +296,10 @@ class _Grid:
 
     def __init__(self, case: Case) -> None:
         self.net = OpenDSSNetwork(case.network.master)
-        check_network(case, self.net)
-        self.elements: dict[str, str] = {}  # agent -> element name in the network
-        self.units: dict[str, int] = {}  # battery agent -> SBUs its element is rated for
-        for a in case.agents:
-            self.elements[a.name] = a.element if a.bus is None else self._battery(a.name, a.bus, a.units, case)
+        # agent -> element name in the network; the case's own batteries are created here
+        self.elements: dict[str, str] = dict(zip(case.agent_names, attach_agents(case, self.net), strict=True))
+        # battery agent -> SBUs its element is rated for
+        self.units: dict[str, int] = {a.name: a.units for a in case.agents if a.bus is not None}
         self.agent_bus: dict[str, str] = dict(zip(
             self.elements, self.net.element_buses(self.net.resolve(list(self.elements.values()))), strict=True))
 
