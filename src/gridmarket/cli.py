@@ -176,21 +176,7 @@ _FEEDER_FLAGS: dict[str, str] = {
     "export_price": "--export-price", "steps": "--steps", "step_hours": "--step-hours", "start": "--start",
     "start_hour": "--start-hour", "loadshape": "--loadshape", "name": "--name",
 }
-_NAMED_SOURCES = ("default", "ieee_eu_lv", "cr_mar")
-_FEEDER = "Feeder sources (.dss)"
-
-
-def _source_key(source: str) -> str:
-    """``"default"``, ``"ieee_eu_lv"`` or ``"cr_mar"`` for a named source; ``"feeder"`` for what
-    :func:`gridmarket.cases.write_case_source` reads as an OpenDSS master (a ``.dss`` path or any
-    existing file); ``""`` for anything else (an unknown source, which it names)."""
-    text = source.strip()
-    key = text.lower().replace("-", "_")
-    if key in _NAMED_SOURCES:
-        return key
-    if text.lower().endswith(".dss") or Path(text).expanduser().is_file():
-        return "feeder"
-    return ""
+_FEEDER_PANEL = "Feeder sources (.dss)"
 
 
 def _check_new_case_options(source: str, out_dir: Path, feeder_flags: Sequence[str], *, study_case: int | None,
@@ -205,8 +191,10 @@ def _check_new_case_options(source: str, out_dir: Path, feeder_flags: Sequence[s
         for a feeder or ``default``; ``--pv-kwp`` with ``--pv-percent``; ``out_dir`` exists and
         is not an empty folder.
     """
-    kind = _source_key(source)
-    if kind and kind != "feeder" and feeder_flags:
+    from gridmarket.cases import FEEDER, source_kind
+
+    kind = source_kind(source)
+    if kind and kind != FEEDER and feeder_flags:
         msg = (f"option(s) {', '.join(feeder_flags)} apply only to a feeder source (the path of an OpenDSS"
                f" master .dss), not to {kind!r}")
         raise GridmarketError(msg)
@@ -214,7 +202,7 @@ def _check_new_case_options(source: str, out_dir: Path, feeder_flags: Sequence[s
                                           ("--data", data_dir is not None, ("cr_mar", "ieee_eu_lv")))
              if given and kind and kind not in ok]
     if wrong:
-        what = "a feeder source (.dss)" if kind == "feeder" else repr(kind)
+        what = "a feeder source (.dss)" if kind == FEEDER else repr(kind)
         msg = (f"option(s) {', '.join(wrong)} do not apply to {what}: --case is for cr_mar, --data for cr_mar"
                " and ieee_eu_lv")
         raise GridmarketError(msg)
@@ -243,39 +231,40 @@ def new_case(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
     pv_kwp: Annotated[float | None, typer.Option(
         "--pv-kwp", help="PV per household \\[kWp] (without it or --pv-percent: the feeder's own PVSystems).",
-        rich_help_panel=_FEEDER)] = None,
+        rich_help_panel=_FEEDER_PANEL)] = None,
     pv_percent: Annotated[float | None, typer.Option(
         "--pv-percent", help="PV per household as % of its peak step-mean demand \\[%].",
-        rich_help_panel=_FEEDER)] = None,
+        rich_help_panel=_FEEDER_PANEL)] = None,
     communities: Annotated[str | None, typer.Option(
         "--communities", metavar="RULE", help="transformer (default), branch, knn:K (groups of K nearest"
-        " households) or a CSV path (columns load, community).", rich_help_panel=_FEEDER)] = None,
+        " households) or a CSV path (columns load, community).", rich_help_panel=_FEEDER_PANEL)] = None,
     template: Annotated[Path | None, typer.Option(
         "--template", metavar="TOML", help="case.toml sections plus \\[consumers] and \\[producers] coefficients.",
-        rich_help_panel=_FEEDER)] = None,
+        rich_help_panel=_FEEDER_PANEL)] = None,
     settings: Annotated[list[str] | None, typer.Option(
         "--set", metavar="KEY=VALUE", help="Override one setting over the template, e.g. --set"
         " grid.import_price=0.7 --set 'consumers.b=\\[0.9, 1.3]' (a TOML value; repeatable).",
-        rich_help_panel=_FEEDER)] = None,
+        rich_help_panel=_FEEDER_PANEL)] = None,
     import_price: Annotated[float | None, typer.Option(
-        "--import-price", help="Grid tariff \\[currency/kWh].", rich_help_panel=_FEEDER)] = None,
+        "--import-price", help="Grid tariff \\[currency/kWh].", rich_help_panel=_FEEDER_PANEL)] = None,
     export_price: Annotated[float | None, typer.Option(
-        "--export-price", help="Feed-in price \\[currency/kWh].", rich_help_panel=_FEEDER)] = None,
+        "--export-price", help="Feed-in price \\[currency/kWh].", rich_help_panel=_FEEDER_PANEL)] = None,
     steps: Annotated[int | None, typer.Option(
-        "--steps", help="Number of steps (default 24).", rich_help_panel=_FEEDER)] = None,
+        "--steps", help="Number of steps (default 24).", rich_help_panel=_FEEDER_PANEL)] = None,
     step_hours: Annotated[float | None, typer.Option(
-        "--step-hours", help="Length of a step \\[h] (default 1).", rich_help_panel=_FEEDER)] = None,
+        "--step-hours", help="Length of a step \\[h] (default 1).", rich_help_panel=_FEEDER_PANEL)] = None,
     start: Annotated[str | None, typer.Option(
         "--start", metavar="ISO", help="Timestamp of step 0, e.g. 2024-06-01T00:00 (only labels the steps).",
-        rich_help_panel=_FEEDER)] = None,
+        rich_help_panel=_FEEDER_PANEL)] = None,
     start_hour: Annotated[float | None, typer.Option(
         "--start-hour", help="Hour of the feeder's loadshapes at which step 0 begins \\[h] (default 0).",
-        rich_help_panel=_FEEDER)] = None,
+        rich_help_panel=_FEEDER_PANEL)] = None,
     loadshape: Annotated[str | None, typer.Option(
         "--loadshape", help="Which shape of a load to use: auto (daily, yearly, duty; default), daily,"
-        " yearly or duty.", rich_help_panel=_FEEDER)] = None,
+        " yearly or duty.", rich_help_panel=_FEEDER_PANEL)] = None,
     name: Annotated[str | None, typer.Option(
-        "--name", help="\\[case].name (default: the master's file or folder name).", rich_help_panel=_FEEDER)] = None,
+        "--name", help="\\[case].name (default: the master's file or folder name).",
+        rich_help_panel=_FEEDER_PANEL)] = None,
 ) -> None:
     """Write a case folder built from a known feeder or from any OpenDSS feeder (.dss master):
     its loads become households with PV (the feeder's own, or one per household with --pv-kwp or
@@ -284,6 +273,7 @@ def new_case(
     The feeder options are the keyword arguments of :func:`gridmarket.cases.generic.new_case`;
     an option that does not apply to SOURCE is an error naming its flag (exit status 2).
     """
+    from gridmarket.cases import source_kind
     from gridmarket.sweep.cli import new_case_command
 
     options: dict[str, object] = {
@@ -295,7 +285,7 @@ def new_case(
     _check_new_case_options(source, out_dir, [_FEEDER_FLAGS[k] for k in given], study_case=study_case,
                             data_dir=data_dir, both_pv=pv_kwp is not None and pv_percent is not None,
                             overwrite=overwrite)
-    if not _source_key(source):
+    if not source_kind(source):
         given = {}  # an unknown source: let write_case_source name it, not the options
     res = new_case_command(source, out_dir, overwrite=overwrite, study_case=study_case or 1, data_dir=data_dir,
                            **given)

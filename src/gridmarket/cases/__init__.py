@@ -24,7 +24,8 @@ from gridmarket.cases.shared import find_shared_data
 from gridmarket.cases.writer import write_case
 from gridmarket.errors import GridmarketError
 
-__all__ = ["SOURCES", "default_case_path", "find_shared_data", "write_case", "write_case_source"]
+__all__ = ["FEEDER", "SOURCES", "default_case_path", "find_shared_data", "source_kind", "write_case",
+           "write_case_source"]
 
 #: Case sources known to :func:`write_case_source`.
 SOURCES: dict[str, str] = {
@@ -57,6 +58,23 @@ def default_case_path() -> Path:
                "reinstall gridmarket or rebuild it with scripts/build_default_case.py")
         raise GridmarketError(msg)
     return path
+
+
+#: what :func:`source_kind` calls the path of an OpenDSS master
+FEEDER = "feeder"
+
+
+def source_kind(source: str | Path) -> str:
+    """What :func:`write_case_source` makes of ``source``: a key of :data:`SOURCES` (spelled
+    in any case, ``-`` for ``_``), :data:`FEEDER` for an OpenDSS master (a ``.dss`` path or any
+    existing file), or ``""`` for neither."""
+    text = str(source).strip()
+    key = text.lower().replace("-", "_")
+    if key in SOURCES:
+        return key
+    if text.lower().endswith(".dss") or Path(text).expanduser().is_file():
+        return FEEDER
+    return ""
 
 
 def write_case_source(
@@ -94,13 +112,11 @@ def write_case_source(
     pathlib.Path
         ``out``, absolute.
     """
-    text = str(source).strip()
-    key = text.lower().replace("-", "_")
-    if key not in ("cr_mar", "ieee_eu_lv", "default") and (
-            text.lower().endswith(".dss") or Path(text).expanduser().is_file()):
+    key = source_kind(source)
+    if key == FEEDER:
         from gridmarket.cases.generic import new_case
 
-        return new_case(Path(text), Path(out), overwrite=overwrite, **dict(options or {}))
+        return new_case(Path(str(source).strip()), Path(out), overwrite=overwrite, **dict(options or {}))
     if options:
         msg = f"options {sorted(options)} apply only to a feeder (.dss) source, not to {source!r}"
         raise GridmarketError(msg)
