@@ -396,3 +396,17 @@ def test_a_non_clique_link_topology_goes_to_clarabel() -> None:
     assert r.solver == "clarabel"
     with pytest.raises(MarketError, match="not all linked pairwise"):
         clear_market(case, method="fast")
+
+
+def test_a_result_pickles_and_builds_the_same_frames_after() -> None:
+    # a result crosses process boundaries (Dask tasks, the year run's worker); its frames are
+    # built on first use, so the builder must travel with it
+    import pickle
+
+    case = HAND["linked"]
+    r = clear_market(case)
+    back = pickle.loads(pickle.dumps(r))
+    assert back.total_welfare == r.total_welfare
+    for name in ("market", "communities", "settlements"):
+        pd_frame, back_frame = getattr(r, name), getattr(back, name)
+        assert back_frame.equals(pd_frame), name

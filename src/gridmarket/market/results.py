@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import cached_property
+from functools import cached_property, partial
 
 import numpy as np
 import pandas as pd
@@ -176,9 +176,6 @@ def make_result(data: MarketData, sol: Solution, *, status: MarketStatus, window
     pay[:, pos] = agent_payments(data, sol)
     cw = community_welfare(data, sol)
 
-    def frames() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-        return _frames(data, sol, p, s, soc, phi, alpha, beta, price, pay, cw)
-
     welfare = pd.Series(cw.sum(axis=1), index=pd.RangeIndex(T, name="step"), name="welfare")
     imb = payment_imbalance(data, sol)
     for arr in (p, s, soc, sol.lam):
@@ -189,7 +186,7 @@ def make_result(data: MarketData, sol: Solution, *, status: MarketStatus, window
         window_status=window_status, battery_model=data.battery_model, horizon=horizon, solver=solver,
         iterations=iterations, build_seconds=build_seconds, solve_seconds=solve_seconds,
         payment_imbalance=float(np.abs(imb).max()) if imb.size else 0.0, solution=sol, window_solver=window_solver,
-        _frames=frames)
+        _frames=partial(_frames, data, sol, p, s, soc, phi, alpha, beta, price, pay, cw))  # picklable
 
 
 def _frames(data: MarketData, sol: Solution, p: np.ndarray, s: np.ndarray, soc: np.ndarray, phi: np.ndarray,
