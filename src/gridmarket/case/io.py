@@ -41,7 +41,7 @@ from gridmarket.case.model import (
     TimeOptions,
 )
 from gridmarket.case.schema import EXPECTED, CaseToml
-from gridmarket.enums import AgentKind, BatteryModel
+from gridmarket.enums import AgentKind, BatteryModel, NetworkMode, PlacementRule
 from gridmarket.errors import CaseError, Problem
 
 __all__ = ["AGENT_COLUMNS", "CaseWarning", "load_case", "ELEMENT_CLASSES"]
@@ -849,15 +849,21 @@ def load_case(path: str | Path) -> Case:
                                vmax_pu=cfg.network.vmax_pu,
                                monitored_buses=(cfg.network.monitored_buses
                                                 if isinstance(cfg.network.monitored_buses, str)
-                                                else tuple(b.lower() for b in cfg.network.monitored_buses))),
+                                                else tuple(b.lower() for b in cfg.network.monitored_buses)),
+                               source_pu=cfg.network.source_pu),
         time=TimeOptions(steps=cfg.time.steps, step_hours=cfg.time.step_hours, start=start),
         market=MarketOptions(horizon=cfg.market.horizon, battery_model=BatteryModel(cfg.market.battery_model),
-                             trade_fee=cfg.market.trade_fee, tie_break=cfg.market.tie_break),
+                             trade_fee=cfg.market.trade_fee, tie_break=cfg.market.tie_break,
+                             network=NetworkMode(cfg.market.network),
+                             network_margin_pu=cfg.market.network_margin_pu,
+                             network_penalty=cfg.market.network_penalty,
+                             network_iterations=cfg.market.network_iterations),
         grid=GridPrices(import_price=import_price, export_price=export_price),
         battery=BatterySpec(**cfg.battery.model_dump()),
         placement=PlacementOptions(ladder=tuple(cfg.placement.ladder),
                                    max_iterations=cfg.placement.max_iterations,
-                                   stop_when_worse=cfg.placement.stop_when_worse),
+                                   stop_when_worse=cfg.placement.stop_when_worse,
+                                   rule=PlacementRule(cfg.placement.rule)),
         agents=tuple(agents),
         communities=tuple(communities),
         links=tuple(links),

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from gridmarket.enums import AgentKind, BatteryModel
+from gridmarket.case import schema as _schema
+from gridmarket.enums import AgentKind, BatteryModel, NetworkMode, PlacementRule, TerminalSoc
 
 __all__ = [
     "Agent",
@@ -31,14 +33,26 @@ __all__ = [
 ]
 
 
+def _default(section: type[_schema.BaseModel], key: str) -> Any:
+    """The default of ``[section].key``: defaults live once, in :mod:`gridmarket.case.schema`."""
+    f = section.model_fields[key]
+    return f.default_factory() if f.default_factory is not None else f.default  # type: ignore[call-arg]
+
+
+_N, _T, _M = _schema.NetworkSection, _schema.TimeSection, _schema.MarketSection
+_B, _P = _schema.BatterySection, _schema.PlacementSection
+
+
 @dataclass(frozen=True)
 class NetworkOptions:
     """``[network]``: the OpenDSS master and the limits of eq. (19)."""
 
     master: Path  #: absolute path of the OpenDSS master script
-    vmin_pu: float = 0.95
-    vmax_pu: float = 1.05
-    monitored_buses: str | tuple[str, ...] = "all"  #: "all" | "lv" | bus names (lower case)
+    vmin_pu: float = _default(_N, "vmin_pu")
+    vmax_pu: float = _default(_N, "vmax_pu")
+    #: "all" | "lv" | "customers" | bus names (lower case)
+    monitored_buses: str | tuple[str, ...] = _default(_N, "monitored_buses")
+    source_pu: float | None = _default(_N, "source_pu")  #: source voltage set after compiling [pu]
 
 
 @dataclass(frozen=True)
@@ -46,7 +60,7 @@ class TimeOptions:
     """``[time]``: the horizon of the run."""
 
     steps: int
-    step_hours: float = 1.0  #: Δt [h]
+    step_hours: float = _default(_T, "step_hours")  #: Δt [h]
     start: pd.Timestamp | None = None
 
     @property
@@ -62,10 +76,14 @@ class TimeOptions:
 class MarketOptions:
     """``[market]``: horizon, battery model, fees."""
 
-    horizon: int = 1  #: steps per QP; 1 = sequential, as in the study
-    battery_model: BatteryModel = BatteryModel.PHYSICAL
-    trade_fee: float = 0.001  #: τ [currency/kWh] on inter-community imports
-    tie_break: float = 1e-6  #: ε [currency/kWh²]
+    horizon: int = _default(_M, "horizon")  #: steps per QP; 1 = sequential, as in the study
+    battery_model: BatteryModel = BatteryModel(_default(_M, "battery_model"))
+    trade_fee: float = _default(_M, "trade_fee")  #: τ [currency/kWh] on inter-community imports
+    tie_break: float = _default(_M, "tie_break")  #: ε [currency/kWh²]
+    network: NetworkMode = NetworkMode(_default(_M, "network"))  #: blind (the study) or aware
+    network_margin_pu: float = _default(_M, "network_margin_pu")  #: δ [pu]
+    network_penalty: float = _default(_M, "network_penalty")  #: slack price [currency per kWh-equivalent]
+    network_iterations: int = _default(_M, "network_iterations")  #: outer iterations at most
 
 
 @dataclass(frozen=True)
@@ -80,28 +98,38 @@ class GridPrices:
 class BatterySpec:
     """``[battery]``: the Standard Battery Unit (study Table III) and battery economics."""
 
-    unit_kw: float = 2.56  #: rated power of one SBU [kW]
-    unit_kwh: float = 10.24  #: capacity of one SBU [kWh]
-    soc_min: float = 0.2  #: [fraction of capacity]
-    soc_max: float = 0.8
-    soc_init: float = 0.5
-    eff_charge: float = 0.96
-    eff_discharge: float = 0.96
-    rate_charge: float = 0.25  #: λ_ch, max charge per step [fraction of capacity]
-    rate_discharge: float = 0.9375  #: λ_dis
-    self_discharge: float = 1.72e-5  #: λ_sd per step
-    value: float | str = "mean-price"  #: v_n [currency/kWh] or "mean-price"
-    degradation_cost: float = 0.0  #: c_deg [currency/kWh of throughput]
-    a: float = 0.0  #: quadratic cost on S [currency/kWh²]
+    unit_kw: float = _default(_B, "unit_kw")  #: rated power of one SBU [kW]
+    unit_kwh: float = _default(_B, "unit_kwh")  #: capacity of one SBU [kWh]
+    soc_min: float = _default(_B, "soc_min")  #: [fraction of capacity]
+    soc_max: float = _default(_B, "soc_max")
+    soc_init: float = _default(_B, "soc_init")
+    eff_charge: float = _default(_B, "eff_charge")
+    eff_discharge: float = _default(_B, "eff_discharge")
+    rate_charge: float = _default(_B, "rate_charge")  #: λ_ch, max charge per step [fraction of capacity]
+    rate_discharge: float = _default(_B, "rate_discharge")  #: λ_dis
+    self_discharge: float = _default(_B, "self_discharge")  #: λ_sd per step
+    value: float | str = _default(_B, "value")  #: v_n [currency/kWh] or "mean-price"
+    degradation_cost: float = _default(_B, "degradation_cost")  #: c_deg [currency/kWh of throughput]
+    a: float = _default(_B, "a")  #: quadratic cost on S [currency/kWh²]
+    terminal_soc: TerminalSoc = TerminalSoc(_default(_B, "terminal_soc"))  #: cyclic or free
+    capex_per_kwh: float = _default(_B, "capex_per_kwh")  #: installed cost [currency/kWh]
+    capex_per_kw: float = _default(_B, "capex_per_kw")  #: installed cost [currency/kW]
+    om_per_year: float = _default(_B, "om_per_year")  #: O&M [fraction of capex per year]
+    lifetime_years: float = _default(_B, "lifetime_years")  #: L [years]
+    discount_rate: float = _default(_B, "discount_rate")  #: r [fraction per year]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "terminal_soc", TerminalSoc(self.terminal_soc))
 
 
 @dataclass(frozen=True)
 class PlacementOptions:
     """``[placement]``: the SBU ladder of stage VI."""
 
-    ladder: tuple[int, ...] = (1, 3, 5)
-    max_iterations: int = 10
-    stop_when_worse: bool = True
+    ladder: tuple[int, ...] = tuple(_default(_P, "ladder"))
+    max_iterations: int = _default(_P, "max_iterations")
+    stop_when_worse: bool = _default(_P, "stop_when_worse")
+    rule: PlacementRule = PlacementRule(_default(_P, "rule"))  #: the study's rule or value-based (aware)
 
 
 @dataclass(frozen=True)

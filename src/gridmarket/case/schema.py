@@ -34,8 +34,12 @@ class NetworkSection(_Section):
     master: str = Field(description="OpenDSS master script, relative to the case folder")
     vmin_pu: float = Field(default=0.95, gt=0, description="lower voltage limit, eq. (19) [pu]")
     vmax_pu: float = Field(default=1.05, gt=0, description="upper voltage limit, eq. (19) [pu]")
-    monitored_buses: Literal["all", "lv"] | list[str] = Field(
-        default="all", description='buses whose voltages are checked: "all", "lv" (base below 1 kV) or names')
+    monitored_buses: Literal["all", "lv", "customers"] | list[str] = Field(
+        default="all", description='buses whose voltages are checked: "all", "lv" (base below 1 kV), '
+                                   '"customers" (buses where agents connect) or names')
+    source_pu: float | None = Field(
+        default=None, gt=0.5, lt=1.5,
+        description="source voltage set after the feeder is compiled [pu]; none: the feeder's own")
 
 
 class TimeSection(_Section):
@@ -51,6 +55,14 @@ class MarketSection(_Section):
     trade_fee: float = Field(default=0.001, ge=0, le=1e9,
                              description="τ, fee on inter-community imports [currency/kWh]")
     tie_break: float = Field(default=1e-6, ge=0, le=1e3, description="ε, tie-break weight [currency/kWh²]")
+    network: Literal["blind", "aware"] = Field(
+        default="blind", description='"blind": the study\'s market; "aware": network limits inside the clearing')
+    network_margin_pu: float = Field(default=0.002, ge=0, le=0.1,
+                                     description="δ, margin kept from the voltage limits by the aware market [pu]")
+    network_penalty: float = Field(default=100.0, gt=0, le=1e9,
+                                   description="price of a network-constraint slack [currency per kWh-equivalent]")
+    network_iterations: int = Field(default=6, ge=1, le=100,
+                                    description="outer iterations (clear → AC power flow) of the aware market at most")
 
 
 class GridSection(_Section):
@@ -78,6 +90,13 @@ class BatterySection(_Section):
                                                  description="v_n, value of stored energy [currency/kWh]")
     degradation_cost: float = Field(default=0.0, ge=0, le=1e9, description="c_deg per kWh of throughput [currency/kWh]")
     a: float = Field(default=0.0, ge=0, le=1e9, description="quadratic cost on S [currency/kWh²]")
+    terminal_soc: Literal["cyclic", "free"] = Field(
+        default="cyclic", description='"cyclic": every battery ends the run at soc_init; "free": the study')
+    capex_per_kwh: float = Field(default=0.0, ge=0, le=1e9, description="installed cost per kWh [currency/kWh]")
+    capex_per_kw: float = Field(default=0.0, ge=0, le=1e9, description="installed cost per kW [currency/kW]")
+    om_per_year: float = Field(default=0.0, ge=0, le=1, description="O&M per year [fraction of capex]")
+    lifetime_years: float = Field(default=12.0, gt=0, le=100, description="economic lifetime L [years]")
+    discount_rate: float = Field(default=0.05, ge=0, le=1, description="discount rate r [fraction per year]")
 
 
 class PlacementSection(_Section):
@@ -85,6 +104,9 @@ class PlacementSection(_Section):
                               description="bank sizes [SBU] a violated bus grows through, increasing")
     max_iterations: int = Field(default=10, ge=1, description="iterations of the study loop at most")
     stop_when_worse: bool = Field(default=True, description="stop when violations rise above the best")
+    rule: Literal["violations", "value"] = Field(
+        default="violations", description='"violations": the study\'s rule; "value": where the aware '
+                                          "market's network duals value the relief above a unit's annuity")
 
 
 class CaseToml(_Section):
@@ -102,7 +124,10 @@ class CaseToml(_Section):
 
 #: What a key accepts, in words, for keys whose type is a choice (used in error messages).
 EXPECTED: dict[tuple[str, str], str] = {
-    ("network", "monitored_buses"): '"all", "lv" or a list of bus names',
+    ("network", "monitored_buses"): '"all", "lv", "customers" or a list of bus names',
+    ("market", "network"): '"blind" or "aware"',
+    ("battery", "terminal_soc"): '"cyclic" or "free"',
+    ("placement", "rule"): '"violations" or "value"',
     ("time", "start"): 'an ISO 8601 timestamp such as "2024-03-01T00:00"',
     ("market", "battery_model"): '"physical" or "paper"',
     ("grid", "import_price"): "a number [currency/kWh] or the name of a profiles.csv column",

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from gridmarket.cases._licences import EPRI_DSS_EXTENSIONS_BSD, TEAM_NANDO_BSD3
-from gridmarket.cases.profiles import ausnet_days, consecutive_runs, clearest_day, read_column_file, to_hourly
+from gridmarket.cases.profiles import ausnet_days, clearest_day, consecutive_runs, read_column_file, to_hourly
 from gridmarket.cases.shared import find_shared_data
 from gridmarket.cases.writer import Key, Section, render_toml, write_case
 from gridmarket.errors import GridmarketError

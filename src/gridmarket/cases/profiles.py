@@ -9,7 +9,6 @@ resolution ``r`` minutes covers ``[i*r, (i+1)*r)`` minutes after midnight.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from pathlib import Path
 
 import numpy as np

@@ -289,7 +289,8 @@ def fast_plan(data: MarketData) -> FastPlan:
     own = np.concatenate([np.arange(n_pq), np.arange(n_pq)] + [n_pq + np.arange(n_b)] * 4)
     return FastPlan(
         data=d, eps=eps, h=0.5 / eps, tau=float(d.trade_fee), n_pq=d.n_pq, n_b=d.n_b, perm=perm, comm=comm,
-        member=member, theta_p=d.b_pq.astype(float), sig_p=2.0 * d.a_pq, inv_sig_p=1.0 / np.where(vert, 1.0, 2.0 * d.a_pq),
+        member=member, theta_p=d.b_pq.astype(float), sig_p=2.0 * d.a_pq,
+        inv_sig_p=1.0 / np.where(vert, 1.0, 2.0 * d.a_pq),
         tos_p=d.b_pq / np.where(vert, 1.0, 2.0 * d.a_pq),
         vert_p=vert, any_vert=bool(vert.any()), lo_fac=lo_fac, hi_fac=hi_fac, sig_b=sig_b, inv_sig_b=1.0 / sig_b,
         g_ch=g_ch, g_dis=g_dis, cdeg=float(spec.degradation_cost), keep=1.0 - float(spec.self_discharge),
@@ -298,7 +299,8 @@ def fast_plan(data: MarketData) -> FastPlan:
         link_out=np.eye(d.n_c)[d.arc_partner[links]].reshape(len(links), d.n_c),
         comm_map=_group_map(comm, d.n_c, d.n_m),
         pt_slope=pt_slope, pt_comm=comm[own], port_col=np.where(clique >= 0, clique, n_k),
-        all_pooled=bool(n_k and (clique >= 0).all()), member_pq=member[:n_pq], member_b=member[n_pq:], pt_member=member[own])
+        all_pooled=bool(n_k and (clique >= 0).all()), member_pq=member[:n_pq], member_b=member[n_pq:],
+        pt_member=member[own])
 
 
 # ----------------------------------------------------------------------------- step data
@@ -1230,11 +1232,11 @@ def _run_batteries(p: FastPlan, soc: np.ndarray, ch_hi: np.ndarray, ch_lo: np.nd
     flags |= dis_lo.astype(np.int8) << 2
     flags |= dis_hi.astype(np.int8) << 3
     cols = []
-    for b, (fl, row_c, row_d) in enumerate(zip(flags.T.tolist(), sch.T.tolist(), sdis.T.tolist())):
+    for b, (fl, row_c, row_d) in enumerate(zip(flags.T.tolist(), sch.T.tolist(), sdis.T.tolist(), strict=True)):
         sb = float(soc[b])
         cb, rc, rd = cap[b], rate_c[b], rate_d[b]
         col = []
-        for f, c, dd in zip(fl, row_c, row_d):
+        for f, c, dd in zip(fl, row_c, row_d, strict=True):
             col.append(sb)
             if f:
                 if f & 1:

@@ -278,7 +278,8 @@ class OpenDSSNetwork:
         self._version = 0  # bumped whenever an element is added
         self._topology_version = 0  # bumped by commands that may change lines or buses
         self._layout_cache: _Layout | None = None
-        self._imatrix_cache: tuple[tuple[int, tuple[str, ...]], tuple[sp.csr_matrix, list[str], np.ndarray]] | None = None
+        self._imatrix_cache: (tuple[tuple[int, tuple[str, ...]], tuple[sp.csr_matrix, list[str], np.ndarray]]
+                              | None) = None
         self._cache: dict[str, tuple[int, Any]] = {}  # name -> (version, value)
         self._synced_version = 0  # circuit version the bus list and Y matrix were built for
         self._ratings: dict[str, float] = {}  # created batteries: canonical name -> kW rating
