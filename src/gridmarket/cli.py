@@ -11,7 +11,10 @@ it finished but some scenarios failed. Warnings are one line each: ``warning: ..
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -25,15 +28,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from gridmarket import __version__
-from gridmarket.errors import GridmarketError, ResultsError
+from gridmarket.errors import GridmarketError, GridmarketWarning, ResultsError
+from gridmarket.outdir import Terminated, mark_folder, termination_signals_as_interrupts
 
 if TYPE_CHECKING:
     from gridmarket.case import Case
+    from gridmarket.study import StudyResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Energy-community markets with batteries on real OpenDSS grids.")
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)  # piped: no hard wrap at 80 columns
+out = Console(soft_wrap=True)
 
 _state: dict[str, object] = {"debug": False}
 
@@ -106,23 +111,26 @@ def _progress(quiet: bool, *, one_bar: str | None = None) -> Iterator[Callable[[
 @_records_interrupts
 def run(
     case: CaseArg = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Results folder"
-                                                 " (default: results/<case name>).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing results folder.")] = False,
+    out_dir: Annotated[str | None, typer.Option("--out", "-o", help="Results folder"
+                                                " (default: results/<case name>).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a results folder that gridmarket"
+                                            " wrote (never any other folder).")] = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip report.html and the figures.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run the study loop on CASE: market, power flow, limits, battery placement, report."""
     from gridmarket.case import load_case
-    from gridmarket.results import prepare_out_dir, write_results
+    from gridmarket.outdir import check_out_dir
+    from gridmarket.results import write_results
     from gridmarket.study import run_study
 
+    t0 = time.perf_counter()
     path = _case_path(case)
     c = load_case(path)
     if out_dir is None:
         _check_folder_name(c.name, "the results folder results/<name>")
-    target = out_dir if out_dir is not None else Path("results") / c.name
-    prepare_out_dir(target, overwrite=overwrite)  # refuse before any work
+    target = check_out_dir(out_dir if out_dir is not None else Path("results") / c.name, kind="results",
+                           overwrite=overwrite, protect=[path])  # refuse before any work
     check_case_network(c)  # every mismatch with the network, named by file and row or key
     with _progress(quiet) as update:
         res = run_study(c, progress=update)
@@ -131,9 +139,30 @@ def run(
         from gridmarket.report import build_report
 
         extra["report"] = build_report
-    written = write_results(res.to_results(), target, overwrite=overwrite, extra=extra)
-    out.print(res.summary_text())
-    out.print(f"results written to [bold]{escape(str(written))}[/bold]")
+    written = write_results(res.to_results(), target, extra=extra)
+    out.print(escape(run_summary(res, time.perf_counter() - t0)), highlight=False)
+    out.print(f"results written to [bold]{escape(str(written))}[/bold]", highlight=False)
+
+
+def _money(value: float, currency: str) -> str:
+    """A money figure as the console shows every one: ``1,234.57 R$``."""
+    return f"{value:,.2f} {currency}"
+
+
+def run_summary(res: StudyResult, command_s: float) -> str:
+    """The console summary of a run: stop reason, base and best iteration (welfare with the
+    currency, violations, battery units), and the loop's and the whole command's time [s]."""
+    t = res.iteration_table()
+    base, best = t.iloc[0], t.iloc[res.best]
+    cur = res.case.currency
+    n = len(t)
+    return "\n".join([
+        f"case {res.case.name!r}: {n:,} iteration{'' if n == 1 else 's'}, stopped: {res.stop_reason}",
+        f"  base    : welfare {_money(float(base.welfare), cur)}, {int(base.violations):,} violations",
+        f"  best #{res.best:<2}: welfare {_money(float(best.welfare), cur)}, {int(best.violations):,} violations,"
+        f" {int(best.battery_units):,} battery unit(s)",
+        f"  time    : study loop {res.runtime_s:,.1f} s, whole command {command_s:,.1f} s",
+    ])
 
 
 @app.command()
@@ -164,8 +193,18 @@ def report(results: Annotated[Path, typer.Argument(help="A results folder writte
     """Rebuild report.html and the figures of a results folder."""
     from gridmarket.report import build_report
 
-    path = build_report(results)
-    out.print(f"report written to [bold]{path}[/bold]")
+    folder = results.expanduser()
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        msg = f"cannot write the report into {folder}: the folder is not writable"
+        raise ResultsError(msg)
+    try:
+        path = build_report(results)
+    except OSError as exc:
+        msg = f"cannot write the report into {folder}: {exc.strerror or exc}"
+        if exc.filename:
+            msg += f" ({exc.filename})"
+        raise ResultsError(msg) from exc
+    out.print(f"report written to [bold]{escape(str(path))}[/bold]", highlight=False)
 
 
 #: ``new-case`` options that apply to a feeder source only: keyword of
@@ -213,6 +252,11 @@ def _check_new_case_options(source: str, out_dir: Path, feeder_flags: Sequence[s
     if not overwrite and out.exists() and (not out.is_dir() or any(out.iterdir())):
         msg = f"cannot write the case to {out}: it exists and is not an empty folder; pass --overwrite to replace it"
         raise GridmarketError(msg)
+    from gridmarket.outdir import check_out_dir
+
+    source_path = Path(source).expanduser()
+    protect = [source_path.parent if source_path.is_file() else source_path] if source_path.exists() else []
+    check_out_dir(str(out_dir), kind="case", overwrite=overwrite, protect=protect, option="OUT_DIR")
 
 
 @app.command("new-case", short_help="Write a case folder from a known feeder or any OpenDSS feeder (.dss).")
@@ -222,13 +266,14 @@ def new_case(
                                           " (that case rebuilt from ../shared/data), 'cr_mar' (the Costa Rica"
                                           " feeder in ../shared/data) or the path of any OpenDSS feeder's"
                                           " master file (.dss).")],
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write the case into.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Folder to write the case into.")],
     study_case: Annotated[int | None, typer.Option("--case", help="cr_mar only: 1 (one dispersed community)"
                                                    " or 2 (five communities); default 1.")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data", help="cr_mar, ieee_eu_lv: folder holding the"
                                                   " feeder data (default: ../shared/data or"
                                                   " $GRIDMARKET_SHARED_DATA).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a case folder that gridmarket wrote"
+                                            " (never any other folder).")] = False,
     pv_kwp: Annotated[float | None, typer.Option(
         "--pv-kwp", help="PV per household \\[kWp] (without it or --pv-percent: the feeder's own PVSystems).",
         rich_help_panel=_FEEDER_PANEL)] = None,
@@ -290,6 +335,7 @@ def new_case(
     res = new_case_command(source, out_dir, overwrite=overwrite, study_case=study_case or 1, data_dir=data_dir,
                            **given)
     path = res.path if res.path is not None else out_dir
+    mark_folder(Path(path), "case")
     out.print(escape(res.text), highlight=False, soft_wrap=True)
     out.print(f"run it with: gridmarket run {escape(str(path))}", highlight=False, soft_wrap=True)
 
@@ -385,7 +431,17 @@ _ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: object = None, line: str | None = None) -> None:
-    """Print a warning as one line ``warning: ...`` (no source file and line of gridmarket)."""
+    """Print a warning of gridmarket as one line ``warning: ...`` (no source file and line).
+
+    Only warnings of a gridmarket class (:class:`~gridmarket.errors.GridmarketWarning`, e.g.
+    ``CaseWarning``) reach the user; those of the libraries (numpy, matplotlib, pandas) are
+    shown only under ``--debug``, with their category.
+    """
+    if not issubclass(category, GridmarketWarning):
+        if _state["debug"]:
+            err.print(f"[dim]debug: {category.__name__}: {escape(str(message))} ({escape(filename)}:{lineno})[/dim]",
+                      highlight=False, soft_wrap=True)
+        return
     err.print(f"[bold yellow]warning:[/bold yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
@@ -403,9 +459,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _state["debug"] = "--debug" in args
     _state.pop("interrupt", None)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), termination_signals_as_interrupts():
             warnings.simplefilter("default")
             warnings.showwarning = _show_warning
+            _register_commands()
             status = app(args=args, prog_name="gridmarket", standalone_mode=False)
         if status == 130 or "interrupt" in _state:  # typer's answer to Ctrl-C inside a command
             kept = _state.pop("interrupt", None)
@@ -433,11 +490,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _interrupted(exc: BaseException | None) -> int:
-    """Say what an interrupt left behind (nothing, or a complete results folder); status 130."""
+    """Say what an interrupt left behind (nothing, or a complete results folder).
+
+    Status 130 for Ctrl-C (SIGINT), 128 + the signal's number for SIGTERM (143) and SIGHUP
+    (129), as a shell reports a process ended by them.
+    """
     notes = getattr(exc, "__notes__", [])
-    err.print(f"interrupted; {notes[-1]}" if notes else "interrupted; no results were written",
+    what = "interrupted" if not isinstance(exc, Terminated) else f"stopped by {signal.Signals(exc.signum).name}"
+    err.print(f"{what}; {notes[-1]}" if notes else f"{what}; no results were written",
               highlight=False, soft_wrap=True)
-    return 130
+    return 128 + exc.signum if isinstance(exc, Terminated) else 130
+
+
+# ------------------------------------------------------------------ commands of other modules
+
+#: modules that add commands to ``gridmarket``: each has ``register(app: typer.Typer) -> None``,
+#: called once before the command line is parsed (``new-case``/``calibrate`` live in their
+#: own module; add its name here)
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register_commands() -> None:
+    """Let each of :data:`COMMAND_MODULES` add its commands to :data:`app` (once)."""
+    if _state.get("registered"):
+        return
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+    _state["registered"] = True
 
 
 if __name__ == "__main__":  # pragma: no cover

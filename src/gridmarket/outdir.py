@@ -61,6 +61,7 @@ __all__ = [
     "Terminated",
     "check_out_dir",
     "interrupts_deferred",
+    "mark_folder",
     "publish",
     "read_marker",
     "staged",
@@ -389,6 +390,13 @@ def _beside(path: Path, tmp: Path) -> Path:
     raise ResultsError(f"no free name beside {path} for the finished folder {tmp}")  # pragma: no cover
 
 
+def mark_folder(folder: Path, kind: str) -> None:
+    """Write the marker of a folder gridmarket wrote (``{"kind": kind, "version": ...}``), so that
+    a later ``--overwrite`` may replace it. :func:`publish` does this for every staged folder."""
+    (Path(folder) / MARKER).write_text(json.dumps({"kind": kind, "version": _version()}) + "\n",
+                                       encoding="utf-8")
+
+
 def publish(tmp: Path, target: OutDir) -> Path:
     """Move the complete folder ``tmp`` to ``target.path`` (call inside :func:`interrupts_deferred`).
 
@@ -402,7 +410,7 @@ def publish(tmp: Path, target: OutDir) -> Path:
         The path changed since the check (another run?); names where the finished folder is.
     """
     out = target.path
-    (tmp / MARKER).write_text(json.dumps({"kind": target.kind, "version": _version()}) + "\n", encoding="utf-8")
+    mark_folder(tmp, target.kind)
     _fix_modes(tmp)
     with _parent_lock(out.parent):
         try:

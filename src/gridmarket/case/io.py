@@ -42,7 +42,7 @@ from gridmarket.case.model import (
 )
 from gridmarket.case.schema import EXPECTED, CaseToml
 from gridmarket.enums import AgentKind, BatteryModel, NetworkMode, PlacementRule
-from gridmarket.errors import CaseError, Problem
+from gridmarket.errors import CaseError, GridmarketWarning, Problem
 
 __all__ = ["AGENT_COLUMNS", "CaseWarning", "load_case", "ELEMENT_CLASSES"]
 
@@ -51,7 +51,7 @@ AGENTS_CSV = "agents.csv"
 PROFILES_CSV = "profiles.csv"
 
 
-class CaseWarning(UserWarning):
+class CaseWarning(GridmarketWarning):
     """Something in a case is suspicious but not wrong (e.g. an unused profile column)."""
 
 
