@@ -47,6 +47,9 @@ def apply_edits(root: Path, edits: list[dict[str, Any]]) -> None:
         elif edit.get("folder"):
             path.unlink()
             path.mkdir()
+        elif "symlink" in edit:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.symlink_to(edit["symlink"])
         else:  # pragma: no cover - a broken catalogue entry
             raise AssertionError(f"unknown edit {edit}")
 
@@ -58,7 +61,10 @@ def _case(tmp_path: Path, entry: dict[str, Any]) -> Path:
 
 
 def _text(template: str, root: Path) -> str:
-    return template.replace("{root}", str(root))
+    """``template`` with ``{root}`` (the case folder), ``{cwd}`` (the working folder of the CLI
+    run: the case's parent) and ``{home}`` (the home folder) filled in."""
+    return (template.replace("{root}", str(root)).replace("{cwd}", str(root.parent))
+            .replace("{home}", str(Path.home().resolve())))
 
 
 def _assert_error(exc: BaseException, entry: dict[str, Any], root: Path) -> None:

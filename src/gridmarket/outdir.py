@@ -134,7 +134,12 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("kind"), str) else None
 
 
-def _protected(path: Path, protect: Iterable[Path]) -> str | None:
+def _noun(kind: str) -> str:
+    """How "cannot write ... to PATH" names a folder of ``kind``: ``results``, ``the case``."""
+    return "results" if kind == "results" else f"the {kind}"
+
+
+def _protected(path: Path, protect: Iterable[Path], protect_what: str) -> str | None:
     """Why ``path`` (resolved) must never be replaced, or None."""
     real = path.resolve()
     if real == Path(real.anchor) or os.path.ismount(real):
@@ -153,14 +158,15 @@ def _protected(path: Path, protect: Iterable[Path]) -> str | None:
     for p in protect:
         q = Path(p).expanduser().resolve()
         if real == q:
-            return "it is the case folder"
+            return f"it is the {protect_what}"
         if real in q.parents:
-            return f"it holds the case folder {q}"
+            return f"it holds the {protect_what} {q}"
     return None
 
 
 def check_out_dir(out: str | Path, *, kind: str = "results", overwrite: bool = False,
-                  protect: Iterable[Path] = (), option: str = "--out") -> OutDir:
+                  protect: Iterable[Path] = (), protect_what: str = "case folder",
+                  option: str = "--out") -> OutDir:
     """Check that the folder ``out`` may be written; create and delete nothing.
 
     Parameters
@@ -176,6 +182,8 @@ def check_out_dir(out: str | Path, *, kind: str = "results", overwrite: bool = F
         Folders that must survive, with their ancestors (the case folder of a run, the
         source folder of ``new-case``). The working folder, the home folder and filesystem
         roots are always protected.
+    protect_what : str
+        How messages name the folders of ``protect`` (``"case folder"``).
     option : str
         The command-line option that names the folder, for messages.
 
@@ -198,7 +206,7 @@ def check_out_dir(out: str | Path, *, kind: str = "results", overwrite: bool = F
     path = Path(out).expanduser().absolute()
     for part in path.parts:
         if len(os.fsencode(part)) > NAME_MAX:
-            msg = (f"cannot write the {what} {path}: the name {part[:40]!r}... is"
+            msg = (f"cannot write the {what}: the name {part[:40]!r}... in {option} is"
                    f" {len(os.fsencode(part))} bytes long; file names may have at most {NAME_MAX} bytes")
             raise ResultsError(msg)
     if len(os.fsencode(str(path))) > 4000:
@@ -206,7 +214,7 @@ def check_out_dir(out: str | Path, *, kind: str = "results", overwrite: bool = F
         raise ResultsError(msg)
     replaces: tuple[int, int] | None = None
     if os.path.lexists(path):
-        why = _protected(path, protect)
+        why = _protected(path, protect, protect_what)
         if why is not None:
             msg = f"refusing to write the {what} to {path}: {why}; choose another {option}"
             raise ResultsError(msg)
@@ -222,8 +230,12 @@ def check_out_dir(out: str | Path, *, kind: str = "results", overwrite: bool = F
             msg = f"cannot write the {what} {path}: {exc.strerror or exc}"
             raise ResultsError(msg) from exc
         if not empty:
-            if not overwrite:
+            if not overwrite and kind == "results":
                 msg = f"{what} {path} already exists; pass --overwrite to replace it"
+                raise ResultsError(msg)
+            if not overwrite:
+                msg = f"cannot write {_noun(kind)} to {path}: it exists and is not an empty folder; pass --overwrite" \
+                      " to replace it"
                 raise ResultsError(msg)
             marker = read_marker(path)
             if marker is None:
@@ -239,7 +251,7 @@ def check_out_dir(out: str | Path, *, kind: str = "results", overwrite: bool = F
     probe = path.parent
     while not probe.exists():
         probe = probe.parent
-    noun = "results" if kind == "results" else f"the {what}"
+    noun = _noun(kind)
     if not probe.is_dir():
         msg = f"cannot write {noun} to {path}: {probe} is a file, not a folder"
         raise ResultsError(msg)
@@ -486,7 +498,7 @@ def staged(target: OutDir) -> Iterator[Path]:
                     with suppress(OSError):  # not empty: something else was put there meanwhile
                         parent.rmdir()
         if isinstance(exc, OSError) and not isinstance(exc, ResultsError):
-            msg = f"cannot write {'results' if target.kind == 'results' else f'the {target.what}'} to {out}: "
+            msg = f"cannot write {_noun(target.kind)} to {out}: "
             msg += f"{exc.strerror or exc}"
             if exc.filename:
                 msg += f" ({exc.filename})"
