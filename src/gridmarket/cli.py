@@ -124,7 +124,7 @@ def run(
     from gridmarket.results import write_results
     from gridmarket.study import run_study
 
-    t0 = time.perf_counter()
+    t0 = float(_state.get("t0", time.perf_counter()))  # main()'s start: the whole command
     path = _case_path(case)
     c = load_case(path)
     if out_dir is None:
@@ -161,7 +161,7 @@ def run_summary(res: StudyResult, command_s: float) -> str:
         f"  base    : welfare {_money(float(base.welfare), cur)}, {int(base.violations):,} violations",
         f"  best #{res.best:<2}: welfare {_money(float(best.welfare), cur)}, {int(best.violations):,} violations,"
         f" {int(best.battery_units):,} battery unit(s)",
-        f"  time    : study loop {res.runtime_s:,.1f} s, whole command {command_s:,.1f} s",
+        f"  time    : study loop {res.runtime_s:,.2f} s, whole command {command_s:,.2f} s",
     ])
 
 
@@ -453,6 +453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     to report it, and the traceback with ``--debug``. With ``--debug`` the traceback of a
     ``GridmarketError`` is shown too.
     """
+    _state["t0"] = time.perf_counter()
+    from gridmarket.outdir import PUBLISHED
+
+    PUBLISHED.clear()
     args = list(sys.argv[1:] if argv is None else argv)
     _state["debug"] = "--debug" in args
     _state.pop("interrupt", None)
@@ -474,7 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except (typer.Abort, KeyboardInterrupt) as exc:
-        return _interrupted(exc)
+        kept = _state.pop("interrupt", None)  # click turns the command's interrupt into Abort
+        cause = kept if isinstance(kept, BaseException) else exc.__cause__ or exc.__context__
+        return _interrupted(cause if isinstance(cause, KeyboardInterrupt) else exc)
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         if isinstance(exc, _ClickException):
             exc.show()  # type: ignore[attr-defined]
@@ -493,11 +499,16 @@ def _interrupted(exc: BaseException | None) -> int:
     Status 130 for Ctrl-C (SIGINT), 128 + the signal's number for SIGTERM (143) and SIGHUP
     (129), as a shell reports a process ended by them.
     """
+    from gridmarket.outdir import LAST_TERMINATION, PUBLISHED, RESULTS_WRITTEN_NOTE
+
     notes = getattr(exc, "__notes__", [])
-    what = "interrupted" if not isinstance(exc, Terminated) else f"stopped by {signal.Signals(exc.signum).name}"
+    if not notes and PUBLISHED:  # the interrupt came after the folder was moved into place
+        notes = [f"{RESULTS_WRITTEN_NOTE} {PUBLISHED[-1]}"]
+    signum = exc.signum if isinstance(exc, Terminated) else (LAST_TERMINATION[0] if LAST_TERMINATION else None)
+    what = "interrupted" if signum is None else f"stopped by {signal.Signals(signum).name}"
     err.print(f"{what}; {notes[-1]}" if notes else f"{what}; no results were written",
               highlight=False, soft_wrap=True)
-    return 128 + exc.signum if isinstance(exc, Terminated) else 130
+    return 130 if signum is None else 128 + signum
 
 
 # ------------------------------------------------------------------ commands of other modules

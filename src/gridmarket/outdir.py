@@ -264,7 +264,13 @@ def check_out_dir(out: str | Path, *, kind: str = "results", overwrite: bool = F
 # --------------------------------------------------------------------------- signals
 
 
+#: the signal of the last :class:`Terminated` raised (libraries such as click may swallow the
+#: exception itself and keep only "interrupted"); reset by whoever installs the handlers
+LAST_TERMINATION: list[int] = []
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    LAST_TERMINATION[:] = [signum]
     raise Terminated(signum)
 
 
@@ -277,6 +283,7 @@ def termination_signals_as_interrupts() -> Iterator[None]:
         yield
         return
     previous = {}
+    LAST_TERMINATION.clear()
     for s in _SIGNALS[1:]:
         with suppress(OSError, ValueError):
             previous[s] = signal.signal(s, _raise_terminated)
@@ -409,6 +416,11 @@ def mark_folder(folder: Path, kind: str) -> None:
                                        encoding="utf-8")
 
 
+#: every folder :func:`publish` moved into place in this process, in order (the CLI clears it
+#: per command: an interrupt after the move is reported as "the results were complete")
+PUBLISHED: list[Path] = []
+
+
 def publish(tmp: Path, target: OutDir) -> Path:
     """Move the complete folder ``tmp`` to ``target.path`` (call inside :func:`interrupts_deferred`).
 
@@ -443,6 +455,7 @@ def publish(tmp: Path, target: OutDir) -> Path:
                 msg = (f"{out} appeared while gridmarket was writing it (another run to the same folder?);"
                        f" it was left as it is and the finished {target.what} is in {where}")
                 raise ResultsError(msg) from None
+            PUBLISHED.append(out)
             return out
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         _rename_noreplace(out, old)
@@ -451,6 +464,7 @@ def publish(tmp: Path, target: OutDir) -> Path:
         except BaseException:
             _rename_noreplace(old, out)
             raise
+        PUBLISHED.append(out)
         shutil.rmtree(old, ignore_errors=True)
     return out
 
