@@ -124,7 +124,8 @@ def run(
     from gridmarket.results import write_results
     from gridmarket.study import run_study
 
-    t0 = float(_state.get("t0", time.perf_counter()))  # main()'s start: the whole command
+    start = _state.get("t0")  # main()'s start: the whole command
+    t0 = start if isinstance(start, float) else time.perf_counter()
     path = _case_path(case)
     c = load_case(path)
     if out_dir is None:

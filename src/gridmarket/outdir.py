@@ -444,8 +444,9 @@ def publish(tmp: Path, target: OutDir) -> Path:
             now = None
         if now is not None and (now != target.replaces or out.is_symlink()):
             where = _beside(out, tmp)
-            msg = (f"{out} appeared or changed while gridmarket was writing it (another run to the same"
-                   f" folder?); it was left as it is and the finished {target.what} is in {where}")
+            how = "appeared" if target.replaces is None else "was replaced"
+            msg = (f"{out} {how} while gridmarket was writing it (another run to the same folder?); it was"
+                   f" left as it is and the finished {target.what} is in {where}")
             raise ResultsError(msg)
         if now is None:
             try:
