@@ -115,3 +115,31 @@ def test_sigterm_and_sighup_are_reported_like_ctrl_c(sig: signal.Signals, tmp_pa
     assert proc.returncode == 128 + sig
     assert err == f"stopped by {sig.name}; no results were written\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case"]
+
+
+def test_ctrl_c_in_a_dask_sweep_stops_it_without_worker_tracebacks(tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    from casefactory import write_stressed_case
+
+    case = write_stressed_case(tmp_path / "case")
+    (tmp_path / "s.toml").write_text("[parameters]\nimport_price = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2]\n")
+    out = tmp_path / "o"
+    # Ctrl-C in a terminal goes to the whole process group: the sweep and every Dask process
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, "sweep", str(case), str(tmp_path / "s.toml"), "--out",
+                             str(out), "-w", "2", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    deadline = time.monotonic() + 90
+    while not list(out.glob("scenarios/*/results")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # the workers are running scenarios
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=90)
+    assert "Traceback" not in err, err
+    if proc.returncode == 0:
+        pytest.skip("the sweep finished before the interrupt (a very fast machine)")
+    assert proc.returncode == 130
+    assert err == ("interrupted; the scenarios finished so far are kept in"
+                   f" {out} and a rerun reuses them; sweep.csv was not updated\n")
+    hidden = [p for p in out.rglob(".*") if p.name != ".gridmarket"]
+    assert hidden == []  # no temporary folder of a scenario was left

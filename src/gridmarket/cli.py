@@ -132,7 +132,9 @@ def run(
         _check_folder_name(c.name, "the results folder results/<name>")
     target = check_out_dir(out_dir if out_dir is not None else Path("results") / c.name, kind="results",
                            overwrite=overwrite, protect=[path])  # refuse before any work
-    check_case_network(c)  # every mismatch with the network, named by file and row or key
+    # run_study makes every check of `gridmarket check` (check_case_network) on the network it
+    # compiles, before any work: one compile, as in the API (a second compile of the same master
+    # in one process is what `check` never does)
     with _progress(quiet) as update:
         res = run_study(c, progress=update)
     extra = {}

@@ -60,6 +60,7 @@ __all__ = [
     "OutDir",
     "Terminated",
     "check_out_dir",
+    "children_ignore_interrupts",
     "interrupts_deferred",
     "mark_folder",
     "publish",
@@ -325,6 +326,31 @@ def interrupts_deferred() -> Iterator[None]:
                 handler(signum, frame)  # Python's default SIGINT handler raises KeyboardInterrupt
             elif handler == signal.SIG_DFL:
                 signal.raise_signal(signum)
+
+
+@contextmanager
+def children_ignore_interrupts() -> Iterator[None]:
+    """Processes started inside the block ignore Ctrl-C (SIGINT) and SIGHUP.
+
+    Ctrl-C in a terminal reaches every process of the foreground group: worker processes
+    (a Dask cluster's nannies and workers) would each print a KeyboardInterrupt traceback.
+    With the signals ignored when they start (an ignored signal stays ignored across
+    ``exec``, and Python then installs no handler of its own), only this process sees them
+    and stops the workers in its clean-up. During the block this process ignores them too,
+    so keep it to the start of the processes. Outside the main thread it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for s in (signal.SIGINT, getattr(signal, "SIGHUP", None)):
+        if s is not None and signal.getsignal(s) is not None:
+            previous[s] = signal.signal(s, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 # --------------------------------------------------------------------------- the move
