@@ -143,3 +143,14 @@ def test_empty_and_too_long_names(tmp_path: Path) -> None:
     check_out_dir(tmp_path / ("x" * 255))  # the longest name allowed
     with pytest.raises(ResultsError, match="is 256 bytes long; file names may have at most 255 bytes"):
         check_out_dir(tmp_path / ("x" * 256))
+
+
+def test_files_put_into_an_empty_folder_during_the_run_survive(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    target = check_out_dir(out)  # empty: may be replaced
+    with pytest.raises(ResultsError, match="changed while gridmarket was writing it"), staged(target) as tmp:
+        (out / "mine.txt").write_text("mine")  # the user uses the folder meanwhile
+        _fill(tmp, "results")
+    assert (out / "mine.txt").read_text() == "mine"
+    assert (tmp_path / "out-new" / "file.txt").read_text() == "results"

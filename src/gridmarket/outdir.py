@@ -400,7 +400,11 @@ def _parent_lock(parent: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    fd = os.open(parent, os.O_RDONLY)
+    try:
+        fd = os.open(parent, os.O_RDONLY)
+    except OSError:  # a folder that cannot be opened for reading: the no-replace rename still holds
+        yield
+        return
     try:
         with suppress(OSError):  # a file system without locks: the no-replace rename still holds
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -433,6 +437,17 @@ def _beside(path: Path, tmp: Path) -> Path:
             continue
         return cand
     raise ResultsError(f"no free name beside {path} for the finished folder {tmp}")  # pragma: no cover
+
+
+def _replaceable(folder: Path, kind: str) -> bool:
+    """``folder`` is empty or holds gridmarket's marker of ``kind``."""
+    try:
+        if not any(folder.iterdir()):
+            return True
+    except OSError:
+        return False
+    marker = read_marker(folder)
+    return marker is not None and marker["kind"] == kind
 
 
 def mark_folder(folder: Path, kind: str) -> None:
@@ -468,6 +483,11 @@ def publish(tmp: Path, target: OutDir) -> Path:
             now: tuple[int, int] | None = (st.st_dev, st.st_ino)
         except FileNotFoundError:
             now = None
+        if now is not None and not out.is_symlink() and now == target.replaces and not _replaceable(out, target.kind):
+            where = _beside(out, tmp)
+            msg = (f"{out} changed while gridmarket was writing it (files that are not gridmarket's were put in"
+                   f" it); it was left as it is and the finished {target.what} is in {where}")
+            raise ResultsError(msg)
         if now is not None and (now != target.replaces or out.is_symlink()):
             where = _beside(out, tmp)
             how = "appeared" if target.replaces is None else "was replaced"
