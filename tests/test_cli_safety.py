@@ -81,8 +81,10 @@ def test_names_that_look_missing_stay_names(names: tuple[str, str], tmp_path: Pa
     assert loaded.communities == (a, b)  # two communities, not one merged "missing" one
     out = tmp_path / "res"
     assert main(["run", str(case), "--out", str(out), "-q", "--no-report"]) == 0
-    market = pd.read_csv(out / "market.csv", keep_default_na=False, dtype=str)
-    assert {a, b} <= set(market["agent"]) and {a, b} <= set(market["community"])
+    market = pd.read_parquet(out / "market.parquet")
+    agents = pd.read_csv(out / "agents.csv", keep_default_na=False, dtype=str)
+    for table in (market, agents):
+        assert {a, b} <= set(table["agent"]) and {a, b} <= set(table["community"])
 
 
 def test_new_case_can_replace_its_own_folder_but_not_a_users(tmp_path: Path,
