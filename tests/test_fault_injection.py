@@ -27,8 +27,8 @@ from casefactory import write_tiny_case
 CHILD = "import sys, gridmarket.cli as c; print('ready', flush=True); sys.exit(c.main(sys.argv[1:]))"
 
 #: files every complete results folder of the tiny case holds (report runs add report.html)
-COMPLETE = {".gridmarket", "summary.json", "iterations.csv", "market.csv", "communities.csv", "violations.csv",
-            "batteries.csv"}
+COMPLETE = {".gridmarket", "summary.json", "iterations.csv", "agents.csv", "batteries.csv", "market.parquet",
+            "communities.parquet", "violations.parquet", "voltages.parquet"}
 
 
 def _digest(folder: Path) -> str:
