@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from gridmarket import __version__
 from gridmarket.errors import GridmarketError, GridmarketWarning, ResultsError
-from gridmarket.outdir import Terminated, mark_folder, termination_signals_as_interrupts
+from gridmarket.outdir import NAME_MAX, Terminated, mark_folder, termination_signals_as_interrupts
 
 if TYPE_CHECKING:
     from gridmarket.case import Case
@@ -409,12 +409,12 @@ def _default_sweep_dir(case: Path, sweep_toml: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CaseWarning)  # as run_sweep, which reads the case again
         name = load_case(case).name
-    _check_folder_name(name, "the sweep folder results/<name>-<sweep file name>")
+    _check_folder_name(name, "the sweep folder results/<name>-<sweep file name>", f"-{sweep_toml.stem}")
     return Path("results") / f"{name}-{sweep_toml.stem}"
 
 
-def _check_folder_name(name: str, what: str) -> None:
-    """Refuse a case name that cannot name a folder (empty, ``.``, ``..``, with a slash).
+def _check_folder_name(name: str, what: str, extra: str = "") -> None:
+    """Refuse a case name that cannot name a folder (empty, ``.``, ``..``, with a slash, over 255 bytes).
 
     Raises
     ------
@@ -423,6 +423,11 @@ def _check_folder_name(name: str, what: str) -> None:
     """
     if name.strip() in ("", ".", "..") or any(ch in name for ch in "/\\"):
         msg = f"case name {name!r} ([case].name in case.toml) cannot name {what}: choose the folder with --out DIR"
+        raise ResultsError(msg)
+    size = len(os.fsencode(name)) + (len(os.fsencode(extra)) if extra else 0)
+    if size > NAME_MAX:
+        msg = (f"case name {name[:40]!r}... ([case].name in case.toml) is too long to name {what} ({size} bytes;"
+               f" file names may have at most {NAME_MAX}): choose the folder with --out DIR")
         raise ResultsError(msg)
 
 

@@ -56,6 +56,7 @@ from gridmarket.errors import ResultsError
 
 __all__ = [
     "MARKER",
+    "NAME_MAX",
     "RESULTS_WRITTEN_NOTE",
     "OutDir",
     "Terminated",
