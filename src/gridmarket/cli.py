@@ -348,7 +348,7 @@ def sweep(
     sweep_toml: Annotated[Path, typer.Argument(metavar="SWEEP.toml", help="The scenarios: a grid"
                                                " (\\[parameters]) and/or a list (\\[\\[scenarios]]);"
                                                " see docs/sweep.md.")],
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Sweep folder (default:"
+    out_dir: Annotated[str | None, typer.Option("--out", "-o", help="Sweep folder (default:"
                                                  " results/<case name>-<SWEEP file name without .toml>)."
                                                  " Rerunning into the same folder reuses the scenarios"
                                                  " already done.")] = None,
@@ -382,7 +382,10 @@ def sweep(
         what = "serial runs" if scheduler == SERIAL else f"the scheduler {scheduler}"
         msg = f"--workers sizes the local cluster only; it does not apply to {what}"
         raise GridmarketError(msg)
-    target = out_dir if out_dir is not None else _default_sweep_dir(case, sweep_toml)
+    if out_dir is not None and not out_dir.strip():
+        msg = "--out is empty: give the sweep folder to write (an unset variable in a script?)"
+        raise ResultsError(msg)
+    target = Path(out_dir) if out_dir is not None else _default_sweep_dir(case, sweep_toml)
     try:
         with _progress(quiet, one_bar="scenarios") as update:
             res = sweep_command(case, sweep_toml, target, scheduler=scheduler, workers=workers,
