@@ -3,9 +3,13 @@
 Every :class:`~gridmarket.errors.GridmarketError` becomes a few readable lines and exit
 status 2 (a usage error too); an unexpected exception is a bug: exit status 1 and a request
 to report it, with the traceback only under ``--debug`` (which shows it for every error).
-Ctrl-C gives exit status 130 and says whether a results folder was left (never a partial
-one). ``gridmarket sweep`` exits with status 3 (:data:`~gridmarket.sweep.cli.SOME_FAILED`) when
-it finished but some scenarios failed. Warnings are one line each: ``warning: ...``.
+Ctrl-C gives exit status 130, SIGTERM 143 and SIGHUP 129 (handled alike), and says whether a
+results folder was left (never a partial one, and the previous one is kept unless the new one
+was complete). ``gridmarket sweep`` exits with status 3 (:data:`~gridmarket.sweep.cli.SOME_FAILED`)
+when it finished but some scenarios failed. Warnings of gridmarket are one line each:
+``warning: ...``; those of the libraries (numpy, matplotlib...) show only under ``--debug``.
+Folders are written through :mod:`gridmarket.outdir` (``--overwrite`` replaces only a folder
+gridmarket wrote). Other modules add commands through :data:`COMMAND_MODULES`.
 """
 
 from __future__ import annotations
@@ -460,7 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit statuses: 0 success; 2 a :class:`~gridmarket.errors.GridmarketError` (bad input or
     environment: printed as a few lines) or a command-line usage error; 3 ``gridmarket sweep``
     finished but some scenarios failed (:data:`~gridmarket.sweep.cli.SOME_FAILED`); 130 interrupted
-    (Ctrl-C; no results folder is left); 1 an unexpected exception, i.e. a bug: a request
+    (Ctrl-C; no partial results folder is left), 143 / 129 the same for SIGTERM / SIGHUP; 1 an
+    unexpected exception, i.e. a bug: a request
     to report it, and the traceback with ``--debug``. With ``--debug`` the traceback of a
     ``GridmarketError`` is shown too.
     """
