@@ -1,9 +1,9 @@
 """Read-only inspection of an OpenDSS feeder: its loads, loadshapes, PV systems, transformers,
 buses and series elements, as plain frozen dataclasses.
 
-This is the second (and only other) module of gridmarket that imports :mod:`opendssdirect`
-(:mod:`gridmarket.network.opendss` is the engine). It never changes a feeder: it compiles the
-master in a private DSS context, runs one snapshot power flow so that buses, voltage bases and
+Like the engine (:mod:`gridmarket.network.opendss`) it reaches OpenDSS through
+:mod:`gridmarket.network._dss`, the one module that imports :mod:`opendssdirect`. It never
+changes a feeder: it compiles the master in a private DSS context, runs one snapshot power flow so that buses, voltage bases and
 node angles exist, reads everything once and lets the context go. Case builders
 (:mod:`gridmarket.cases.generic`) and the sweep (:mod:`gridmarket.sweep`) work on the
 :class:`FeederInfo` it returns.
@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import opendssdirect as _odd
 import pandas as pd
 
 from gridmarket.errors import NetworkError
+from gridmarket.network._dss import KM_PER_LINE_UNIT, _DSSException, new_context
 from gridmarket.topology import Edge, Topology
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "inspect_feeder",
 ]
 
-_DSSException: type[Exception] = _odd.DSSException
 _PHASE_NODES = (1, 2, 3)
 _STATUS = {0: "variable", 1: "fixed", 2: "exempt"}
 
@@ -236,7 +235,7 @@ def inspect_feeder(master: str | Path) -> FeederInfo:
     if not path.is_file():
         msg = f"OpenDSS master {str(path)!r} does not exist"
         raise NetworkError(msg)
-    dss = _odd.NewContext()
+    dss = new_context()
     cwd = os.getcwd()
     try:
         dss.Text.Command(f'Compile "{path}"')
@@ -340,10 +339,6 @@ def _series(d: Any) -> tuple[SeriesElement, ...]:
                 out.append(SeriesElement(name=f"{cls}.{nm.lower()}", buses=buses, length_km=km, kind=kind))
         i = pde.Next()
     return tuple(out)
-
-
-#: OpenDSS line length units (``Lines.Units``) -> km; 0 ("none") is read as km
-KM_PER_LINE_UNIT = {0: 1.0, 1: 1.609344, 2: 0.3048, 3: 1.0, 4: 1e-3, 5: 0.3048e-3, 6: 0.0254e-3, 7: 1e-5, 8: 1e-6}
 
 
 def _line_lengths(d: Any) -> dict[str, tuple[float, str]]:
