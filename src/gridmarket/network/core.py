@@ -11,6 +11,7 @@ steps) -> :class:`~gridmarket.network.opendss.OpenDSSNetwork`.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ from gridmarket.errors import NetworkError
 from gridmarket.network._dss import _dss_errors, new_context
 
 if TYPE_CHECKING:
-    from gridmarket.network.results import _Layout
+    from gridmarket.network.results import _Layout, _TxMatrix
     from gridmarket.network.series import ShapeSession
 
 __all__ = ["CircuitCore"]
@@ -52,18 +53,20 @@ class CircuitCore:
         self._version = 0  # bumped whenever an element is added
         self._topology_version = 0  # bumped by commands that may change lines or buses
         self._layout_cache: _Layout | None = None
-        self._imatrix_cache: (tuple[tuple[int, tuple[str, ...]], tuple[sp.csr_matrix, list[str], np.ndarray]]
-                              | None) = None
+        self._imatrix_cache: (tuple[tuple[int, tuple[str, ...]],
+                                    tuple[sp.csr_matrix, list[str], np.ndarray, _TxMatrix]] | None) = None
         self._cache: dict[str, tuple[int, Any]] = {}  # name -> (version, value)
         self._synced_version = 0  # circuit version the bus list and Y matrix were built for
         self._ratings: dict[str, float] = {}  # created batteries: canonical name -> kW rating
         self._q_ratio: dict[str, float] = {}  # Loads/Generators: own kvar/kW as first seen
+        self._own_band: dict[str, tuple[float, float]] = {}  # dispatched: own (vminpu, vmaxpu) as first seen
         self._needs_restart = False
         self._shapes: dict[str, str] = {}  # element canonical name -> its own Loadshape ("shapes" method)
         self._unity: set[str] = set()  # elements given the unity yearly shape ("shapes" method)
         self._shape_buffers: tuple[np.ndarray, ...] = ()  # arrays the Loadshapes read (kept alive)
         self._one = np.ones(1)  # the value of a re-pointed Loadshape that is not in use
         self._session: ShapeSession | None = None
+        self._closed = False
         self._compile(path)
         with _dss_errors(f"cannot prepare the circuit of {path.name}"):
             self._dss.Text.Command("Set mode=snapshot")
@@ -78,6 +81,48 @@ class CircuitCore:
 
     def _after_compile(self) -> None:
         """Hook for the layers above: read what they need right after compiling."""
+
+    def set_source_pu(self, pu: float) -> None:
+        """Set the feeder head's voltage: the ``pu`` of the circuit's first Vsource [pu of its
+        ``basekV``], applied from the next solve on (the case's ``[network] source_pu``).
+
+        Raises
+        ------
+        ValueError
+            ``pu`` is not a finite number in [0.5, 1.5].
+        NetworkError
+            The circuit has no Vsource, or OpenDSS refuses the value.
+        """
+        value = float(pu)
+        if not (math.isfinite(value) and 0.5 <= value <= 1.5):
+            msg = f"source_pu must be a number in [0.5, 1.5], got {pu!r}"
+            raise ValueError(msg)
+        self._no_session("set_source_pu")
+        with _dss_errors(f"cannot set the source voltage of {self.master.name}"):
+            if not self._dss.Vsources.First():
+                msg = f"{self.master.name} has no Vsource whose voltage could be set"
+                raise NetworkError(msg)
+            self._dss.Vsources.PU(value)
+        self._check_error(f"cannot set the source voltage of {self.master.name}")
+        self._needs_restart = True  # the next solve starts from a fresh linear solution
+
+    @property
+    def source_pu(self) -> float:
+        """The first Vsource's voltage [pu of its ``basekV``]."""
+        with _dss_errors("cannot read the source voltage"):
+            self._dss.Vsources.First()
+            return float(self._dss.Vsources.PU())
+
+    def close(self) -> None:
+        """Release what the engine holds outside the process (its private output folder);
+        idempotent. The network cannot be used afterwards."""
+        self._closed = True
+
+    def __enter__(self) -> CircuitCore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _compile(self, path: Path) -> None:
         cwd = os.getcwd()

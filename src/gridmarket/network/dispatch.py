@@ -133,6 +133,7 @@ class ElementDispatch(CircuitTables):
                     p_ref[k], p_max[k] = self._prepare_pv(name)
                 else:
                     p_max[k] = self._prepare_storage(name)
+        own = np.array([self._own_band_of(cls, name) for _, name, _ in items], dtype=float).reshape(n, 2)
         indices = np.array([i for _, _, i in items], dtype=np.int32)
         batch = _Batch(self._dss, cls, indices)
         if self.pq_band_pu is not None:
@@ -142,7 +143,27 @@ class ElementDispatch(CircuitTables):
                 msg = f"cannot set the voltage band of {cls} elements: {self._dss.Error.Description()}"
                 raise NetworkError(msg)
         return _ClassGroup(cls=cls, cols=cols, batch=batch, q_ratio=q_ratio, p_max_kw=p_max,
-                           p_ref_kw=p_ref)
+                           p_ref_kw=p_ref, own_vminpu=np.ascontiguousarray(own[:, 0]),
+                           own_vmaxpu=np.ascontiguousarray(own[:, 1]))
+
+    def _own_band_of(self, cls: str, name: str) -> tuple[float, float]:
+        """``(vminpu, vmaxpu)`` of an element as the feeder (or :meth:`add_battery`) defined it,
+        read the first time the element is seen, before the engine's band overwrites it."""
+        full = f"{cls}.{name}"
+        band = self._own_band.get(full)
+        if band is None:
+            with _dss_errors(f"cannot read the voltage limits of {full}"):
+                if cls == "Load":
+                    self._dss.Loads.Name(name)
+                    band = (float(self._dss.Loads.Vminpu()), float(self._dss.Loads.Vmaxpu()))
+                else:
+                    vals = []
+                    for prop in ("vminpu", "vmaxpu"):
+                        self._dss.Text.Command(f"? {full}.{prop}")
+                        vals.append(float(self._dss.Text.Result()))
+                    band = (vals[0], vals[1])
+            self._own_band[full] = band
+        return band
 
     def _ensure_unity_curve(self) -> None:
         """Create the XYCurve y = 1 that replaces PV efficiency and P-T curves (once)."""

@@ -37,6 +37,8 @@ class _ClassGroup:
     q_ratio: np.ndarray  #: own kvar/kW ratio (Load, Generator) [-]
     p_max_kw: np.ndarray  #: largest power the element can take or give [kW]; inf = no limit
     p_ref_kw: np.ndarray  #: PV: Pmpp [kW] (irradiance = kW / Pmpp); else 1
+    own_vminpu: np.ndarray  #: the element's own vminpu [pu] (before the engine's band)
+    own_vmaxpu: np.ndarray  #: the element's own vmaxpu [pu]
 
 
 

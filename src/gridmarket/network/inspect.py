@@ -3,8 +3,9 @@ buses and series elements, as plain frozen dataclasses.
 
 Like the engine (:mod:`gridmarket.network.opendss`) it reaches OpenDSS through
 :mod:`gridmarket.network._dss`, the one module that imports :mod:`opendssdirect`. It never
-changes a feeder: it compiles the master in a private DSS context, runs one snapshot power flow so that buses, voltage bases and
-node angles exist, reads everything once and lets the context go. Case builders
+changes a feeder: it compiles the master in a private DSS context, runs one snapshot power
+flow so that buses, voltage bases and node angles exist, reads everything once and lets the
+context go. Case builders
 (:mod:`gridmarket.cases.generic`) and the sweep (:mod:`gridmarket.sweep`) work on the
 :class:`FeederInfo` it returns.
 

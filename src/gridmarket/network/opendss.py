@@ -38,6 +38,7 @@ Any OpenDSS error raised while compiling, editing or solving becomes a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gridmarket.network.elements import SUPPORTED_CLASSES, ElementSet
 from gridmarket.network.results import PowerFlowResult
@@ -83,3 +84,10 @@ class OpenDSSNetwork(SeriesRunner):
                  pq_band_pu: tuple[float, float] | None = (0.5, 1.5),
                  tolerance: float | None = 1e-6, max_iterations: int = 50) -> None:
         super().__init__(master, pq_band_pu=pq_band_pu, tolerance=tolerance, max_iterations=max_iterations)
+
+
+if TYPE_CHECKING:
+    from gridmarket.network.engine import PowerFlowEngine
+
+    def _implements(net: OpenDSSNetwork) -> PowerFlowEngine:  # mypy checks the protocol here
+        return net

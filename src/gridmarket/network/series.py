@@ -15,7 +15,7 @@ from gridmarket.errors import NetworkError, PowerFlowError
 from gridmarket.network._dss import _MODE_SNAPSHOT, _MODE_YEARLY, _Batch, _dss_errors, _DSSException
 from gridmarket.network.dispatch import ElementDispatch
 from gridmarket.network.elements import ElementSet, _plan_group, _series_inputs
-from gridmarket.network.results import PowerFlowResult, _Layout, _series_result
+from gridmarket.network.results import PowerFlowResult, _SeriesArrays
 
 __all__ = ["SeriesRunner", "ShapeSession"]
 
@@ -107,23 +107,33 @@ class SeriesRunner(ElementDispatch):
         plan = [item for g in elements._groups
                 for item in _plan_group(g, elements.names, kw2, kvar2, pf2)]
         layout = self._layout()
-        v_pu = np.empty((steps, len(layout.node_names)))
-        i_amps = np.empty((steps, len(layout.line_phase_names)))
-        vfull = np.zeros(layout.n_y + 1, dtype=np.complex128)  # index 0 = ground
+        out = _SeriesArrays.empty(layout, steps)
+        vfull = np.zeros((1, layout.n_y + 1), dtype=np.complex128)  # column 0 = ground
+        sol = self._dss.Solution
+
+        def once() -> bool:
+            if controls:
+                sol.Solve()
+            else:
+                sol.SolveNoControl()
+            return bool(sol.Converged())
+
         with _dss_errors("power flow failed"):
-            self._dss.Solution.LoadMult(1.0)
-            if self._needs_restart:
-                self._dss.Solution.SolveDirect()  # restart from a linear solution
+            sol.LoadMult(1.0)
             for t in range(steps):
                 for batch, prop, values in plan:
                     batch.set(prop, values[t])
-                self._solve_step(t, controls)
-                vfull[1:] = self._circuit.YNodeVarray.view(np.complex128)
-                v_pu[t] = np.abs(vfull[layout.node_y])
-                i_amps[t] = np.abs(layout.i_matrix @ vfull)
+                if self._lib.Error_Get_Number():
+                    msg = f"OpenDSS rejected the powers of step {t}: {self._dss.Error.Description()}"
+                    raise NetworkError(msg)
+                if self._solve_step(t, elements, once):
+                    vfull[0, 1:] = self._circuit.YNodeVarray.view(np.complex128)
+                    out.fill(vfull, layout, t)
+                else:
+                    out.fail(t)
                 if progress is not None:
                     progress(t)
-        return _series_result(layout, v_pu, i_amps)
+        return out.result(layout)
 
     def shape_session(self, elements: ElementSet) -> ShapeSession:
         """Open a time-series session of the ``"shapes"`` method on ``elements``.
@@ -184,8 +194,7 @@ class SeriesRunner(ElementDispatch):
         plan = [item for g in elements._groups
                 for item in _plan_group(g, elements.names, kw2, kvar2, pf2)]
         layout = self._layout()
-        v_pu = np.empty((steps, len(layout.node_names)))
-        i_amps = np.empty((steps, len(layout.line_phase_names)))
+        out = _SeriesArrays.empty(layout, steps)
         # per element: multipliers of P (Load: kW; PV: irradiance) and Q (Load: kvar), rows = steps
         n = len(elements)
         p_mult = np.zeros((steps, n))
@@ -210,35 +219,42 @@ class SeriesRunner(ElementDispatch):
                 lib.LoadShapes_Set_HrInterval(1.0)
             self._shape_buffers = (p_mult, q_mult)  # the loadshapes read these: keep them alive
             self._check_error("cannot point the loadshapes at the powers")
-            if self._needs_restart:
-                self._dss.Solution.SolveDirect()  # restart from a linear solution
             # node voltages of a block of steps, [ground, V...] per row; magnitudes and line
             # currents are computed per block (one sparse product instead of one per step)
             block = np.zeros((min(steps, _SHAPE_BLOCK), layout.n_y + 1), dtype=np.complex128)
             set_hour, loads_update = lib.Solution_Set_dblHour, lib.YMatrix_Set_LoadsNeedUpdating
             solve, errors, converged = lib.Solution_SolveNoControl, lib.Error_Get_Number, lib.Solution_Get_Converged
+
+            def once() -> bool:
+                loads_update(1)
+                solve()
+                if errors():
+                    raise _DSSException(self._dss.Error.Description())
+                return bool(converged())
+
+            failed: list[int] = []
             t = t0 = -1
             try:
                 for t in range(steps):
                     set_hour(float(t + 1))  # hour t + 1 reads point t of an interval-1 h shape
-                    loads_update(1)
-                    solve()
-                    code = errors()
-                    if code or not converged():
-                        raise self._step_failed(t, code)
                     row = t % _SHAPE_BLOCK
                     if row == 0:
                         t0 = t
-                    block[row, 1:] = self._circuit.YNodeVarray.view(np.complex128)
+                    if self._solve_step(t, elements, once):
+                        block[row, 1:] = self._circuit.YNodeVarray.view(np.complex128)
+                    else:
+                        block[row, 1:] = 0.0
+                        failed.append(t)
                     if row == block.shape[0] - 1 or t == steps - 1:
-                        _block_results(block[: row + 1], layout, v_pu[t0: t + 1], i_amps[t0: t + 1])
+                        out.fill(block[: row + 1], layout, t0)
                     if progress is not None:
                         progress(t)
-                self._needs_restart = False
             finally:
                 if t >= 0:  # the powers the elements get back when the session closes
                     session.last = [(b, prop, vals[t]) for b, prop, vals in bases]
-        return _series_result(layout, v_pu, i_amps)
+        for t in failed:
+            out.fail(t)
+        return out.result(layout)
 
     def _close_session(self, session: ShapeSession) -> None:
         """Back to snapshot mode; the elements keep the powers of the last step solved."""
@@ -292,44 +308,49 @@ class SeriesRunner(ElementDispatch):
             os.chdir(cwd)
         self._check_error("cannot create the loadshapes")
 
-    def _step_failed(self, t: int, code: int) -> PowerFlowError:
-        """The error of a step whose solve raised OpenDSS error ``code`` (0: none) or did not converge."""
-        self._needs_restart = True
-        if code:
-            msg = f"power flow of step {t} failed: OpenDSS error {self._dss.Error.Description()}"
-        else:
-            iters = self._dss.Solution.Iterations()
-            msg = (f"power flow did not converge at step {t} after {iters} iterations "
-                   f"(circuit {self.master.name})")
-        return PowerFlowError(msg, step=t)
+    def _solve_step(self, t: int, elements: ElementSet, once: Callable[[], bool]) -> bool:
+        """Solve step ``t`` with ``once`` (which sets nothing and returns convergence); if it does
+        not converge, retry from a linear start with the dispatched elements' own voltage limits
+        (:meth:`_retry_own_models`). True when either converged.
 
-    def _solve_step(self, t: int, controls: bool) -> None:
-        if self._lib.Error_Get_Number():
-            msg = f"OpenDSS rejected the powers of step {t}: {self._dss.Error.Description()}"
-            raise NetworkError(msg)
+        Raises
+        ------
+        PowerFlowError
+            OpenDSS raised an error in the solve and again in the retry.
+        """
         try:
-            if controls:
-                self._dss.Solution.Solve()
-            else:
-                self._dss.Solution.SolveNoControl()
-            converged = bool(self._dss.Solution.Converged())
+            if self._needs_restart:
+                self._dss.Solution.SolveDirect()  # restart from a linear solution
+            if once():
+                self._needs_restart = False
+                return True
+        except _DSSException:
+            pass
+        ok = self._retry_own_models(t, elements, once)
+        self._needs_restart = not ok  # the next step starts from a linear solution
+        return ok
+
+    def _retry_own_models(self, t: int, elements: ElementSet, once: Callable[[], bool]) -> bool:
+        """Solve step ``t`` again with every dispatched element at its own ``vminpu``/``vmaxpu``
+        (OpenDSS's load models: constant impedance outside them), from a linear start; the
+        engine's band is set back afterwards. True if it converged."""
+        band = self.pq_band_pu
+        try:
+            if band is not None:
+                for g in elements._groups:
+                    g.batch.set(b"vminpu", g.own_vminpu, flags=0)
+                    g.batch.set(b"vmaxpu", g.own_vmaxpu, flags=0)
+            self._dss.Solution.SolveDirect()
+            return once()
         except _DSSException as exc:
-            self._needs_restart = True
             msg = f"power flow of step {t} failed: OpenDSS error {exc}"
             raise PowerFlowError(msg, step=t) from exc
-        if not converged:
-            self._needs_restart = True
-            iters = self._dss.Solution.Iterations()
-            msg = (f"power flow did not converge at step {t} after {iters} iterations "
-                   f"(circuit {self.master.name})")
-            raise PowerFlowError(msg, step=t)
-        self._needs_restart = False
-
-
-def _block_results(block: np.ndarray, layout: _Layout, v_out: np.ndarray, i_out: np.ndarray) -> None:
-    """Node voltage magnitudes [V] and line currents [A] of a block of steps (rows of [0, V])."""
-    v_out[:] = np.abs(block[:, layout.node_y])
-    i_out[:] = np.abs(layout.i_matrix @ block.T).T
+        finally:
+            if band is not None:
+                for g in elements._groups:
+                    n = g.batch.size
+                    g.batch.set(b"vminpu", np.full(n, float(band[0])), flags=0)
+                    g.batch.set(b"vmaxpu", np.full(n, float(band[1])), flags=0)
 
 
 class ShapeSession:

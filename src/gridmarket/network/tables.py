@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from gridmarket.errors import NetworkError
 from gridmarket.network._dss import _PHASE_NODES, KM_PER_LINE_UNIT, _bus_of, _dss_errors
 from gridmarket.network.core import CircuitCore
-from gridmarket.network.results import _Layout
+from gridmarket.network.results import _Layout, _TxMatrix
 from gridmarket.topology import Edge, Topology
 
 __all__ = ["CircuitTables"]
@@ -42,13 +42,88 @@ class CircuitTables(CircuitCore):
                     inv_base.append(1.0 / (base * 1000.0))
             key = (self._topology_version, tuple(y_order))
             if self._imatrix_cache is not None and self._imatrix_cache[0] == key:
-                matrix, cond_names, amps = self._imatrix_cache[1]  # only loads/PV were added
+                matrix, cond_names, amps, tx = self._imatrix_cache[1]  # only loads/PV were added
             else:
                 matrix, cond_names, amps = self._line_current_matrix(len(y_order))
-                self._imatrix_cache = (key, (matrix, cond_names, amps))
+                tx = self._transformer_matrix(len(y_order))
+                self._imatrix_cache = (key, (matrix, cond_names, amps, tx))
         return _Layout(version=self._version, node_names=names, node_y=np.array(node_y, dtype=np.intp),
                        inv_base_v=np.array(inv_base), n_y=len(y_order), i_matrix=matrix,
-                       line_phase_names=cond_names, norm_amps=amps)
+                       line_phase_names=cond_names, norm_amps=amps, tx=tx)
+
+    def _transformer_matrix(self, n_y: int) -> _TxMatrix:
+        """Rows of each enabled transformer's Y_prim for its winding-1 conductors, with the
+        conductors' nodes, so that winding 1's complex power follows from the node voltages."""
+        rows: list[int] = []
+        cols: list[int] = []
+        vals: list[complex] = []
+        v_index: list[int] = []
+        owner: list[int] = []
+        names: list[str] = []
+        kva: list[float] = []
+        tx = self._dss.Transformers
+        i = tx.First()
+        while i:
+            el = self._dss.CktElement
+            if el.Enabled():
+                ncond = int(el.NumConductors())
+                nterm = int(el.NumTerminals())
+                yprim = np.asarray(el.YPrim(), dtype=float)
+                yprim = (yprim[0::2] + 1j * yprim[1::2]).reshape(nterm * ncond, nterm * ncond)
+                noderef = np.asarray(el.NodeRef(), dtype=np.intp)
+                tx.Wdg(1)
+                rating = float(tx.kVA())
+                k = len(names)
+                names.append(f"transformer.{tx.Name().lower()}")
+                kva.append(rating if rating > 0 else np.inf)
+                for c in range(ncond):
+                    r = len(v_index)
+                    rows.extend([r] * noderef.size)
+                    cols.extend(noderef.tolist())
+                    vals.extend(yprim[c].tolist())
+                    v_index.append(int(noderef[c]))
+                    owner.append(k)
+            i = tx.Next()
+        n_c = len(v_index)
+        matrix = sp.csr_matrix((np.array(vals, dtype=np.complex128), (rows, cols)), shape=(n_c, n_y + 1))
+        agg = sp.csr_matrix((np.ones(n_c), (np.array(owner, dtype=np.intp), np.arange(n_c))),
+                            shape=(len(names), n_c))
+        return _TxMatrix(i_matrix=matrix, v_index=np.array(v_index, dtype=np.intp), agg=agg, names=names,
+                         kva=np.array(kva, dtype=float))
+
+    @property
+    def transformers(self) -> pd.DataFrame:
+        """Enabled transformers of the circuit.
+
+        Index: ``"transformer.name"``, lower case. Columns: ``bus1``, ``bus2`` (buses of
+        windings 1 and 2, without nodes), ``phases``, ``windings``, ``kva`` (normal rating of
+        winding 1 [kVA]; the loading of :class:`PowerFlowResult` is relative to it),
+        ``kv1``, ``kv2`` (rated winding voltages [kV]).
+        """
+        frame: pd.DataFrame = self._cached("transformers", self._read_transformers, topology=True)
+        return frame.copy()
+
+    def _read_transformers(self) -> pd.DataFrame:
+        rows = []
+        with _dss_errors("cannot read transformers"):
+            tx = self._dss.Transformers
+            i = tx.First()
+            while i:
+                el = self._dss.CktElement
+                if el.Enabled():
+                    buses = [_bus_of(b) for b in el.BusNames()]
+                    nw = int(tx.NumWindings())
+                    tx.Wdg(1)
+                    kva, kv1 = float(tx.kVA()), float(tx.kV())
+                    kv2 = np.nan
+                    if nw >= 2:
+                        tx.Wdg(2)
+                        kv2 = float(tx.kV())
+                    rows.append((f"transformer.{tx.Name().lower()}", buses[0], buses[1] if len(buses) > 1 else "",
+                                 int(el.NumPhases()), nw, kva, kv1, kv2))
+                i = tx.Next()
+        cols = ["transformer", "bus1", "bus2", "phases", "windings", "kva", "kv1", "kv2"]
+        return pd.DataFrame(rows, columns=cols).set_index("transformer")
 
     def _line_current_matrix(self, n_y: int) -> tuple[sp.csr_matrix, list[str], np.ndarray]:
         """Rows of each enabled line's Y_prim for its terminal-1 phase conductors."""
@@ -207,5 +282,8 @@ class CircuitTables(CircuitCore):
             raise NetworkError(msg) from None
 
     def downstream_buses(self) -> dict[str, str]:
-        """Downstream bus of every enabled line: ``{"line.x": bus}`` (see :meth:`downstream_bus`)."""
-        return {k: v for k, v in self.topology.downstream_buses().items() if k.startswith("line.")}
+        """Downstream bus of every enabled line and transformer: ``{"line.x": bus,
+        "transformer.t": bus}`` (see :meth:`downstream_bus`), the bus a current or transformer
+        violation counts for."""
+        return {k: v for k, v in self.topology.downstream_buses().items()
+                if k.startswith(("line.", "transformer."))}
