@@ -5,14 +5,20 @@ and bus-name parsing. Nothing here knows about the market.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import opendssdirect as _odd
 
 from gridmarket.errors import NetworkError
+from gridmarket.network.scripts import dss_quote, scan_scripts
 
 _DSSException: type[Exception] = _odd.DSSException
 _SETTER_AVOID_FULL_RECALC = 0x2  # DSS C-API SetterFlags_AvoidFullRecalc
@@ -25,8 +31,66 @@ KM_PER_LINE_UNIT = {0: 1.0, 1: 1.609344, 2: 0.3048, 3: 1.0, 4: 1e-3, 5: 0.3048e-
 
 
 def new_context() -> Any:
-    """A private OpenDSS engine context (:func:`opendssdirect.NewContext`)."""
-    return _odd.NewContext()
+    """A private OpenDSS engine context (:func:`opendssdirect.NewContext`).
+
+    OpenDSS's desktop features are off (process-wide settings of DSS C-API): no editor is
+    opened by ``Show``, no form or plot window, no ``DOScmd``. The process's working directory
+    is kept (creating a context changes it).
+    """
+    cwd = os.getcwd()
+    try:
+        ctx = _odd.NewContext()  # DSS C-API changes the working directory here
+        ctx.Basic.AllowEditor(False)
+        ctx.Basic.AllowForms(False)
+        ctx.Basic.AllowDOScmd(False)
+    finally:
+        os.chdir(cwd)
+    return ctx
+
+
+def compile_master(ctx: Any, path: Path, out_dir: Path) -> None:
+    """Compile the master script ``path`` into ``ctx`` with OpenDSS's output in ``out_dir``.
+
+    The scripts are read first (:func:`~gridmarket.network.scripts.scan_scripts`): a
+    ``Redirect``/``Compile`` cycle is refused before OpenDSS sees it, and each command that
+    needs a desktop (``Show``, ``Plot``) gets a :class:`UserWarning` (OpenDSS then writes its
+    output into ``out_dir`` and opens nothing). The circuit is built by ``Clear``, the data
+    path set to ``out_dir``, then ``Redirect`` of the master: unlike ``Compile``, this leaves
+    the data path where trace files (``RegControl debugtrace``), ``Export`` and monitors write
+    in ``out_dir`` instead of the feeder's folder. The process's working directory is restored
+    (OpenDSS changes it while it reads each script).
+
+    Raises
+    ------
+    NetworkError
+        A cycle, an OpenDSS error (with OpenDSS's message, file and line), or no circuit.
+    """
+    scan = scan_scripts(path)
+    for where in scan.desktop:
+        warnings.warn(f"{where}: needs OpenDSS's desktop program; its output goes to a private "
+                      "folder and nothing is shown", UserWarning, stacklevel=3)
+    cwd = os.getcwd()
+    try:
+        with _dss_errors(f"cannot compile OpenDSS master {str(path)!r}"):
+            ctx.Text.Command("Clear")
+            ctx.Basic.DataPath(str(out_dir))
+            ctx.Text.Command(f"Redirect {dss_quote(path)}")
+            if ctx.Basic.NumCircuits() == 0:
+                msg = f"OpenDSS master {str(path)!r} defines no circuit (no 'New Circuit')"
+                raise NetworkError(msg)
+    finally:
+        os.chdir(cwd)
+
+
+def private_folder() -> Path:
+    """A new private temporary folder for one OpenDSS context's output files."""
+    return Path(tempfile.mkdtemp(prefix="gridmarket-dss-"))
+
+
+def remove_folder(path: Path | None) -> None:
+    """Remove a folder made by :func:`private_folder` (errors ignored)."""
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class _Batch:

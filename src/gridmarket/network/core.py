@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from gridmarket.errors import NetworkError
-from gridmarket.network._dss import _dss_errors, new_context
+from gridmarket.network._dss import (
+    _dss_errors,
+    _DSSException,
+    compile_master,
+    new_context,
+    private_folder,
+    remove_folder,
+)
 
 if TYPE_CHECKING:
     from gridmarket.network.results import _Layout, _TxMatrix
@@ -67,6 +75,8 @@ class CircuitCore:
         self._one = np.ones(1)  # the value of a re-pointed Loadshape that is not in use
         self._session: ShapeSession | None = None
         self._closed = False
+        self._out_dir = private_folder()
+        self._finalizer = weakref.finalize(self, remove_folder, self._out_dir)
         self._compile(path)
         with _dss_errors(f"cannot prepare the circuit of {path.name}"):
             self._dss.Text.Command("Set mode=snapshot")
@@ -114,9 +124,17 @@ class CircuitCore:
             return float(self._dss.Vsources.PU())
 
     def close(self) -> None:
-        """Release what the engine holds outside the process (its private output folder);
-        idempotent. The network cannot be used afterwards."""
-        self._closed = True
+        """Release what the engine holds outside the process: clear the circuit (which closes
+        OpenDSS's open output files) and remove the private output folder. Idempotent; the
+        network cannot be used afterwards."""
+        if not self._closed:
+            self._closed = True
+            self._session = None
+            try:
+                self._dss.Text.Command("Clear")
+            except _DSSException:
+                pass
+        self._finalizer()
 
     def __enter__(self) -> CircuitCore:
         return self
@@ -125,15 +143,19 @@ class CircuitCore:
         self.close()
 
     def _compile(self, path: Path) -> None:
-        cwd = os.getcwd()
+        """Compile ``path`` with OpenDSS's output in this engine's private folder
+        (:func:`~gridmarket.network._dss.compile_master`)."""
         try:
-            with _dss_errors(f"cannot compile OpenDSS master {str(path)!r}"):
-                self._dss.Text.Command(f'Compile "{path}"')
-                if self._dss.Basic.NumCircuits() == 0:
-                    msg = f"OpenDSS master {str(path)!r} defines no circuit (no 'New Circuit')"
-                    raise NetworkError(msg)
-        finally:
-            os.chdir(cwd)
+            compile_master(self._dss, path, self.output_dir)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def output_dir(self) -> Path:
+        """The engine's private folder for what OpenDSS writes (trace files, exports, monitors,
+        ``Show`` output); removed by :meth:`close` or when the engine is garbage-collected."""
+        return self._out_dir
 
     def command(self, text: str) -> str:
         """Run one OpenDSS command and return its result text.
@@ -180,6 +202,12 @@ class CircuitCore:
     def dss(self) -> Any:
         """The private :mod:`opendssdirect` context (for tests and diagnostics only)."""
         return self._dss
+
+    def _exists(self, element: str) -> bool:
+        """Whether the circuit element ``"Class.name"`` exists (case-insensitive; a hash look-up).
+        Circuit elements only: general objects (XYCurve, Loadshape...) are never found."""
+        with _dss_errors(f"cannot look {element} up"):
+            return int(self._dss.Circuit.SetActiveElement(element)) >= 0
 
     def _class_names(self, cls: str) -> list[str]:
         """Element names of OpenDSS class ``cls`` in the class's own (batch) index order."""

@@ -167,7 +167,7 @@ class ElementDispatch(CircuitTables):
 
     def _ensure_unity_curve(self) -> None:
         """Create the XYCurve y = 1 that replaces PV efficiency and P-T curves (once)."""
-        if _UNITY_CURVE in self._class_names("XYCurve"):
+        if _UNITY_CURVE in self._class_names("XYCurve"):  # a general object: not found by _exists
             return
         with _dss_errors("cannot create the unity XYCurve"):
             self._dss.Text.Command(
@@ -292,7 +292,7 @@ class ElementDispatch(CircuitTables):
         if not _NAME_RE.match(name):
             msg = f"element name {name!r} may hold only letters, digits, '_' and '-'"
             raise ValueError(msg)
-        if name.lower() in self._class_names(cls):
+        if self._exists(f"{cls}.{name}"):  # one hash look-up, not a list of the class's names
             msg = f"{cls}.{name} already exists in {self.master.name}"
             raise NetworkError(msg)
 

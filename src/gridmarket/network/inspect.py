@@ -30,7 +30,14 @@ import numpy as np
 import pandas as pd
 
 from gridmarket.errors import NetworkError
-from gridmarket.network._dss import KM_PER_LINE_UNIT, _DSSException, new_context
+from gridmarket.network._dss import (
+    KM_PER_LINE_UNIT,
+    _DSSException,
+    compile_master,
+    new_context,
+    private_folder,
+    remove_folder,
+)
 from gridmarket.topology import Edge, Topology
 
 __all__ = [
@@ -238,11 +245,9 @@ def inspect_feeder(master: str | Path) -> FeederInfo:
         raise NetworkError(msg)
     dss = new_context()
     cwd = os.getcwd()
+    out_dir = private_folder()
     try:
-        dss.Text.Command(f'Compile "{path}"')
-        if dss.Basic.NumCircuits() == 0:
-            msg = f"OpenDSS master {str(path)!r} defines no circuit (no 'New Circuit')"
-            raise NetworkError(msg)
+        compile_master(dss, path, out_dir)
         dss.Text.Command("Set mode=snapshot")
         dss.Solution.SolveNoControl()  # builds the bus list; convergence does not matter here
         return FeederInfo(
@@ -260,6 +265,11 @@ def inspect_feeder(master: str | Path) -> FeederInfo:
         raise NetworkError(msg) from exc
     finally:
         os.chdir(cwd)
+        try:
+            dss.Text.Command("Clear")  # closes the files OpenDSS holds open in out_dir
+        except _DSSException:
+            pass
+        remove_folder(out_dir)
 
 
 def _source_bus(d: Any) -> str:
