@@ -108,7 +108,10 @@ class SeriesRunner(ElementDispatch):
                 for item in _plan_group(g, elements.names, kw2, kvar2, pf2)]
         layout = self._layout()
         out = _SeriesArrays.empty(layout, steps)
-        vfull = np.zeros((1, layout.n_y + 1), dtype=np.complex128)  # column 0 = ground
+        # node voltages of a block of steps, [ground, V...] per row; magnitudes, line currents
+        # and transformer loadings are computed per block (sparse products over the block)
+        block = np.zeros((min(steps, _SHAPE_BLOCK), layout.n_y + 1), dtype=np.complex128)
+        failed: list[int] = []
         sol = self._dss.Solution
 
         def once() -> bool:
@@ -126,13 +129,18 @@ class SeriesRunner(ElementDispatch):
                 if self._lib.Error_Get_Number():
                     msg = f"OpenDSS rejected the powers of step {t}: {self._dss.Error.Description()}"
                     raise NetworkError(msg)
+                row = t % _SHAPE_BLOCK
                 if self._solve_step(t, elements, once):
-                    vfull[0, 1:] = self._circuit.YNodeVarray.view(np.complex128)
-                    out.fill(vfull, layout, t)
+                    block[row, 1:] = self._circuit.YNodeVarray.view(np.complex128)
                 else:
-                    out.fail(t)
+                    block[row, 1:] = 0.0
+                    failed.append(t)
+                if row == block.shape[0] - 1 or t == steps - 1:
+                    out.fill(block[: row + 1], layout, t - row)
                 if progress is not None:
                     progress(t)
+        for t in failed:
+            out.fail(t)
         return out.result(layout)
 
     def shape_session(self, elements: ElementSet) -> ShapeSession:
