@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from gridmarket.case import load_case
 from gridmarket.case.model import BatterySpec
 from gridmarket.cases import default_case_path
-from gridmarket.enums import AgentKind
+from gridmarket.enums import AgentKind, TerminalSoc
 from gridmarket.errors import MarketError
 from gridmarket.market import (
     MarketMethod,
@@ -283,8 +283,15 @@ def test_large_case_with_five_pooled_communities() -> None:
 
 # ----------------------------------------------------------------------------- study cases
 
+def free_soc(case):
+    """``case`` with ``[battery] terminal_soc = "free"``: the KKT certificate of
+    ``_market_cases`` states the study's SoC bounds, not the cyclic rule's band near the end
+    (tests/test_market_terminal.py covers the cyclic market)."""
+    return replace(case, battery=replace(case.battery, terminal_soc=TerminalSoc.FREE))
+
+
 def test_default_case_agrees_with_clarabel() -> None:
-    case = load_case(default_case_path())
+    case = free_soc(load_case(default_case_path()))
     r = clear_market(case)
     assert r.solver == "fast"
     assert_kkt(case, r)
@@ -298,8 +305,8 @@ def test_cr_mar_case_agrees_with_clarabel(cr_mar_dir: Path, tmp_path: Path) -> N
     case = load_case(build_case(tmp_path / "case2", case=2, data_dir=cr_mar_dir.parent))
     # with batteries at a few buses, as the study loop places them
     buses = [a for a in case.agents if a.kind is AgentKind.CONSUMER][:3]
-    case = with_agents(case, [battery(f"SBU_{a.name}", a.community, units=u) for a, u in zip(buses, (1, 3, 5),
-                                                                                              strict=True)])
+    case = free_soc(with_agents(case, [battery(f"SBU_{a.name}", a.community, units=u)
+                                       for a, u in zip(buses, (1, 3, 5), strict=True)]))
     r = clear_market(case)
     assert r.solver == "fast"
     assert_kkt(case, r)

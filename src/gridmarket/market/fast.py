@@ -101,7 +101,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gridmarket.enums import BatteryModel
 from gridmarket.errors import MarketError
 from gridmarket.market._data import CONSUMER, PRODUCER, MarketData
 from gridmarket.market.prices import Solution
@@ -271,11 +270,8 @@ def fast_plan(data: MarketData) -> FastPlan:
     lo_fac[d.flex_p] = 1.0 - d.flex
     lo_fac[prod] = -1.0
     hi_fac[prod] = 0.0
-    spec = d.case.battery
-    if d.battery_model is BatteryModel.PHYSICAL:
-        g_ch, g_dis = float(spec.eff_charge), 1.0 / float(spec.eff_discharge)
-    else:
-        g_ch, g_dis = 1.0, 1.0
+    bt = d.battery
+    g_ch, g_dis = bt.g_ch, bt.g_dis
     cmember = np.zeros((d.n_c, n_k))
     inc = clique >= 0
     cmember[np.flatnonzero(inc), clique[inc]] = 1.0
@@ -293,7 +289,7 @@ def fast_plan(data: MarketData) -> FastPlan:
         inv_sig_p=1.0 / np.where(vert, 1.0, 2.0 * d.a_pq),
         tos_p=d.b_pq / np.where(vert, 1.0, 2.0 * d.a_pq),
         vert_p=vert, any_vert=bool(vert.any()), lo_fac=lo_fac, hi_fac=hi_fac, sig_b=sig_b, inv_sig_b=1.0 / sig_b,
-        g_ch=g_ch, g_dis=g_dis, cdeg=float(spec.degradation_cost), keep=1.0 - float(spec.self_discharge),
+        g_ch=g_ch, g_dis=g_dis, cdeg=bt.cdeg, keep=bt.keep,
         clique=clique, n_k=n_k, cmember=cmember, link_comm=d.arc_comm[links], link_partner=d.arc_partner[links],
         link_in=np.eye(d.n_c)[d.arc_comm[links]].reshape(len(links), d.n_c),
         link_out=np.eye(d.n_c)[d.arc_partner[links]].reshape(len(links), d.n_c),
@@ -335,30 +331,20 @@ _BOUND_FIELDS = ("lo_p", "hi_p", "th_ch", "th_dis", "lb_ch", "ub_ch", "ub_dis", 
                  "span_c", "thc", "thd", "neg_ub_dis", "closed")
 
 
-def _battery_limits(p: FastPlan, soc0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Charge limits ``[S̲_ch, S̄_ch]`` and discharge limit ``S̄_dis`` [kWh] given the SoC before the step.
-
-    Physical: ``keep·SoC₀ + (g_ch S_ch − g_dis S_dis)/cap ∈ [SoC_min, SoC_max]`` with one of the
-    two zero, and the rate limits (12)–(13); paper adds the headroom rules (10)–(11).
+def _battery_limits(p: FastPlan, soc0: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Charge limits ``[S̲_ch, S̄_ch]`` and discharge limit ``S̄_dis`` [kWh] of ``steps`` given the SoC
+    before each (:meth:`gridmarket.market.battery.Batteries.limits`: rate limits, the step's SoC
+    band, paper headroom). A discharge forced by the band (cyclic terminal SoC) shows as
+    ``S̄_ch < S̲_ch``: such a step is left to Clarabel (:func:`solve_batch`).
     """
-    d = p.data
-    spec = d.case.battery
-    cap = d.cap_kwh
-    e_hi = (spec.soc_max - p.keep * soc0) * cap
-    e_lo = (spec.soc_min - p.keep * soc0) * cap
-    ub_ch = np.minimum(d.sch_max, e_hi / p.g_ch)
-    ub_dis = np.minimum(d.sdis_max, -e_lo / p.g_dis)
-    if d.battery_model is BatteryModel.PAPER:
-        ub_ch = np.minimum(ub_ch, (spec.soc_max - soc0) * cap / spec.eff_charge)
-        ub_dis = np.minimum(ub_dis, (soc0 - spec.soc_min) * cap / spec.eff_discharge)
-    lb_ch = np.maximum(0.0, e_lo / p.g_ch)
-    return lb_ch, ub_ch, np.maximum(ub_dis, 0.0)
+    lim = p.data.battery.limits(soc0, steps)
+    return lim.lb_ch, lim.ub_ch, lim.ub_dis
 
 
 def _bounds(p: FastPlan, steps: np.ndarray, soc0: np.ndarray, base: _Bounds | None = None) -> _Bounds:
     """Step data of ``steps`` with SoC ``soc0`` (B, n_b) before each; ``base``: the same steps
     with other SoC, whose step data are reused."""
-    lb, ub, ubd = _battery_limits(p, soc0)
+    lb, ub, ubd = _battery_limits(p, soc0, steps)
     if base is not None:
         b = base
         return _Bounds(lo_p=b.lo_p, hi_p=b.hi_p, th_ch=b.th_ch, th_dis=b.th_dis, lb_ch=lb, ub_ch=ub, ub_dis=ubd,
@@ -990,6 +976,7 @@ class _Res:
     sdis: np.ndarray  #: (B, n_b) S_dis [kWh]
     soc: np.ndarray  #: (B, n_b) SoC after the step, from the SoC the step was solved with
     value: np.ndarray  #: (B,) v [currency/kWh]
+    step: np.ndarray  #: (B,) global step of each row
 
     def view(self, start: int) -> _Res:
         """Rows ``start, start+1, ...`` as views: writing to them writes to this batch."""
@@ -1008,7 +995,7 @@ class _Res:
             getattr(self, f)[rows] = getattr(other, f)
 
 
-_RES_ARRAYS = ("sch", "sdis", "soc", "value")
+_RES_ARRAYS = ("sch", "sdis", "soc", "value", "step")
 
 
 def solve_batch(p: FastPlan, steps: np.ndarray, soc0: np.ndarray, *, max_iter: int | None = None,
@@ -1032,7 +1019,8 @@ def solve_batch(p: FastPlan, steps: np.ndarray, soc0: np.ndarray, *, max_iter: i
     fail = (bd.lb_ch > bd.ub_ch + TOL_KWH).any(axis=1) if n_b else np.zeros(B, dtype=bool)
     if fail.any():
         for b in np.flatnonzero(fail):
-            reason[b] = "a battery's forced charge exceeds its charge limit (infeasible SoC bound)"
+            reason[b] = ("a battery's SoC band forces a discharge (cyclic terminal SoC) or a charge beyond its"
+                         " limit; left to Clarabel")
     if warm is not None:
         st = warm
         st.pp[bd.hi_p <= bd.lo_p] = LO
@@ -1099,7 +1087,8 @@ def solve_batch(p: FastPlan, steps: np.ndarray, soc0: np.ndarray, *, max_iter: i
     sch = np.maximum(yb, 0.0)
     sdis = np.maximum(-yb, 0.0)
     soc = p.keep * soc0 + (p.g_ch * sch - p.g_dis * sdis) / d.cap_kwh
-    return _Res(ok, np.array(reason, dtype=object), it, st, vals, sch, sdis, soc, bd.value)
+    return _Res(ok, np.array(reason, dtype=object), it, st, vals, sch, sdis, soc, bd.value,
+                np.asarray(steps, dtype=np.int64).copy())
 
 
 def _write(p: FastPlan, sol: Solution, t0: int, res: _Res, rows: slice, snap: float) -> None:
@@ -1170,7 +1159,7 @@ def _valid_rows(p: FastPlan, out: _Res, soc: np.ndarray) -> np.ndarray:
     """(B,) whether each row of a batch, solved with a guessed SoC, is also the solution for ``soc``
     (B, n_b): every battery's charge and discharge equal its clipped response to its price
     under the limits of that SoC, so every KKT condition still holds."""
-    lb, ub, ubd = _battery_limits(p, soc)
+    lb, ub, ubd = _battery_limits(p, soc, out.step)
     nu = out.vals.nu[:, p.n_pq:]
     th = out.value[:, None]
     ch = np.minimum(np.maximum((p.g_ch * th - p.cdeg - nu) * p.inv_sig_b, lb), ub)
@@ -1191,8 +1180,7 @@ def _true_soc(p: FastPlan, out: _Res, soc: np.ndarray) -> np.ndarray:
     s = np.empty((B, d.n_b))
     s[0] = soc
     s[1:] = pw[1:B, None] * (soc[None, :] + acc[:-1])
-    spec = d.case.battery
-    return np.clip(s, spec.soc_min, spec.soc_max)
+    return np.clip(s, d.battery.soc_min, d.battery.soc_max)
 
 
 def _guess_soc(p: FastPlan, out: _Res, j: int, soc: np.ndarray) -> np.ndarray:
@@ -1203,25 +1191,26 @@ def _guess_soc(p: FastPlan, out: _Res, j: int, soc: np.ndarray) -> np.ndarray:
     """
     st = out.state
     sl = slice(j, None)
-    return _run_batteries(p, soc, st.pc[sl] == HI, st.pc[sl] == LO, st.pd[sl] == LO, st.pd[sl] == HI,
-                          out.sch[sl], out.sdis[sl])
+    return _run_batteries(p, soc, out.step[sl], st.pc[sl] == HI, st.pc[sl] == LO, st.pd[sl] == LO,
+                          st.pd[sl] == HI, out.sch[sl], out.sdis[sl])
 
 
-def _run_batteries(p: FastPlan, soc: np.ndarray, ch_hi: np.ndarray, ch_lo: np.ndarray, dis_lo: np.ndarray,
-                   dis_hi: np.ndarray, sch: np.ndarray, sdis: np.ndarray) -> np.ndarray:
-    """SoC before each row when the batteries run row after row from ``soc``.
+def _run_batteries(p: FastPlan, soc: np.ndarray, steps: np.ndarray, ch_hi: np.ndarray, ch_lo: np.ndarray,
+                   dis_lo: np.ndarray, dis_hi: np.ndarray, sch: np.ndarray, sdis: np.ndarray) -> np.ndarray:
+    """SoC before each row (global steps ``steps``) when the batteries run row after row from ``soc``.
 
     Per row and battery: charge at its upper limit (``ch_hi``) or lower limit (``ch_lo``) of the
     running SoC, else ``sch``; discharge at its limit (``dis_lo``), zero (``dis_hi``), else
     ``sdis``. A plain loop over scalars: the batteries are few and each row needs the last.
     """
     d = p.data
-    spec = d.case.battery
+    bt = d.battery
     n, nb = sch.shape
-    paper = d.battery_model is BatteryModel.PAPER
+    paper = bt.paper
     keep, g_ch, g_dis = p.keep, p.g_ch, p.g_dis
-    lo, hi = float(spec.soc_min), float(spec.soc_max)
-    eta_c, eta_d = float(spec.eff_charge), float(spec.eff_discharge)
+    lo_s, hi_s = bt.soc_min, bt.soc_max
+    band_lo, band_hi = (x.T.tolist() for x in bt.band(steps))
+    eta_c, eta_d = bt.eff_charge, bt.eff_discharge
     cap = d.cap_kwh.tolist()
     rate_c = d.sch_max.tolist()
     rate_d = d.sdis_max.tolist()
@@ -1236,27 +1225,28 @@ def _run_batteries(p: FastPlan, soc: np.ndarray, ch_hi: np.ndarray, ch_lo: np.nd
         sb = float(soc[b])
         cb, rc, rd = cap[b], rate_c[b], rate_d[b]
         col = []
-        for f, c, dd in zip(fl, row_c, row_d, strict=True):
+        for f, c, dd, lo, hi in zip(fl, row_c, row_d, band_lo[b], band_hi[b], strict=True):
             col.append(sb)
             if f:
+                # limits of the running SoC: the step's band, the rates, paper headroom
                 if f & 1:
                     c = min((hi - keep * sb) * cb / g_ch, rc)
                     if paper:
-                        c = min(c, (hi - sb) * cb / eta_c)
+                        c = min(c, (hi_s - sb) * cb / eta_c)
                 elif f & 2:
                     c = max((lo - keep * sb) * cb / g_ch, 0.0)
                 if f & 4:
                     dd = min(-((lo - keep * sb) * cb) / g_dis, rd)
                     if paper:
-                        dd = min(dd, (sb - lo) * cb / eta_d)
+                        dd = min(dd, (sb - lo_s) * cb / eta_d)
                     dd = max(dd, 0.0)
                 elif f & 8:
                     dd = 0.0
             sb = keep * sb + (g_ch * c - g_dis * dd) / cb
-            if sb < lo:
-                sb = lo
-            elif sb > hi:
-                sb = hi
+            if sb < lo_s:
+                sb = lo_s
+            elif sb > hi_s:
+                sb = hi_s
         cols.append(col)
     return np.array(cols).T.reshape(n, nb)
 
@@ -1286,7 +1276,7 @@ def _presimulate(p: FastPlan, steps: np.ndarray, soc: np.ndarray, *, passes: int
         # a SoC limit may still cut (the limits of the running SoC are applied in the loop)
         sch = np.minimum(np.maximum(vc, 0.0), d.sch_max)
         sdis = np.minimum(np.maximum(vd, 0.0), d.sdis_max)
-        new = _run_batteries(p, soc, vc >= d.sch_max, vc <= 0.0, vd >= d.sdis_max, vd <= 0.0, sch, sdis)
+        new = _run_batteries(p, soc, steps, vc >= d.sch_max, vc <= 0.0, vd >= d.sdis_max, vd <= 0.0, sch, sdis)
         done = np.array_equal(new, g)
         g = new
         if done:
@@ -1325,8 +1315,7 @@ def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
     """
     d = p.data
     T = d.steps
-    spec = d.case.battery
-    lo, hi = spec.soc_min, spec.soc_max
+    lo, hi = d.battery.soc_min, d.battery.soc_max
     stats = FastStats()
     soc = np.asarray(soc_init, dtype=float).copy()
     t0 = 0

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gridmarket.enums import BatteryModel
 from gridmarket.market._data import GRID, MarketData
 
 __all__ = ["Settlement", "Solution", "agent_payments", "agent_welfare", "community_welfare", "partner_cost",
@@ -81,10 +80,7 @@ class Solution:
 
 def stored_energy_change(d: MarketData, sol: Solution) -> np.ndarray:
     """``ΔE`` [kWh] per step and battery: ``η_ch S_ch − S_dis/η_dis`` (physical) or ``S_ch − S_dis``."""
-    spec = d.case.battery
-    if d.battery_model is BatteryModel.PHYSICAL:
-        return spec.eff_charge * sol.sch - sol.sdis / spec.eff_discharge
-    return sol.sch - sol.sdis
+    return d.battery.delta_e(sol.sch, sol.sdis)
 
 
 def agent_welfare(d: MarketData, sol: Solution) -> np.ndarray:
@@ -96,9 +92,7 @@ def agent_welfare(d: MarketData, sol: Solution) -> np.ndarray:
     f = np.zeros((d.steps, d.n_m))
     f[:, d.pq] = d.b_pq * sol.p - d.a_pq * sol.p ** 2
     if d.n_b:
-        cdeg = d.case.battery.degradation_cost
-        f[:, d.bat] = (sol.vfac * stored_energy_change(d, sol) - cdeg * (sol.sch + sol.sdis)
-                       - d.a_bat * sol.s ** 2)
+        f[:, d.bat] = d.battery.welfare(sol.vfac, sol.sch, sol.sdis)
     return f
 
 
