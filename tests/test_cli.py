@@ -51,7 +51,8 @@ def test_run_writes_every_results_file(tiny_case: Path, tmp_path: Path,
     assert summary["case"] == "tiny" and summary["iterations"] == len(pd.read_csv(out / "iterations.csv"))
     market = pd.read_csv(out / "market.csv")
     assert list(market.columns) == ["iteration", "step", "time", "agent", "kind", "community", "P_kw", "S_kw",
-                                    "phi_kw", "alpha_kw", "beta_kw", "soc", "price", "payment"]
+                                    "phi_kw", "alpha_kw", "beta_kw", "soc", "price", "price_energy", "price_voltage",
+                                    "price_congestion", "payment"]
     # a second run refuses to clobber, with exit status 2 and one readable line
     assert main(["run", str(tiny_case), "--out", str(out), "-q"]) == 2
     assert capsys.readouterr().err == f"error: results folder {out} already exists; pass --overwrite to replace it\n"

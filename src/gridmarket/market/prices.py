@@ -23,14 +23,17 @@ other communities. :func:`settle` returns both sides so callers can check the ba
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from gridmarket.market._data import GRID, MarketData
+from gridmarket.market._data import BATTERY, CONSUMER, GRID, PRODUCER, MarketData
 
-__all__ = ["Settlement", "Solution", "agent_payments", "agent_welfare", "community_welfare", "partner_cost",
-           "payment_imbalance", "settle", "stored_energy_change"]
+__all__ = ["WELFARE_PARTS", "Settlement", "Solution", "agent_payments", "agent_welfare", "community_welfare",
+           "network_price_components", "partner_cost", "payment_imbalance", "settle", "stored_energy_change",
+           "stored_energy_value", "stored_value_terms", "welfare_breakdown"]
 
 
 @dataclass
@@ -168,3 +171,108 @@ def payment_imbalance(d: MarketData, sol: Solution) -> np.ndarray:
     """Per step and community: agents' payments minus what the community pays its partners
     [currency]; zero up to solver tolerance (complementary slackness)."""
     return _by_community(d, agent_payments(d, sol)) - _by_arc_owner(d, settle(d, sol).payment)
+
+
+# ----------------------------------------------------------------------------- realised welfare
+
+#: parts of :func:`welfare_breakdown`, in the order a report stacks them
+WELFARE_PARTS = ("consumers", "producers", "batteries_trading", "batteries_degradation", "grid_import_cost",
+                 "grid_export_revenue", "fees", "community_balance_residual")
+
+
+def stored_value_terms(d: MarketData, sol: Solution) -> np.ndarray:
+    """The batteries' ``v δ ΔE`` welfare terms per step and battery [currency] (the value the
+    market puts on energy stored, which no one has paid or received)."""
+    return sol.vfac * stored_energy_change(d, sol)
+
+
+def stored_energy_value(d: MarketData, sol: Solution) -> float:
+    """``Σ_b v_end·(E_end − E_start)`` [currency]: the net change of stored energy over the run
+    [kWh] (``E = SoC·cap``, from the SoC before step 0 to the SoC after the last step) valued at
+    the value of stored energy applied to the last step (``v`` of the last step or window)."""
+    if not d.n_b or not d.steps:
+        return 0.0
+    bt = d.battery
+    de = bt.stored_kwh(sol.soc[-1]) - bt.stored_kwh(bt.soc_init)
+    return math.fsum((sol.vfac[-1] * de).tolist())
+
+
+def welfare_breakdown(d: MarketData, sol: Solution) -> dict[str, float]:
+    """Realised welfare split by who gains it [currency], summed over the steps; the parts add up
+    to the realised welfare (reported welfare without the batteries' ``v δ ΔE`` terms).
+
+    Each agent is credited with its welfare term and what it receives (minus what it pays) for
+    its trades *inside its community* at the community price: ``f_n + λ_c Φ_n`` (``Φ_n > 0``
+    sells). The communities' trades with the grid and other communities are parts of their own:
+
+    ``consumers``
+        utility ``b P − a P²`` minus what consumers pay in their community;
+    ``producers``
+        what producers receive in their community minus their cost ``a q² + b q``;
+    ``batteries_trading``
+        what batteries receive for discharging into their community minus what they pay to
+        charge from it;
+    ``batteries_degradation``
+        ``−c_deg (S_ch + S_dis) − a (S_ch − S_dis)²``, the batteries' operating cost (<= 0);
+    ``grid_import_cost``
+        ``−Σ π_imp γ_imp|(c,G)``: what the communities pay the upstream grid (<= 0);
+    ``grid_export_revenue``
+        ``Σ π_exp γ_exp|(c,G)``: what the grid pays them (>= 0);
+    ``fees``
+        ``−τ Σ γ_imp|(c,j)``, inter-community fees (<= 0); the inter-community prices ``ρ``
+        move money between communities and cancel in the total;
+    ``community_balance_residual``
+        ``−Σ_c λ_c Σ_{n∈c} Φ_n``: zero by the community balance (3) up to the solver's
+        tolerance, stated so that the parts add up exactly.
+
+    Agents' imports ``α`` and exports ``β`` (the split of a community's grid trade over its
+    agents) are thereby costed in the grid parts, not in the agents' parts.
+    """
+    if not d.steps or not d.n_m:
+        return dict.fromkeys(WELFARE_PARTS, 0.0)
+    f = agent_welfare(d, sol)
+    if d.n_b:
+        f[:, d.bat] += -stored_value_terms(d, sol)  # realised: without v δ ΔE
+    local = sol.lam[:, d.comm] * sol.phi  # (T, n_m) received inside the community
+    grid = d.arc_partner == GRID
+
+    def total(x: Any) -> float:
+        return math.fsum(np.asarray(x, dtype=float).ravel().tolist())
+
+    kind = d.kind
+    parts = {
+        "consumers": total((f + local)[:, kind == CONSUMER]),
+        "producers": total((f + local)[:, kind == PRODUCER]),
+        "batteries_trading": total(local[:, kind == BATTERY]),
+        "batteries_degradation": -total(d.battery.operating_cost(sol.sch, sol.sdis)) if d.n_b else 0.0,
+        "grid_import_cost": -total(d.import_price[:, None] * sol.aimp[:, grid]),
+        "grid_export_revenue": total(d.export_price[:, None] * sol.aexp[:, grid]),
+        "fees": -total(d.trade_fee * sol.aimp[:, ~grid]),
+        "community_balance_residual": -total(local),
+    }
+    return parts
+
+
+def network_price_components(network: Any, duals: np.ndarray, *, steps: int, n_agents: int,
+                             step_hours: float) -> tuple[np.ndarray, np.ndarray]:
+    """Voltage and congestion components of each agent's price [currency/kWh], (steps, n_agents) each.
+
+    ``network`` is a :class:`gridmarket.market.network.NetworkConstraints` (rows ``sens @ p_t <=
+    rhs``, ``p_t`` [kW] in ``case.agents`` order) and ``duals`` its row duals (R,) >= 0. Per the
+    interface of the brief, the component of row kind ``voltage`` (resp. ``current`` and
+    ``transformer``) is ``Σ_r dual_r × sens[r, n] × step_hours`` over the rows of the step, signed
+    so that ``price_energy + price_voltage + price_congestion`` is the agent's marginal price of
+    consumption. ``network`` None: both zero.
+    """
+    volt = np.zeros((steps, n_agents))
+    cong = np.zeros((steps, n_agents))
+    if network is None or duals is None or not len(duals):
+        return volt, cong
+    sens = network.sens.tocoo()
+    kinds = np.asarray(network.kind, dtype=object)
+    row_step = np.asarray(network.step, dtype=np.int64)
+    val = np.asarray(duals, dtype=float)[sens.row] * sens.data * step_hours
+    is_v = kinds[sens.row] == "voltage"
+    np.add.at(volt, (row_step[sens.row[is_v]], sens.col[is_v]), val[is_v])
+    np.add.at(cong, (row_step[sens.row[~is_v]], sens.col[~is_v]), val[~is_v])
+    return volt, cong

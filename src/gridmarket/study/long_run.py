@@ -93,7 +93,8 @@ _MARKET_SCHEMA = pa.schema([
     ("iteration", pa.int32()), ("step", pa.int64()), ("time", _TEXT), ("agent", _TEXT),
     ("kind", _TEXT), ("community", _TEXT), ("P_kw", pa.float64()), ("S_kw", pa.float64()),
     ("phi_kw", pa.float64()), ("alpha_kw", pa.float64()), ("beta_kw", pa.float64()), ("soc", pa.float64()),
-    ("price", pa.float64()), ("payment", pa.float64()),
+    ("price", pa.float64()), ("price_energy", pa.float64()), ("price_voltage", pa.float64()),
+    ("price_congestion", pa.float64()), ("payment", pa.float64()),
 ])
 _COMMUNITY_SCHEMA = pa.schema([
     ("iteration", pa.int32()), ("step", pa.int64()), ("community", _TEXT), ("price", pa.float64()),
@@ -548,6 +549,7 @@ def _stream(case: Case, tmp: Path, out: Path, writers: _Writers, *, chunk_steps:
     battery_names = [a.name for a in case.agents if a.kind is AgentKind.BATTERY]
     lo, hi = case.battery.soc_min, case.battery.soc_max
     soc: dict[str, float] | None = None
+    soc_start = {a.name: case.battery.soc_init for a in case.agents if a.kind is AgentKind.BATTERY}  # cyclic target
     welfare = 0.0
     totals = {"violations": 0, "voltage_violations": 0, "current_violations": 0, "steps_violated": 0}
     worst = {"v_min_pu": math.inf, "v_max_pu": -math.inf, "loading_max_percent": -math.inf}
@@ -594,7 +596,7 @@ def _stream(case: Case, tmp: Path, out: Path, writers: _Writers, *, chunk_steps:
         n_chunks += 1
         chunk = slice_case(case, s0, s1)
         t0 = time.perf_counter()
-        res = clear_market(chunk, soc_init=soc, **market_kw)
+        res = clear_market(chunk, soc_init=soc, soc_target=soc_start, steps_after=steps - s1, **market_kw)
         if battery_names:
             last = res.soc[-1]
             soc = {a.name: float(np.clip(last[i], lo, hi)) for i, a in enumerate(chunk.agents)
