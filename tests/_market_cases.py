@@ -163,11 +163,14 @@ class Reference:
     solver_seconds: float  #: the solver's own time (``solver_stats.solve_time``)
 
 
-def reference_market(case: Case, *, horizon: int | None = None, battery_model: str | None = None) -> Reference:
+def reference_market(case: Case, *, horizon: int | None = None, battery_model: str | None = None,
+                     cyclic_end: bool = False) -> Reference:
     """Solve the market of ``case`` with cvxpy, straight from MODEL.md, window by window.
 
     Objective per window (maximised): Σ_t [Σ_n f_n + g] with, for batteries,
     v_w·(SoC_end − (1−λ_sd)^L SoC_start)·cap valuing stored energy once at the window end.
+    ``cyclic_end``: the last window ends every battery at ``[battery].soc_init`` (MODEL.md,
+    *Terminal state of charge*; exact for a single window, H = steps).
     """
     import time
 
@@ -265,6 +268,8 @@ def reference_market(case: Case, *, horizon: int | None = None, battery_model: s
             prev = cp.vstack([soc_prev[None, :], soc[:-1]]) if L > 1 else soc_prev[None, :]
             cons.append(soc == keep * prev + cp.multiply(dE, 1.0 / cb))
             cons += [soc >= spec.soc_min, soc <= spec.soc_max]
+            if cyclic_end and t0 + L == T:
+                cons.append(soc[L - 1] == spec.soc_init)
             cons += [sch <= np.minimum(prated[bidx] * dt, spec.rate_charge * cb),
                      sdis <= np.minimum(prated[bidx] * dt, spec.rate_discharge * cb)]
             if model is BatteryModel.PAPER:

@@ -177,7 +177,7 @@ def payment_imbalance(d: MarketData, sol: Solution) -> np.ndarray:
 
 #: parts of :func:`welfare_breakdown`, in the order a report stacks them
 WELFARE_PARTS = ("consumers", "producers", "batteries_trading", "batteries_degradation", "grid_import_cost",
-                 "grid_export_revenue", "fees", "community_balance_residual")
+                 "grid_export_revenue", "fees", "market_settlement")
 
 
 def stored_value_terms(d: MarketData, sol: Solution) -> np.ndarray:
@@ -201,17 +201,16 @@ def welfare_breakdown(d: MarketData, sol: Solution) -> dict[str, float]:
     """Realised welfare split by who gains it [currency], summed over the steps; the parts add up
     to the realised welfare (reported welfare without the batteries' ``v δ ΔE`` terms).
 
-    Each agent is credited with its welfare term and what it receives (minus what it pays) for
-    its trades *inside its community* at the community price: ``f_n + λ_c Φ_n`` (``Φ_n > 0``
-    sells). The communities' trades with the grid and other communities are parts of their own:
+    The parts follow the money: each agent is credited with its welfare term minus what it
+    pays (``payment_n = −λ_c Φ_n + μ_imp,c α_n − μ_exp,c β_n``, the ``payment`` column of the
+    market table, so every agent part can be checked against that table):
 
     ``consumers``
-        utility ``b P − a P²`` minus what consumers pay in their community;
+        utility ``b P − a P²`` minus what consumers pay;
     ``producers``
-        what producers receive in their community minus their cost ``a q² + b q``;
+        what producers are paid minus their cost ``a q² + b q``;
     ``batteries_trading``
-        what batteries receive for discharging into their community minus what they pay to
-        charge from it;
+        what batteries are paid for discharging minus what they pay to charge (``−Σ payment``);
     ``batteries_degradation``
         ``−c_deg (S_ch + S_dis) − a (S_ch − S_dis)²``, the batteries' operating cost (<= 0);
     ``grid_import_cost``
@@ -219,38 +218,35 @@ def welfare_breakdown(d: MarketData, sol: Solution) -> dict[str, float]:
     ``grid_export_revenue``
         ``Σ π_exp γ_exp|(c,G)``: what the grid pays them (>= 0);
     ``fees``
-        ``−τ Σ γ_imp|(c,j)``, inter-community fees (<= 0); the inter-community prices ``ρ``
-        move money between communities and cancel in the total;
-    ``community_balance_residual``
-        ``−Σ_c λ_c Σ_{n∈c} Φ_n``: zero by the community balance (3) up to the solver's
-        tolerance, stated so that the parts add up exactly.
-
-    Agents' imports ``α`` and exports ``β`` (the split of a community's grid trade over its
-    agents) are thereby costed in the grid parts, not in the agents' parts.
+        ``−τ Σ γ_imp|(c,j)``: inter-community fees (<= 0); the inter-community prices ``ρ`` move
+        money between communities and cancel in the total;
+    ``market_settlement``
+        ``Σ_n payment_n``: what the agents pay into the market, net, which settles the grid's
+        bill, the fees and the inter-community trades: ``≈ −(grid_import_cost +
+        grid_export_revenue + fees)``, the gap being the payment imbalance (solver tolerance).
     """
     if not d.steps or not d.n_m:
         return dict.fromkeys(WELFARE_PARTS, 0.0)
     f = agent_welfare(d, sol)
     if d.n_b:
-        f[:, d.bat] += -stored_value_terms(d, sol)  # realised: without v δ ΔE
-    local = sol.lam[:, d.comm] * sol.phi  # (T, n_m) received inside the community
+        f[:, d.bat] -= stored_value_terms(d, sol)  # realised: without v δ ΔE
+    pay = agent_payments(d, sol)
     grid = d.arc_partner == GRID
 
     def total(x: Any) -> float:
         return math.fsum(np.asarray(x, dtype=float).ravel().tolist())
 
     kind = d.kind
-    parts = {
-        "consumers": total((f + local)[:, kind == CONSUMER]),
-        "producers": total((f + local)[:, kind == PRODUCER]),
-        "batteries_trading": total(local[:, kind == BATTERY]),
+    return {
+        "consumers": total((f - pay)[:, kind == CONSUMER]),
+        "producers": total((f - pay)[:, kind == PRODUCER]),
+        "batteries_trading": -total(pay[:, kind == BATTERY]),
         "batteries_degradation": -total(d.battery.operating_cost(sol.sch, sol.sdis)) if d.n_b else 0.0,
         "grid_import_cost": -total(d.import_price[:, None] * sol.aimp[:, grid]),
         "grid_export_revenue": total(d.export_price[:, None] * sol.aexp[:, grid]),
         "fees": -total(d.trade_fee * sol.aimp[:, ~grid]),
-        "community_balance_residual": -total(local),
+        "market_settlement": total(pay),
     }
-    return parts
 
 
 def network_price_components(network: Any, duals: np.ndarray, *, steps: int, n_agents: int,
