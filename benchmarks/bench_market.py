@@ -37,7 +37,6 @@ R = TypeVar("R")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _market_cases import random_case, reference_market  # noqa: E402
-
 from gridmarket.market import clear_market  # noqa: E402
 
 TARGET_MS = 0.5  #: fast path, ms per step

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from _market_cases import (
     battery,
     consumer,
@@ -29,9 +32,6 @@ from _market_cases import (
     random_case,
     with_agents,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from gridmarket.case import load_case
 from gridmarket.case.model import BatterySpec
 from gridmarket.cases import default_case_path
@@ -158,10 +158,11 @@ def assert_matches_qp(case, fast, qp) -> None:
     and payments.
 
     Clarabel's default 1e-9 gap leaves ε-level decisions loose: P of agents with a small ``a``
-    (its price error over 2a: ~1e-4 kWh), the split of a marginal role among twin batteries (~3e-3 kWh, and the price they
-    set ~1e-5). Its SoC carries that into later steps: a battery that the exact split fills one
-    step, Clarabel's fills the next (S differs by ~2e-2 kWh there), and reported welfare by up
-    to ~2e-5 relative over a few steps. Against the tight solve all of these agree to 1e-6 (:func:`assert_matches_tight`).
+    (its price error over 2a: ~1e-4 kWh), the split of a marginal role among twin batteries
+    (~3e-3 kWh, and the price they set ~1e-5). Its SoC carries that into later steps: a battery
+    that the exact split fills one step, Clarabel's fills the next (S differs by ~2e-2 kWh
+    there), and reported welfare by up to ~2e-5 relative over a few steps. Against the tight
+    solve all of these agree to 1e-6 (:func:`assert_matches_tight`).
     """
     assert fast.total_welfare == pytest.approx(qp.total_welfare, rel=1e-4, abs=1e-9)
     np.testing.assert_allclose(fast.welfare.to_numpy(), qp.welfare.to_numpy(), rtol=1e-4, atol=1e-4)

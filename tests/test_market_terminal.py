@@ -12,10 +12,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from _market_cases import battery, consumer, make_case, random_case, reference_market
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _market_cases import battery, consumer, make_case, random_case, reference_market
 from gridmarket.case import load_case
 from gridmarket.case.model import BatterySpec, Case
 from gridmarket.cases import default_case_path
