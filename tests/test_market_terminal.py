@@ -111,7 +111,7 @@ def test_two_step_battery_cyclic_soc_returns_to_its_start_by_hand() -> None:
 
 def test_cyclic_case_whose_start_cannot_reach_the_target_is_named() -> None:
     case = two_step_case("cyclic")
-    with pytest.raises(MarketError, match="cyclic.*cannot reach the target 0.8") as info:
+    with pytest.raises(MarketError, match="cyclic.*cannot end the run at its target 0.8") as info:
         clear_market(case, soc_target={"B1": 0.8}, soc_init={"B1": 0.2})
     assert info.value.group == "Battery-terminal-soc"
 
@@ -123,7 +123,7 @@ def test_paper_model_at_soc_max_needs_two_steps_to_come_back() -> None:
     spec = BatterySpec(soc_init=0.8)
     one = make_case([consumer("L1", "C1"), battery("B1", "C1")], {"L1": [1.0]}, battery_model="paper",
                     battery_spec=spec, terminal_soc="cyclic")
-    with pytest.raises(MarketError, match="cannot reach the target 0.8") as info:
+    with pytest.raises(MarketError, match="cannot end the run at its target 0.8") as info:
         clear_market(one)
     assert info.value.group == "Battery-terminal-soc"
     two = make_case([consumer("L1", "C1"), battery("B1", "C1")], {"L1": [1.0, 1.0]}, battery_model="paper",

@@ -160,9 +160,10 @@ def _battery_rules(data: MarketData, spec: BatterySpec, names: list[str]) -> lis
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
             out.append(MarketProblem(
-                "Battery-terminal-soc", f"terminal_soc = 'cyclic': SoC before step 0 {data.soc_init[k]:g} cannot reach"
-                f" the target {bt.soc_target[k]:g} within the rate limits over {data.steps + bt.steps_after} step(s)"
-                f" for {names[k]}; give more steps, another target, or terminal_soc = 'free'",
+                "Battery-terminal-soc", f"terminal_soc = 'cyclic': from SoC {data.soc_init[k]:g} before step 0 the"
+                f" battery cannot end the run at its target {bt.soc_target[k]:g} within its rate limits (charge"
+                f" {bt.sch_max[k]:g}, discharge {bt.sdis_max[k]:g} kWh per step) over"
+                f" {data.steps + bt.steps_after} step(s) for {names[k]}; use terminal_soc = 'free' or other limits",
                 tuple(np.asarray(names)[bad]), step=0))
     bad = ~np.isfinite(data.value_step)
     if bad.any():
