@@ -1114,7 +1114,7 @@ def _loop_gains(p: FastPlan, nu: np.ndarray, sch: np.ndarray, sdis: np.ndarray, 
     model (``g_ch = g_dis``: a loop changes nothing but costs).
     """
     r = p.g_ch / p.g_dis
-    if r >= 1.0:
+    if r >= 1.0 or not (lb_dis.any() or lb_ch.any()):
         return np.zeros(len(nu), dtype=bool)
     a2 = p.sig_b - 2.0 * p.eps  # 2a
     s = sch - sdis

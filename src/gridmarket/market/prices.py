@@ -23,7 +23,6 @@ other communities. :func:`settle` returns both sides so callers can check the ba
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +31,9 @@ import numpy as np
 from gridmarket.market._data import BATTERY, CONSUMER, GRID, PRODUCER, MarketData
 
 __all__ = ["WELFARE_PARTS", "Settlement", "Solution", "agent_payments", "agent_welfare", "community_welfare",
-           "network_price_components", "partner_cost", "payment_imbalance", "settle", "stored_energy_change",
-           "stored_energy_value", "stored_value_terms", "welfare_breakdown"]
+           "network_price_components", "partner_cost", "payment_imbalance", "realised_agent_welfare",
+           "realised_welfare", "settle", "stored_energy_change", "stored_energy_value", "stored_value_terms",
+           "welfare_breakdown"]
 
 
 @dataclass
@@ -123,10 +123,11 @@ def partner_cost(d: MarketData, sol: Solution) -> np.ndarray:
     return cost
 
 
-def community_welfare(d: MarketData, sol: Solution) -> np.ndarray:
+def community_welfare(d: MarketData, sol: Solution, f: np.ndarray | None = None) -> np.ndarray:
     """Reported welfare per step and community [currency]: its agents' ``f_n`` minus its grid
-    and inter-community fee costs (no ε term, no ``c_n``)."""
-    return _by_community(d, agent_welfare(d, sol)) - _by_arc_owner(d, partner_cost(d, sol))
+    and inter-community fee costs (no ε term, no ``c_n``); ``f``: :func:`agent_welfare`, if known."""
+    f = agent_welfare(d, sol) if f is None else f
+    return _by_community(d, f) - _by_arc_owner(d, partner_cost(d, sol))
 
 
 def agent_payments(d: MarketData, sol: Solution) -> np.ndarray:
@@ -186,6 +187,22 @@ def stored_value_terms(d: MarketData, sol: Solution) -> np.ndarray:
     return sol.vfac * stored_energy_change(d, sol)
 
 
+def realised_agent_welfare(d: MarketData, sol: Solution, f: np.ndarray | None = None) -> np.ndarray:
+    """:func:`agent_welfare` without the batteries' ``v δ ΔE`` terms [currency], (T, n_m);
+    ``f``: :func:`agent_welfare`, if known (not modified)."""
+    f = agent_welfare(d, sol) if f is None else f.copy()
+    if d.n_b:
+        f[:, d.bat] -= stored_value_terms(d, sol)
+    return f
+
+
+def realised_welfare(d: MarketData, sol: Solution, f_realised: np.ndarray | None = None) -> float:
+    """Realised welfare of the run [currency]: ``Σ f_n`` without the batteries' ``v δ ΔE`` terms,
+    minus the grid and fee costs (``−g`` without ε)."""
+    f = realised_agent_welfare(d, sol) if f_realised is None else f_realised
+    return float(np.sum(f)) - float(np.sum(partner_cost(d, sol)))
+
+
 def stored_energy_value(d: MarketData, sol: Solution) -> float:
     """``Σ_b v_end·(E_end − E_start)`` [currency]: the net change of stored energy over the run
     [kWh] (``E = SoC·cap``, from the SoC before step 0 to the SoC after the last step) valued at
@@ -194,10 +211,11 @@ def stored_energy_value(d: MarketData, sol: Solution) -> float:
         return 0.0
     bt = d.battery
     de = bt.stored_kwh(sol.soc[-1]) - bt.stored_kwh(bt.soc_init)
-    return math.fsum((sol.vfac[-1] * de).tolist())
+    return float(np.sum(sol.vfac[-1] * de))
 
 
-def welfare_breakdown(d: MarketData, sol: Solution) -> dict[str, float]:
+def welfare_breakdown(d: MarketData, sol: Solution, *, f_realised: np.ndarray | None = None,
+                      pay: np.ndarray | None = None) -> dict[str, float]:
     """Realised welfare split by who gains it [currency], summed over the steps; the parts add up
     to the realised welfare (reported welfare without the batteries' ``v δ ΔE`` terms).
 
@@ -224,17 +242,18 @@ def welfare_breakdown(d: MarketData, sol: Solution) -> dict[str, float]:
         ``Σ_n payment_n``: what the agents pay into the market, net, which settles the grid's
         bill, the fees and the inter-community trades: ``≈ −(grid_import_cost +
         grid_export_revenue + fees)``, the gap being the payment imbalance (solver tolerance).
+
+    ``f_realised`` (:func:`realised_agent_welfare`) and ``pay`` (:func:`agent_payments`) may be
+    passed when already computed.
     """
     if not d.steps or not d.n_m:
         return dict.fromkeys(WELFARE_PARTS, 0.0)
-    f = agent_welfare(d, sol)
-    if d.n_b:
-        f[:, d.bat] -= stored_value_terms(d, sol)  # realised: without v δ ΔE
-    pay = agent_payments(d, sol)
+    f = realised_agent_welfare(d, sol) if f_realised is None else f_realised
+    pay = agent_payments(d, sol) if pay is None else pay
     grid = d.arc_partner == GRID
 
     def total(x: Any) -> float:
-        return math.fsum(np.asarray(x, dtype=float).ravel().tolist())
+        return float(np.sum(x))
 
     kind = d.kind
     return {

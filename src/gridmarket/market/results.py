@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -20,11 +19,11 @@ from gridmarket.market.prices import (
     agent_welfare,
     community_welfare,
     network_price_components,
-    partner_cost,
     payment_imbalance,
+    realised_agent_welfare,
+    realised_welfare,
     settle,
     stored_energy_value,
-    stored_value_terms,
     welfare_breakdown,
 )
 
@@ -212,17 +211,16 @@ def make_result(data: MarketData, sol: Solution, *, status: MarketStatus, window
     soc[:, bat_pos] = sol.soc
     phi[:, pos], alpha[:, pos], beta[:, pos] = sol.phi, sol.alpha, sol.beta
     price[:, pos] = sol.lam[:, data.comm]
-    pay[:, pos] = agent_payments(data, sol)
-    cw = community_welfare(data, sol)
+    pay_m = agent_payments(data, sol)
+    pay[:, pos] = pay_m
+    f = agent_welfare(data, sol)
+    cw = community_welfare(data, sol, f)
     duals = np.zeros(0) if network_duals is None else np.asarray(network_duals, dtype=float)
     slack = np.zeros(0) if network_slack is None else np.asarray(network_slack, dtype=float)
     p_volt, p_cong = network_price_components(network, duals, steps=T, n_agents=n, step_hours=dt)
     p_energy = price.copy()
     price = p_energy + p_volt + p_cong
-    f = agent_welfare(data, sol)
-    if data.n_b:
-        f[:, data.bat] -= stored_value_terms(data, sol)
-    realised = math.fsum(f.ravel().tolist()) - math.fsum(partner_cost(data, sol).ravel().tolist())
+    f_real = realised_agent_welfare(data, sol, f)
 
     welfare = pd.Series(cw.sum(axis=1), index=pd.RangeIndex(T, name="step"), name="welfare")
     imb = payment_imbalance(data, sol)
@@ -234,8 +232,9 @@ def make_result(data: MarketData, sol: Solution, *, status: MarketStatus, window
         window_status=window_status, battery_model=data.battery_model, horizon=horizon, solver=solver,
         iterations=iterations, build_seconds=build_seconds, solve_seconds=solve_seconds,
         payment_imbalance=float(np.abs(imb).max()) if imb.size else 0.0, solution=sol, window_solver=window_solver,
-        welfare_realised=realised, stored_energy_value=stored_energy_value(data, sol),
-        welfare_breakdown=welfare_breakdown(data, sol), network_duals=duals, network_slack=slack,
+        welfare_realised=realised_welfare(data, sol, f_real), stored_energy_value=stored_energy_value(data, sol),
+        welfare_breakdown=welfare_breakdown(data, sol, f_realised=f_real, pay=pay_m), network_duals=duals,
+        network_slack=slack,
         _frames=partial(_frames, data, sol, p, s, soc, phi, alpha, beta, price, pay, cw,
                         (p_energy, p_volt, p_cong)))  # picklable
 
