@@ -339,3 +339,32 @@ def test_solver_used_says_which_solver_cleared() -> None:
     assert clear_market(case, horizon=2).solver_used == "clarabel"
     empty = make_case([], {}, steps=2)
     assert clear_market(empty).solver_used == "none"
+
+
+def test_terminal_band_by_hand() -> None:
+    # one SBU, physical model, no self-discharge: one step moves SoC up by at most
+    # η·2.56/10.24 = 0.24 and down by at most (2.56/η)/10.24 = 0.2604; target 0.5, four steps
+    from gridmarket.market.battery import BAND_MARGIN, terminal_band
+
+    up, down = 0.96 * 0.25, 0.25 / 0.96
+    lo, hi = terminal_band(steps=4, steps_after=0, target=np.array([0.5]), up=np.array([up]),
+                           down=np.array([down]), keep=1.0, soc_min=0.2, soc_max=0.8)
+    m = BAND_MARGIN
+    assert lo[:, 0] == pytest.approx([0.2, 0.2, 0.5 - up + m, 0.5], abs=1e-15)
+    assert hi[:, 0] == pytest.approx([0.8, 0.8, 0.5 + down - m, 0.5], abs=1e-15)
+    # two steps of the run follow: the band of this slice's last step is the run's third-last
+    lo2, hi2 = terminal_band(steps=4, steps_after=2, target=np.array([0.5]), up=np.array([up]),
+                             down=np.array([down]), keep=1.0, soc_min=0.2, soc_max=0.8)
+    assert lo2[-1, 0] == pytest.approx(0.2) and hi2[-1, 0] == pytest.approx(0.8)
+    lo3, hi3 = terminal_band(steps=4, steps_after=1, target=np.array([0.5]), up=np.array([up]),
+                             down=np.array([down]), keep=1.0, soc_min=0.2, soc_max=0.8)
+    assert lo3[-1, 0] == pytest.approx(0.5 - up + m) and hi3[-1, 0] == pytest.approx(0.5 + down - m)
+    # self-discharge: the band of the last-but-one step is (target ± rate)/keep
+    keep = 1 - 1e-3
+    lo4, hi4 = terminal_band(steps=2, steps_after=0, target=np.array([0.5]), up=np.array([up]),
+                             down=np.array([down]), keep=keep, soc_min=0.2, soc_max=0.8)
+    assert lo4[0, 0] == pytest.approx((0.5 - up + m) / keep) and hi4[0, 0] == pytest.approx((0.5 + down - m) / keep)
+    # no charge rate to make up self-discharge at soc_max: no SoC reaches the target, named
+    with pytest.raises(MarketError, match="cyclic"):
+        terminal_band(steps=3, steps_after=0, target=np.array([0.8]), up=np.array([0.0]), down=np.array([down]),
+                      keep=keep, soc_min=0.2, soc_max=0.8)

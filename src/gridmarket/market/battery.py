@@ -20,7 +20,7 @@ Units: energies [kWh per step], SoC [fraction of capacity], prices [currency/kWh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -265,4 +265,4 @@ def make_batteries(spec: BatterySpec, model: BatteryModel, *, names: tuple[str, 
         steps=steps, steps_after=int(steps_after), target=np.clip(soc_target, lo, hi), up=b.g_ch * sch_max / safe,
         down=b.g_dis * sdis_max / safe, keep=keep, soc_min=lo, soc_max=hi,
         paper_eff=(b.eff_charge, b.eff_discharge) if model is BatteryModel.PAPER else None)
-    return Batteries(**{**b.__dict__, "band_lo": band_lo, "band_hi": band_hi})
+    return replace(b, band_lo=band_lo, band_hi=band_hi)
