@@ -23,6 +23,7 @@ from gridmarket.enums import AgentKind, TerminalSoc
 from gridmarket.errors import MarketError
 from gridmarket.market import clear_market, create_model, market_data
 from gridmarket.market.prices import WELFARE_PARTS
+from test_market_fast import assert_matches_tight
 
 CAP = 10.24  # kWh, one SBU
 RATE = 2.56  # kWh per step: min(2.56 kW·1 h, 0.25·10.24) charge, min(2.56, 0.9375·10.24) discharge
@@ -171,8 +172,6 @@ def test_cyclic_soc_holds_on_the_default_case_sequential_and_in_one_window() -> 
 def test_fast_path_meets_the_band_like_a_tight_clarabel(seed: int, n_batteries: int, steps: int, model: str,
                                                         soc_init: float, n_communities: int, c_deg: float) -> None:
     # the KKT path with forced charges and discharges near the end against Clarabel at 1e-13
-    from test_market_fast import assert_matches_tight
-
     spec = BatterySpec(soc_init=soc_init, degradation_cost=c_deg)
     case = random_case(seed, n_agents=10, n_communities=n_communities, n_batteries=n_batteries, steps=steps,
                        battery_model=model, battery_spec=spec, terminal_soc="cyclic")
@@ -186,8 +185,6 @@ def test_forced_discharge_that_would_rather_burn_energy_goes_to_clarabel() -> No
     # 0.218: its marginal value of selling, ν + 2aS = 0.218 − 0.04·5.6 < 0, so the QP charges and
     # discharges at once (losses burn part of the forced energy); the fast path's units cannot,
     # it hands the step over and the result matches Clarabel at 1e-13
-    from test_market_fast import assert_matches_tight
-
     spec = BatterySpec(soc_init=0.4337911357080221, a=0.02)
     case = random_case(7442, n_agents=2, n_communities=2, n_batteries=2, steps=8, battery_spec=spec,
                        trade_fee=0.01, terminal_soc="cyclic")
