@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from gridmarket.enums import BatteryModel
 from gridmarket.market._data import GRID, MarketData
@@ -104,17 +105,17 @@ def agent_welfare(d: MarketData, sol: Solution) -> np.ndarray:
 
 def _by_community(d: MarketData, x: np.ndarray) -> np.ndarray:
     """Sum the columns of ``x`` (one per market agent) by community -> (T, n_c)."""
-    out = np.zeros((x.shape[0], d.n_c))
-    for c in range(d.n_c):  # communities, not agents: a handful
-        out[:, c] = x[:, d.comm == c].sum(axis=1)
-    return out
+    return _group_sum(x, d.comm, d.n_c)
 
 
 def _by_arc_owner(d: MarketData, x: np.ndarray) -> np.ndarray:
-    out = np.zeros((x.shape[0], d.n_c))
-    for c in range(d.n_c):
-        out[:, c] = x[:, d.arc_comm == c].sum(axis=1)
-    return out
+    return _group_sum(x, d.arc_comm, d.n_c)
+
+
+def _group_sum(x: np.ndarray, group: np.ndarray, n: int) -> np.ndarray:
+    """Sum the columns of ``x`` (T, k) by ``group`` (k,) -> (T, n), linear in the size of ``x``."""
+    ones = np.ones(len(group))
+    return np.asarray(x @ sp.csr_matrix((ones, (np.arange(len(group)), group)), shape=(len(group), n)))
 
 
 def partner_cost(d: MarketData, sol: Solution) -> np.ndarray:
@@ -157,15 +158,16 @@ class Settlement:
 
 def settle(d: MarketData, sol: Solution) -> Settlement:
     """Settlement of every arc, see :class:`Settlement`."""
-    T = d.steps
     grid = d.arc_partner == GRID
     ip = np.where(grid[None, :], d.import_price[:, None], np.nan)
     ep = np.where(grid[None, :], d.export_price[:, None], np.nan)
     links = d.link_arcs
     ip[:, links] = sol.rho[:, links] + d.trade_fee
     ep[:, links] = sol.rho[:, d.arc_rev[links]]
-    fee = np.zeros((T, d.n_arc))
-    fee[:, links] = d.trade_fee * sol.aimp[:, links]
+    pools = d.pool_arcs  # the pool price ρ = q both ways, the importer adds τ
+    ip[:, pools] = sol.rho[:, pools] + d.trade_fee
+    ep[:, pools] = sol.rho[:, pools]
+    fee = np.where(grid[None, :], 0.0, d.trade_fee * sol.aimp)
     pay = ip * sol.aimp - ep * sol.aexp
     return Settlement(sol.aimp, sol.aexp, ip, ep, fee, pay)
 

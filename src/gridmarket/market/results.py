@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from gridmarket.enums import AgentKind, BatteryModel
-from gridmarket.market._data import GRID, MarketData
+from gridmarket.market._data import MarketData
 from gridmarket.market.prices import (
     Solution,
     agent_payments,
@@ -220,7 +220,7 @@ def _frames(data: MarketData, sol: Solution, p: np.ndarray, s: np.ndarray, soc: 
     }, columns=list(COMMUNITY_COLUMNS))
     st = settle(data, sol)
     na = data.n_arc
-    partner = np.array(["grid" if j == GRID else data.communities[j] for j in data.arc_partner], dtype=object)
+    partner = np.array(data.partner_names(), dtype=object)
     settlements = pd.DataFrame({
         "step": np.repeat(np.arange(T, dtype=np.int64), na),
         "community": np.tile(np.array([data.communities[c] for c in data.arc_comm], dtype=object), T),

@@ -215,6 +215,9 @@ def _extract(model: MarketModel, w: Window, x: np.ndarray, z: np.ndarray, sol: S
     links = d.link_arcs
     if len(links):
         sol.rho[sl, links] = z[model.rows("Link-balance")]
+    pools = d.pool_arcs
+    if len(pools):
+        sol.rho[sl, pools] = z[model.rows("Pool-balance")][:, d.arc_pool[pools]]
     sol.vfac[sl] = w.discount[:, None] * w.value[None, :]
     # interior-point noise: energies within SNAP_KWH of zero are reported as exactly zero
     for arr in (sol.p, sol.sch, sol.sdis, sol.phi, sol.alpha, sol.beta, sol.gimp, sol.gexp, sol.aimp, sol.aexp):
@@ -224,7 +227,7 @@ def _extract(model: MarketModel, w: Window, x: np.ndarray, z: np.ndarray, sol: S
 
 def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, horizon: int | None = None,
                  battery_model: BatteryModel | str | None = None,
-                 method: MarketMethod | str = MarketMethod.AUTO) -> MarketResult:
+                 method: MarketMethod | str = MarketMethod.AUTO, pools: bool | None = None) -> MarketResult:
     """Clear the market of every step of ``case`` (shared MODEL.md, eqs. 1–18).
 
     Parameters
@@ -246,6 +249,12 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
         apply); ``"qp"``: Clarabel for every window. ``MarketResult.solver`` says which ran
         (``"fast"``, ``"clarabel"``, ``"fast+clarabel"``, or ``"none"`` when there is nothing
         to clear), ``window_solver`` per window.
+    pools : bool, optional
+        How linked communities trade (:mod:`gridmarket.market.pool`): True, every clique of
+        linked communities through one pool (O(C) variables); False, over one arc per ordered
+        pair (MODEL.md eq. 8); None (default), pools for cliques of more than
+        ``ARC_CLIQUE_MAX`` communities. The results are the same; the ``settlements`` frame
+        then has one row per community and pool instead of per partner community.
 
     Returns
     -------
@@ -262,7 +271,7 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
     method = MarketMethod(method)
     t_build = 0.0
     t_solve = 0.0
-    data: MarketData = market_data(case, battery_model=battery_model, soc_init=soc_init)
+    data: MarketData = market_data(case, battery_model=battery_model, soc_init=soc_init, pools=pools)
     H = int(horizon if horizon is not None else case.market.horizon)
     assert_valid_market(data, horizon=H)
     T = data.steps
