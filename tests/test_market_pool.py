@@ -12,14 +12,14 @@ import time
 
 import numpy as np
 import pytest
-from _market_cases import random_case
-from test_market_fast import free_prices
 
+from _market_cases import random_case
 from gridmarket.market import WindowSolver, clear_market, create_model, market_data, solver_settings
 from gridmarket.market._data import GRID, POOL
 from gridmarket.market.pool import ARC_CLIQUE_MAX, link_arcs
 from gridmarket.market.prices import Solution, community_welfare, payment_imbalance
 from gridmarket.market.solve import _extract
+from test_market_fast import free_prices
 
 TIGHT = 1e-13
 

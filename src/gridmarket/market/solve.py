@@ -18,6 +18,7 @@ from enum import Enum
 
 import clarabel
 import numpy as np
+import scipy.sparse as sp
 
 from gridmarket.case.model import Case
 from gridmarket.enums import BatteryModel
@@ -34,7 +35,8 @@ from gridmarket.market.prices import Solution
 from gridmarket.market.results import MarketResult, MarketStatus, make_result
 from gridmarket.market.validate import assert_valid_market
 
-__all__ = ["SNAP_KWH", "MarketMethod", "WindowOutcome", "WindowSolver", "clear_market", "solver_settings"]
+__all__ = ["SCALE_FROM_KWH", "SNAP_KWH", "MarketMethod", "WindowOutcome", "WindowSolver", "clear_market", "kwh_scale",
+           "solver_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,10 @@ class MarketMethod(str, Enum):
 
 #: energies closer than this to zero [kWh] are reported as 0 (below the solver's tolerance)
 SNAP_KWH = 1e-9
+#: the QP is solved in scaled units when an agent's energy per step exceeds this [kWh] (kwh_scale)
+SCALE_FROM_KWH = 100.0
+#: Clarabel's gap and feasibility tolerances in a scaled QP (the default ones: solver_settings)
+SCALED_TOL = 1e-13
 
 _STATUS = {
     "Solved": MarketStatus.OPTIMAL,
@@ -95,18 +101,62 @@ class WindowOutcome:
     seconds: float  #: wall time of update + solve
 
 
-class WindowSolver:
-    """A Clarabel solver bound to one :class:`MarketModel`, updated window after window."""
+def kwh_scale(data: MarketData) -> float:
+    """The energy unit [kWh] of the QP's variables for ``data``: 1 while every agent's energy per
+    step is at most :data:`SCALE_FROM_KWH`, else the power of ten nearest to a tenth of the
+    largest (so the largest scaled energy lies in [~3, ~30]).
 
-    def __init__(self, model: MarketModel, settings: clarabel.DefaultSettings | None = None) -> None:
+    Clarabel's tolerances (1e-9) are absolute on residuals of order one: a consumer of 5e5 kWh
+    per step with ``a = 0.02`` puts 5e9 into the objective and the solver stalls or reports a
+    market with unlimited grid imports infeasible (issue 15). Scaled, the inputs within the
+    documented limits (1e6 kW per agent) clear.
+    """
+    big = max([float(np.max(x, initial=0.0)) for x in (np.abs(data.energy_kwh), data.sch_max, data.sdis_max)])
+    return 1.0 if big <= SCALE_FROM_KWH else float(10.0 ** np.round(np.log10(big / 10.0)))
+
+
+class WindowSolver:
+    """A Clarabel solver bound to one :class:`MarketModel`, updated window after window.
+
+    With ``scale = s > 1`` [kWh] (default :func:`kwh_scale` of the model's data) Clarabel sees
+    the scaled problem ``x = D x'`` (energies in units of ``s`` kWh, SoC as is), every row divided
+    by its largest coefficient (``E``) and the objective by ``s²`` (``σ = 1/s²``: the quadratic
+    coefficients stay as they are, prices become ``b/s``); ``x = D x'`` and the duals
+    ``z = E z' / σ`` are returned in market units, so prices are unchanged. (One unit for all
+    energies: scaling each agent by its own size was measured to converge to a worse objective.)
+    """
+
+    def __init__(self, model: MarketModel, settings: clarabel.DefaultSettings | None = None, *,
+                 scale: float | None = None) -> None:
         self.model = model
-        self.settings = settings or solver_settings()
+        self.scale = kwh_scale(model.data) if scale is None else float(scale)
+        if settings is None:
+            settings = solver_settings()
+            if self.scale != 1.0:
+                # the small agents beside a big one are 1e-5 of its size: their accuracy (and
+                # their communities' prices) needs gaps below the default 1e-9
+                settings.tol_gap_abs = settings.tol_gap_rel = settings.tol_feas = SCALED_TOL
+        self.settings = settings
         self._solver: clarabel.DefaultSolver | None = None
+        n = model.layout.n
+        self._col = np.ones(n)
+        self._row = np.ones(model.A.shape[0])
+        self._obj = 1.0
+        if self.scale != 1.0:
+            self._col[:] = self.scale
+            self._col[model.layout.var("SoC").ravel()] = 1.0
+            big = abs(model.A @ sp.diags(self._col)).max(axis=1).toarray().ravel()
+            self._row = 1.0 / np.where(big > 0, big, 1.0)
+            self._obj = self.scale ** -2
 
     def solve(self, w: Window) -> WindowOutcome:
         """Solve the model with the data of window ``w``."""
         t0 = time.perf_counter()
         q, b = self.model.vectors(w)
+        scaled = self.scale != 1.0
+        if scaled:
+            q = self._obj * self._col * q
+            b = self._row * b
         if self._solver is None:
             m = self.model
             cones = []
@@ -114,12 +164,23 @@ class WindowSolver:
                 cones.append(clarabel.ZeroConeT(m.n_zero))
             if m.n_nonneg:
                 cones.append(clarabel.NonnegativeConeT(m.n_nonneg))
-            self._solver = clarabel.DefaultSolver(m.P, q, m.A, b, cones, self.settings)
+            P, A = m.P, m.A
+            if scaled:
+                dc = sp.diags(self._col)
+                P = sp.csc_matrix(self._obj * (dc @ P @ dc))
+                A = sp.csc_matrix(sp.diags(self._row) @ A @ dc)
+                P.sort_indices()
+                A.sort_indices()
+            self._solver = clarabel.DefaultSolver(P, q, A, b, cones, self.settings)
         else:
             self._solver.update(q=q, b=b)
         sol = self._solver.solve()
         name = str(sol.status)
-        return WindowOutcome(np.asarray(sol.x), np.asarray(sol.z), _STATUS.get(name, MarketStatus.NUMERICAL_ERROR),
+        x, z = np.asarray(sol.x), np.asarray(sol.z)
+        if scaled:
+            x = self._col * x
+            z = self._row * z / self._obj
+        return WindowOutcome(x, z, _STATUS.get(name, MarketStatus.NUMERICAL_ERROR),
                              name, int(sol.iterations), time.perf_counter() - t0)
 
 
@@ -148,6 +209,8 @@ def diagnose(model: MarketModel, w: Window, out: WindowOutcome) -> MarketError:
     head = {MarketStatus.INFEASIBLE: "market infeasible",
             MarketStatus.UNBOUNDED: "market unbounded"}.get(out.status, "market not solved")
     status = f"(Clarabel status {out.solver_status})"
+    if out.status is MarketStatus.INFEASIBLE and not _certificate_holds(model, w, out.z):
+        return _numerical_failure(model, w, out)
     if out.status is MarketStatus.INFEASIBLE and np.all(np.isfinite(out.z)):
         groups: dict[str, list[tuple[np.ndarray, RowBlock]]] = {}
         for blk in model.blocks:
@@ -189,6 +252,49 @@ def diagnose(model: MarketModel, w: Window, out: WindowOutcome) -> MarketError:
     msg = (f"step {w.start}: {head} {status} after {out.iterations} iterations in {_steps_text(w)};"
            " the solver could not reach its tolerances (badly scaled coefficients?)")
     return MarketError(msg, step=w.start, group="Solver")
+
+
+def _certificate_holds(model: MarketModel, w: Window, z: np.ndarray, tol: float = 1e-6) -> bool:
+    """Whether ``z`` proves the window infeasible (a Farkas certificate: ``z`` in the dual cone,
+    ``Aᵀz = 0``, ``bᵀz < 0``, to ``tol`` relative to the sizes of A, b and z), and the window can
+    be infeasible at all: without batteries it cannot (grid imports and exports are unlimited,
+    every bound interval is non-empty once the inputs are validated)."""
+    if model.data.n_b == 0 or not np.all(np.isfinite(z)):
+        return False
+    _, b = model.vectors(w)
+    zn = float(np.abs(z).max(initial=0.0))
+    if zn == 0.0:
+        return False
+    if float(z[model.n_zero:].min(initial=0.0)) < -tol * zn:
+        return False
+    scale_a = float(abs(model.A).max()) if model.A.nnz else 1.0
+    if float(np.abs(model.A.T @ z).max(initial=0.0)) > tol * scale_a * zn:
+        return False
+    return float(b @ z) < 0.0
+
+
+def _numerical_failure(model: MarketModel, w: Window, out: WindowOutcome) -> MarketError:
+    """The error of a window the solver called infeasible although it is not: name the range of the
+    inputs (the real cause: their scale), the largest agent and the limits."""
+    d = model.data
+    e = np.abs(w.energy_kwh)
+    nz = e[e > 0]
+    where = ""
+    if nz.size:
+        k, i = np.unravel_index(int(np.argmax(e)), e.shape)
+        where = (f"; energies per step span {float(nz.min()):.3g} to {float(nz.max()):.3g} kWh (largest: "
+                 f"{d.names[int(d.pq[i])]} at step {w.start + int(k)})")
+    reason = ("the window has no battery, so with unlimited grid imports and exports it is feasible"
+              if d.n_b == 0 else "its infeasibility certificate does not hold (Aᵀz ≠ 0 or bᵀz ≥ 0)")
+    msg = (f"step {w.start}: market not solved {status_text(out)}: the solver reported it infeasible, but"
+           f" {reason}: a numerical failure on badly scaled inputs{where}; the documented limit is 1e6 kW"
+           " per agent")
+    return MarketError(msg, step=w.start, group="Solver")
+
+
+def status_text(out: WindowOutcome) -> str:
+    """``(Clarabel status X)``."""
+    return f"(Clarabel status {out.solver_status})"
 
 
 # ----------------------------------------------------------------------------- the run
