@@ -260,7 +260,7 @@ def _membership(comm: np.ndarray, n_c: int) -> np.ndarray:
     """(n, n_c) 1.0 where row i is in community ``comm[i]``: dense for a few communities, sparse
     (CSR, the products with it stay linear in the agents) for many."""
     m = sp.csr_matrix((np.ones(len(comm)), (np.arange(len(comm)), comm)), shape=(len(comm), n_c))
-    return m.toarray() if n_c <= DENSE_COMMUNITIES else m  # type: ignore[return-value]
+    return m.toarray() if n_c <= DENSE_COMMUNITIES else m
 
 
 def fast_plan(data: MarketData) -> FastPlan:
@@ -1337,7 +1337,7 @@ def _presimulate(p: FastPlan, steps: np.ndarray, soc: np.ndarray, *, passes: int
 
 def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
                      fallback: Callable[[int, np.ndarray], np.ndarray] | None, *,
-                     snap: float = 0.0, batch: int = MAX_BATCH) -> FastStats:
+                     snap: float = 0.0, batch: int = MAX_BATCH, force: np.ndarray | None = None) -> FastStats:
     """Clear every step of the case in order, writing into ``sol``.
 
     Steps are solved in batches, each step with a guessed SoC before it (at first the SoC
@@ -1362,6 +1362,8 @@ def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
         Energies below this [kWh] are reported as 0 (as the Clarabel path does).
     batch : int
         Steps solved together.
+    force : ndarray of bool, shape (steps,), optional
+        Steps handed to ``fallback`` whatever the fast path finds (e.g. steps with network rows).
     """
     d = p.data
     T = d.steps
@@ -1385,6 +1387,10 @@ def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
             stats.iterations += acc.iterations
             a0 = b0 = t0
         out = acc.view(t0 - a0)  # steps t0, t0+1, ...
+        if force is not None:
+            forced = force[t0:t0 + len(out.ok)]
+            out.ok[forced] = False
+            out.reason[forced] = "the step has network constraints (solved by the QP)"
         soc0 = guesses[t0 - a0:]
         B = len(out.ok)
         if d.n_b:

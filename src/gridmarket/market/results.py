@@ -114,6 +114,17 @@ class MarketResult:
     solution: Solution  #: raw primal/dual arrays in market order (see gridmarket.market.prices)
     #: per window, what solved it: "fast" (KKT path, gridmarket.market.fast) or "clarabel"
     window_solver: tuple[str, ...] = ()
+    #: network rows (gridmarket.market.network): duals >= 0 [currency per unit of the row], slacks,
+    #: per step and agent the community price and the voltage and congestion components
+    #: [currency/kWh, NaN for passive agents], the congestion rent the DSO collects and the
+    #: penalty cost of the slacks [currency]
+    network_duals: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    network_slack: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    price_energy: np.ndarray | None = None
+    price_voltage: np.ndarray | None = None
+    price_congestion: np.ndarray | None = None
+    network_congestion_rent: float = 0.0
+    network_penalty_cost: float = 0.0
     #: builds (market, communities, settlements) on first use: the study loop and the
     #: benchmarks read the arrays, and the frames cost as much as the fast path's solve
     _frames: Callable[[], tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] | None = field(

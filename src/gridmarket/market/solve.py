@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import clarabel
@@ -31,6 +31,7 @@ from gridmarket.market.fast import (
     fast_unsupported,
     solve_sequential,
 )
+from gridmarket.market.network import NetworkConstraints, check_network, price_components, window_rows
 from gridmarket.market.prices import Solution
 from gridmarket.market.results import MarketResult, MarketStatus, make_result
 from gridmarket.market.validate import assert_valid_market
@@ -183,6 +184,65 @@ class WindowSolver:
         return WindowOutcome(x, z, _STATUS.get(name, MarketStatus.NUMERICAL_ERROR),
                              name, int(sol.iterations), time.perf_counter() - t0)
 
+    def solve_rows(self, w: Window, rows: sp.csr_matrix, rhs: np.ndarray, penalty: float) -> WindowOutcome:
+        """Solve window ``w`` with extra rows ``rows @ x − slack <= rhs``, ``slack >= 0`` priced at
+        ``penalty`` per unit (network constraints, :mod:`gridmarket.market.network`).
+
+        A one-off solver (the rows differ from window to window). ``x`` holds the model's columns
+        then the slacks; ``z`` the model's rows, then the extra rows' duals (>= 0), then the
+        slacks' sign rows.
+        """
+        t0 = time.perf_counter()
+        m = self.model
+        R = rows.shape[0]
+        q, b = m.vectors(w)
+        eye = sp.identity(R, format="csc")
+        A = sp.bmat([[m.A, None], [sp.csc_matrix(rows), -eye], [None, -eye]], format="csc")
+        P = sp.block_diag([m.P, sp.csc_matrix((R, R))], format="csc")
+        q = np.concatenate([q, np.full(R, float(penalty))])
+        b = np.concatenate([b, np.asarray(rhs, dtype=float), np.zeros(R)])
+        col = np.concatenate([self._col, np.ones(R)])
+        row = np.ones(A.shape[0])
+        if self.scale != 1.0:
+            big = abs(A @ sp.diags(col)).max(axis=1).toarray().ravel()
+            row = 1.0 / np.where(big > 0, big, 1.0)
+        dc = sp.diags(col)
+        Ps = sp.csc_matrix(self._obj * (dc @ P @ dc))
+        As = sp.csc_matrix(sp.diags(row) @ A @ dc)
+        Ps.sort_indices()
+        As.sort_indices()
+        cones = []
+        if m.n_zero:
+            cones.append(clarabel.ZeroConeT(m.n_zero))
+        cones.append(clarabel.NonnegativeConeT(m.n_nonneg + 2 * R))
+        sol = clarabel.DefaultSolver(Ps, self._obj * col * q, As, row * b, cones, self.settings).solve()
+        name = str(sol.status)
+        x = col * np.asarray(sol.x)
+        z = row * np.asarray(sol.z) / self._obj
+        return WindowOutcome(x, z, _STATUS.get(name, MarketStatus.NUMERICAL_ERROR),
+                             name, int(sol.iterations), time.perf_counter() - t0)
+
+
+def network_matrix(model: MarketModel, nc: NetworkConstraints, idx: np.ndarray, start: int) -> sp.csr_matrix:
+    """Rows ``idx`` of ``nc`` on the columns of ``model`` for the window starting at ``start``:
+    ``sens[r, n] / Δt`` on agent n's ``P`` and ``S_ch`` and minus that on its ``S_dis`` at the
+    row's step (``p_t`` in kW is energy per step / Δt); passive agents' columns are dropped."""
+    d = model.data
+    lay = model.layout
+    sub = sp.csc_matrix(nc.sens[idx])
+    k = np.asarray(nc.step, dtype=np.int64)[idx] - start
+    rr, cc, vv = [], [], []
+    for var, where, sign in (("P", d.pos[d.pq], 1.0), ("Sch", d.pos[d.bat], 1.0), ("Sdis", d.pos[d.bat], -1.0)):
+        if not len(where):
+            continue
+        blk = sub[:, where].tocoo()
+        rr.append(blk.row)
+        cc.append(lay.var(var)[k[blk.row], blk.col])
+        vv.append(sign * blk.data / d.step_hours)
+    if not rr:
+        return sp.csr_matrix((len(idx), lay.n))
+    return sp.csr_matrix((np.concatenate(vv), (np.concatenate(rr), np.concatenate(cc))), shape=(len(idx), lay.n))
+
 
 # ----------------------------------------------------------------------------- diagnosis
 
@@ -333,7 +393,8 @@ def _extract(model: MarketModel, w: Window, x: np.ndarray, z: np.ndarray, sol: S
 
 def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, horizon: int | None = None,
                  battery_model: BatteryModel | str | None = None,
-                 method: MarketMethod | str = MarketMethod.AUTO, pools: bool | None = None) -> MarketResult:
+                 method: MarketMethod | str = MarketMethod.AUTO, pools: bool | None = None,
+                 network: NetworkConstraints | None = None) -> MarketResult:
     """Clear the market of every step of ``case`` (shared MODEL.md, eqs. 1–18).
 
     Parameters
@@ -361,6 +422,13 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
         pair (MODEL.md eq. 8); None (default), pools for cliques of more than
         ``ARC_CLIQUE_MAX`` communities. The results are the same; the ``settlements`` frame
         then has one row per community and pool instead of per partner community.
+    network : NetworkConstraints, optional
+        Linear network rows ``sens @ p_t − slack <= rhs`` with slacks priced at
+        ``case.market.network_penalty`` (:mod:`gridmarket.market.network`). Windows that hold rows
+        are solved by Clarabel (the fast path hands those steps over); the result's
+        ``network_duals``, ``network_slack``, ``price_voltage``, ``price_congestion``,
+        ``network_congestion_rent`` and ``network_penalty_cost`` report them. None or no rows:
+        the market as without it.
 
     Returns
     -------
@@ -382,6 +450,11 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
     assert_valid_market(data, horizon=H)
     T = data.steps
     sol = Solution.empty(data)
+    n_agents = len(case.agents)
+    nc = network if network is not None else NetworkConstraints.empty(n_agents)
+    check_network(nc, n_agents=n_agents, steps=T)
+    net_dual = np.zeros(nc.rows)
+    net_slack = np.zeros(nc.rows)
     statuses: list[MarketStatus] = []
     solvers_used: list[str] = []
     iterations = 0
@@ -398,7 +471,18 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
                 ws = solvers[L] = WindowSolver(create_model(data, L))
                 t_build += time.perf_counter() - t0
             w = data.window(start, L, soc)
-            out = ws.solve(w)
+            idx = window_rows(nc, start, L)
+            if len(idx):
+                t0 = time.perf_counter()
+                rows = network_matrix(ws.model, nc, idx, start)
+                t_build += time.perf_counter() - t0
+                out = ws.solve_rows(w, rows, nc.rhs[idx], case.market.network_penalty)
+                n, m = ws.model.layout.n, ws.model.A.shape[0]
+                net_slack[idx] = out.x[n:n + len(idx)]
+                net_dual[idx] = out.z[m:m + len(idx)]
+                out = replace(out, x=out.x[:n], z=out.z[:m])
+            else:
+                out = ws.solve(w)
             t_solve += out.seconds
             iterations += out.iterations
             if not out.status.ok:
@@ -422,8 +506,13 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
                 order.append((t, "clarabel"))
                 return clarabel_window(t, 1, soc)
 
+            force = None
+            if nc.rows:  # steps with network rows go to Clarabel
+                force = np.zeros(T, dtype=bool)
+                force[np.asarray(nc.step, dtype=np.int64)] = True
             stats: FastStats = solve_sequential(plan, sol, data.soc_init.copy(),
-                                                None if method is MarketMethod.FAST else fallback, snap=SNAP_KWH)
+                                                None if method is MarketMethod.FAST else fallback, snap=SNAP_KWH,
+                                                force=force)
             # wall time of the sequence, Clarabel fallbacks included, their QP assembly excluded
             t_solve = time.perf_counter() - t0 - (t_build - build_before)
             iterations += stats.iterations
@@ -448,6 +537,37 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
         statuses = [MarketStatus.NOT_SOLVED]
     worst = MarketStatus.ALMOST_OPTIMAL if MarketStatus.ALMOST_OPTIMAL in statuses else statuses[0]
     kinds = sorted(set(solvers_used), key=["fast", "clarabel"].index) if solvers_used else ["none"]
-    return make_result(data, sol, status=worst, window_status=tuple(statuses), horizon=H, iterations=iterations,
-                       build_seconds=t_build, solve_seconds=t_solve, solver="+".join(kinds),
-                       window_solver=tuple(solvers_used))
+    res = make_result(data, sol, status=worst, window_status=tuple(statuses), horizon=H, iterations=iterations,
+                      build_seconds=t_build, solve_seconds=t_solve, solver="+".join(kinds),
+                      window_solver=tuple(solvers_used))
+    return _with_network(res, data, sol, nc, net_dual, net_slack)
+
+
+def _with_network(res: MarketResult, data: MarketData, sol: Solution, nc: NetworkConstraints, dual: np.ndarray,
+                  slack: np.ndarray) -> MarketResult:
+    """``res`` with the network results (:mod:`gridmarket.market.network`): duals, slacks, the price
+    components per agent and step, the congestion rent and the penalty cost."""
+    T, n = data.steps, len(data.case.agents)
+    energy = np.full((T, n), np.nan)
+    energy[:, data.pos] = sol.lam[:, data.comm]
+    volt = np.full((T, n), np.nan)
+    cong = np.full((T, n), np.nan)
+    rent = 0.0
+    if nc.rows:
+        pv, pc = price_components(nc, dual, T, data.step_hours)
+        volt[:, data.pos], cong[:, data.pos] = pv[:, data.pos], pc[:, data.pos]
+        # the row quantities at the cleared market: sens @ p_t with p in kW (market agents only)
+        p_kw = (res.p_kwh + res.s_kwh) / data.step_hours
+        mkt = np.zeros(n, dtype=bool)
+        mkt[data.pos] = True
+        sens = sp.csr_matrix(nc.sens) @ sp.diags(mkt.astype(float))
+        quantity = np.asarray(sens.multiply(p_kw[np.asarray(nc.step, dtype=np.int64)]).sum(axis=1)).ravel()
+        rent = float(dual @ quantity)
+    else:
+        volt[:, data.pos] = 0.0
+        cong[:, data.pos] = 0.0
+    for arr in (energy, volt, cong, dual, slack):
+        arr.setflags(write=False)
+    return replace(res, network_duals=dual, network_slack=slack, price_energy=energy, price_voltage=volt,
+                   price_congestion=cong, network_congestion_rent=rent,
+                   network_penalty_cost=float(data.case.market.network_penalty * slack.sum()))
