@@ -45,9 +45,11 @@ def tight(case, *, pools: bool, horizon: int = 1) -> Solution:
     return sol
 
 
-def assert_same(case, a: Solution, b: Solution, *, unique: np.ndarray | None = None, tol: float = 1e-6) -> None:
-    """Welfare per step, P, S, SoC, community imports/exports and (unique) prices to ``tol``."""
-    da, db = market_data(case, pools=True), market_data(case, pools=False)
+def assert_same(case, a: Solution, b: Solution, *, unique: np.ndarray | None = None, tol: float = 1e-6,
+                a_pools: bool | None = True) -> None:
+    """Welfare per step, P, S, SoC, community imports/exports and (unique) prices to ``tol``; ``a``
+    solved with ``pools=a_pools``, ``b`` with arcs."""
+    da, db = market_data(case, pools=a_pools), market_data(case, pools=False)
     wa = community_welfare(da, a).sum(axis=1)
     wb = community_welfare(db, b).sum(axis=1)
     np.testing.assert_allclose(wa, wb, rtol=tol, atol=tol)
@@ -138,3 +140,35 @@ def test_link_arcs_pools_cliques_only_and_is_linear() -> None:
     big = link_arcs(n, np.column_stack([i, j]))
     assert time.perf_counter() - t0 < 2.0
     assert len(big.comm) == 2 * n and big.n_pool == 1
+
+
+def test_fast_path_clears_three_hundred_linked_communities_without_falling_back() -> None:
+    # links = "all" over 300 communities: 44,850 pairs, one pool of 300 members
+    case = random_case(8, n_agents=900, n_communities=300, n_batteries=6, steps=3, trade_fee=0.01)
+    d = market_data(case)
+    assert d.n_pool == 1 and d.n_arc == 2 * 300 and len(d.link_arcs) == 0
+    t0 = time.perf_counter()
+    fast = clear_market(case)
+    assert time.perf_counter() - t0 < 10.0
+    assert fast.solver == "fast" and fast.window_solver == ("fast",) * 3
+    ref = tight(case, pools=True)
+    np.testing.assert_allclose(fast.welfare.to_numpy(), community_welfare(d, ref).sum(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(fast.solution.p, ref.p, atol=1e-5)
+    keep = ~free_prices(case, fast)
+    np.testing.assert_allclose(fast.solution.lam[keep], ref.lam[keep], atol=1e-6)
+    assert len(fast.settlements) == 3 * 2 * 300
+
+
+@pytest.mark.parametrize("seed", [9, 10])
+def test_fast_path_with_a_pool_beside_cliques_kept_as_arcs(seed: int) -> None:
+    # by default a clique of 12 communities is pooled, a triangle keeps its arcs, C16 trades alone
+    names = [f"C{k + 1}" for k in range(16)]
+    links = [(names[i], names[j]) for i in range(12) for j in range(i + 1, 12)]
+    links += [("C13", "C14"), ("C14", "C15"), ("C13", "C15")]
+    case = random_case(seed, n_agents=64, n_communities=16, n_batteries=4, steps=4, links=links, trade_fee=0.01)
+    d = market_data(case)
+    assert d.n_pool == 1 and len(d.pool_arcs) == 12 and len(d.link_arcs) == 6
+    fast = clear_market(case, method="fast")
+    arcs = tight(case, pools=False)
+    assert_same(case, fast.solution, arcs, unique=~free_prices(case, fast), a_pools=None)
+    assert np.abs(payment_imbalance(d, fast.solution)).max() < 1e-6

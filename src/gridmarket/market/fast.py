@@ -194,8 +194,9 @@ class FastStats:
 def _cliques(d: MarketData) -> tuple[np.ndarray, int] | str:
     """Pool clique of every community (-1 alone), or why the link topology is unsupported."""
     n_c = d.n_c
-    if d.n_pool and not len(d.link_arcs):  # the cliques are pools already (gridmarket.market.pool)
-        return community_pool(d.arc_comm, d.arc_pool, n_c), d.n_pool
+    pooled = community_pool(d.arc_comm, d.arc_pool, n_c)  # cliques that are pools already (market.pool)
+    if d.n_pool and not len(d.link_arcs):
+        return pooled, d.n_pool
     adj = np.zeros((n_c, n_c), dtype=bool)
     for a in d.link_arcs:
         adj[d.arc_comm[a], d.arc_partner[a]] = True
@@ -218,7 +219,9 @@ def _cliques(d: MarketData) -> tuple[np.ndarray, int] | str:
             names = ", ".join(d.communities[m] for m in sorted(members))
             return f"linked communities {names} are not all linked pairwise (a pool needs a clique)"
         n_k += 1
-    return comp, n_k
+    inpool = pooled >= 0
+    comp[inpool] = n_k + pooled[inpool]
+    return comp, n_k + d.n_pool
 
 
 def fast_unsupported(data: MarketData, *, horizon: int) -> str | None:
@@ -1150,8 +1153,8 @@ def _write(p: FastPlan, sol: Solution, t0: int, res: _Res, rows: slice, snap: fl
                       gexp[:, p.link_partner] * gimp[:, p.link_comm] / np.where(scale > 0, scale, 1.0), 0.0)
         aimp[:, links] = fl
         aexp[:, d.arc_rev[links]] = fl
-        gi = gimp - fl @ p.link_in
-        ge = gexp - fl @ p.link_out
+        gi = gi - fl @ p.link_in
+        ge = ge - fl @ p.link_out
         # the pool's price: q when floating, the bound it sits at when low or high
         qeff = np.where(regl == LOW, ep[:, None], np.where(regl == HIGH, (ip - p.tau)[:, None], q[:, kl]))
         sol.rho[tr, links] = np.where(regl != NONE, qeff, 0.5 * ((ip - p.tau) + ep)[:, None])
@@ -1186,7 +1189,7 @@ def _write_pools(p: FastPlan, sol: Solution, tr: slice, reg: np.ndarray, q: np.n
     d = p.data
     pa = d.pool_arcs
     c = d.arc_comm[pa]
-    k = d.arc_pool[pa]
+    k = p.clique[c]  # the pool's clique column (cliques kept as arcs come first)
     tot_i = gimp @ p.cmember  # (B, n_k)
     tot_e = gexp @ p.cmember
     big = np.maximum(tot_i, tot_e)
