@@ -8,6 +8,7 @@ one block of ``S_ch, S_dis, SoC`` variables.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -240,7 +241,8 @@ def market_data(case: Case, *, battery_model: BatteryModel | str | None = None,
     else:
         value = np.full(steps, float(spec.value))
 
-    pairs = np.array([(cidx[c], cidx[d]) for c, d in case.links], dtype=np.int64).reshape(-1, 2)
+    flat = itertools.chain.from_iterable(case.links)  # linear in the links (a full mesh: C(C-1)/2)
+    pairs = np.fromiter(map(cidx.__getitem__, flat), dtype=np.int64, count=2 * len(case.links)).reshape(-1, 2)
     arcs = link_arcs(len(communities), pairs, pools=pools)
 
     return MarketData(

@@ -76,11 +76,11 @@ def link_arcs(n_c: int, pairs: np.ndarray, *, pools: bool | None = None) -> Link
     if pools is not False and len(pairs):
         lo, hi = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
         proper = lo != hi
-        uniq = np.unique(lo[proper] * n_c + hi[proper])
-        graph = sp.coo_matrix((np.ones(len(uniq)), (uniq // n_c, uniq % n_c)), shape=(n_c, n_c))
+        # CSR sums duplicate pairs: its entries are the distinct links
+        graph = sp.csr_matrix((np.ones(int(proper.sum())), (lo[proper], hi[proper])), shape=(n_c, n_c))
         _, label = connected_components(graph, directed=False)
         size = np.bincount(label, minlength=label.max(initial=-1) + 1)
-        edges = np.bincount(label[uniq // n_c], minlength=len(size))
+        edges = np.bincount(label, weights=np.diff(graph.indptr), minlength=len(size))
         clique = (size > (1 if pools else ARC_CLIQUE_MAX)) & (edges == size * (size - 1) // 2)
         ids = np.cumsum(clique) - 1  # pool number of each clique component
         n_pool = int(clique.sum())
