@@ -101,7 +101,7 @@ class MarketData:
     trade_fee: float
     tie_break: float
     arc_comm: np.ndarray  #: (n_arc,) community owning the arc (the importer of γ_imp|(c,j))
-    arc_partner: np.ndarray  #: (n_arc,) partner community index, GRID for the upstream grid
+    arc_partner: np.ndarray  #: (n_arc,) partner community index, GRID for the upstream grid, POOL for a pool
     arc_rev: np.ndarray  #: (n_arc,) index of the reverse arc (j, c), -1 for grid arcs
     #: (n_arc,) pool of a pool arc (partner POOL), -1 for other arcs; see gridmarket.market.pool
     arc_pool: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
