@@ -44,10 +44,13 @@ def test_no_rows_is_the_market_without_network(method: str, horizon: int) -> Non
         assert res.network_duals.size == 0 and res.network_congestion_rent == 0.0
 
 
-def _export_case(steps: int = 1):
-    # C1: consumer L1 (a = 0.05, b = 1, flex = 1: P in [0, 12]) and PV1 (10 kWh, free); grid 0.8 / 0.3
+def _export_case(steps: int = 1, step_hours: float = 1.0):
+    # C1: consumer L1 (a = 0.05, b = 1, flex = 1: P in [0, 12] kWh) and PV1 (10 kWh, free) per
+    # step whatever its length; grid 0.8 / 0.3
+    kw = 1.0 / step_hours
     return make_case([consumer("L1", "C1", a=0.05, b=1.0, flex=1.0), producer("PV1", "C1")],
-                     {"L1": [12.0] * steps, "PV1": [10.0] * steps}, import_price=0.8, export_price=0.3, links=[])
+                     {"L1": [12.0 * kw] * steps, "PV1": [10.0 * kw] * steps}, import_price=0.8, export_price=0.3,
+                     links=[], step_hours=step_hours)
 
 
 def test_a_binding_export_limit_matches_the_hand_solution() -> None:
@@ -86,6 +89,28 @@ def test_a_binding_export_limit_matches_the_hand_solution() -> None:
     c = clear_market(case, network=rows([0], ["current"], [[-1.0, -1.0]], [1.0]))
     np.testing.assert_allclose(c.price_congestion[0], [-0.2, -0.2], atol=1e-4)
     np.testing.assert_allclose(c.price_voltage[0], [0.0, 0.0], atol=1e-12)
+    # the market table carries the parts, and price is their sum
+    m = r.market[r.market.step == 0]
+    np.testing.assert_allclose(m.price_voltage, [-0.2, -0.2], atol=1e-4)
+    np.testing.assert_allclose(m.price, m.price_energy + m.price_voltage + m.price_congestion, atol=1e-12)
+
+
+def test_half_hour_steps_price_per_kwh_from_a_row_in_kw() -> None:
+    # The same market in steps of 0.5 h (12 kWh = 24 kW of demand, 10 kWh = 20 kW of PV); the row
+    # limits the net injection to 2 kW = 1 kWh per step. In energy the optimum is the hourly one
+    # (P = 9 kWh, 0.2 currency per kWh of relief); per kW of rhs the dual is 0.2·Δt = 0.1, and a
+    # kWh more consumed raises p by 1/Δt kW: the voltage component is 0.1·(−1)/0.5 = −0.2 per kWh,
+    # again L1's marginal utility 1 − 0.1·9 = 0.1 minus the energy price 0.3.
+    case = _export_case(step_hours=0.5)
+    r = clear_market(case, network=rows([0], ["voltage"], [[-1.0, -1.0]], [2.0]))
+    assert r.p_kwh[0] == pytest.approx([9.0, -10.0], abs=1e-3)
+    assert r.network_duals[0] == pytest.approx(0.1, abs=1e-4)
+    np.testing.assert_allclose(r.price_voltage[0], [-0.2, -0.2], atol=2e-4)
+    total = r.price_energy[0] + r.price_voltage[0]
+    assert total[0] == pytest.approx(1.0 - 0.1 * 9.0, abs=2e-4)
+    # rent: 0.1 per kW × 2 kW = 0.2 = what the agents pay per kWh through the voltage part
+    assert r.network_congestion_rent == pytest.approx(0.2, abs=1e-4)
+    assert float((r.price_voltage[0] * r.p_kwh[0]).sum()) == pytest.approx(r.network_congestion_rent, abs=1e-9)
 
 
 def test_a_limit_no_agent_can_meet_is_a_priced_slack() -> None:

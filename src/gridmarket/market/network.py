@@ -36,13 +36,18 @@ Results (:class:`~gridmarket.market.results.MarketResult`)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
 from gridmarket.errors import MarketError
 
-__all__ = ["KINDS", "NetworkConstraints", "check_network", "price_components", "window_rows"]
+if TYPE_CHECKING:
+    from gridmarket.market._data import MarketData
+
+__all__ = ["KINDS", "NetworkConstraints", "NetworkOutcome", "check_network", "network_outcome", "price_components",
+           "window_rows"]
 
 #: row kinds: a voltage limit, a line current limit, a transformer loading limit
 KINDS = ("voltage", "current", "transformer")
@@ -143,3 +148,47 @@ def price_components(nc: NetworkConstraints, duals: np.ndarray, steps: int, step
         agg = sp.csr_matrix((w, (np.asarray(nc.step, dtype=np.int64), np.arange(R))), shape=(steps, R))
         out.append(np.asarray((agg @ sp.csr_matrix(nc.sens)).toarray()).reshape(steps, n))
     return out[0], out[1]
+
+
+@dataclass(frozen=True)
+class NetworkOutcome:
+    """What the network rows did in a cleared market (see the module docstring for the units)."""
+
+    duals: np.ndarray  #: (R,) >= 0 [currency per unit of the row quantity]
+    slack: np.ndarray  #: (R,) [unit of the row quantity]
+    price_energy: np.ndarray  #: (steps, n_agents) community price [currency/kWh], NaN for passive agents
+    price_voltage: np.ndarray  #: (steps, n_agents) [currency/kWh]
+    price_congestion: np.ndarray  #: (steps, n_agents) [currency/kWh]
+    congestion_rent: float  #: Σ dual·(sens @ p_t) [currency], collected by the DSO
+    penalty_cost: float  #: Σ penalty·slack [currency]
+
+
+def network_outcome(data: MarketData, network: NetworkConstraints | None, duals: np.ndarray | None,
+                    slack: np.ndarray | None, price_energy: np.ndarray, energy_kwh: np.ndarray) -> NetworkOutcome:
+    """Price components, congestion rent and penalty cost of a cleared market.
+
+    ``price_energy`` (steps, n_agents) is each agent's community price (NaN for passive agents),
+    ``energy_kwh`` its net consumption ``P + S`` per step [kWh]. Without rows (``network`` None
+    or empty) the components are 0 for market agents.
+    """
+    T, n = price_energy.shape
+    R = 0 if network is None else network.rows
+    d = np.zeros(R) if duals is None or not R else np.asarray(duals, dtype=float)
+    sl = np.zeros(R) if slack is None or not R else np.asarray(slack, dtype=float)
+    passive = np.ones(n, dtype=bool)
+    passive[data.pos] = False
+    volt = np.zeros((T, n))
+    cong = np.zeros((T, n))
+    rent = 0.0
+    if network is not None and R:
+        volt, cong = price_components(network, d, T, data.step_hours)
+        sens = sp.csr_matrix(network.sens) @ sp.diags((~passive).astype(float))
+        p_kw = energy_kwh / data.step_hours
+        quantity = np.asarray(sens.multiply(p_kw[np.asarray(network.step, dtype=np.int64)]).sum(axis=1)).ravel()
+        rent = float(d @ quantity)
+    volt[:, passive] = np.nan
+    cong[:, passive] = np.nan
+    for arr in (d, sl, volt, cong):
+        arr.setflags(write=False)
+    return NetworkOutcome(duals=d, slack=sl, price_energy=price_energy, price_voltage=volt, price_congestion=cong,
+                          congestion_rent=rent, penalty_cost=float(data.case.market.network_penalty * sl.sum()))

@@ -31,7 +31,7 @@ from gridmarket.market.fast import (
     fast_unsupported,
     solve_sequential,
 )
-from gridmarket.market.network import NetworkConstraints, check_network, price_components, window_rows
+from gridmarket.market.network import NetworkConstraints, check_network, window_rows
 from gridmarket.market.prices import Solution
 from gridmarket.market.results import MarketResult, MarketStatus, make_result
 from gridmarket.market.validate import assert_valid_market
@@ -537,37 +537,6 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
         statuses = [MarketStatus.NOT_SOLVED]
     worst = MarketStatus.ALMOST_OPTIMAL if MarketStatus.ALMOST_OPTIMAL in statuses else statuses[0]
     kinds = sorted(set(solvers_used), key=["fast", "clarabel"].index) if solvers_used else ["none"]
-    res = make_result(data, sol, status=worst, window_status=tuple(statuses), horizon=H, iterations=iterations,
-                      build_seconds=t_build, solve_seconds=t_solve, solver="+".join(kinds),
-                      window_solver=tuple(solvers_used))
-    return _with_network(res, data, sol, nc, net_dual, net_slack)
-
-
-def _with_network(res: MarketResult, data: MarketData, sol: Solution, nc: NetworkConstraints, dual: np.ndarray,
-                  slack: np.ndarray) -> MarketResult:
-    """``res`` with the network results (:mod:`gridmarket.market.network`): duals, slacks, the price
-    components per agent and step, the congestion rent and the penalty cost."""
-    T, n = data.steps, len(data.case.agents)
-    energy = np.full((T, n), np.nan)
-    energy[:, data.pos] = sol.lam[:, data.comm]
-    volt = np.full((T, n), np.nan)
-    cong = np.full((T, n), np.nan)
-    rent = 0.0
-    if nc.rows:
-        pv, pc = price_components(nc, dual, T, data.step_hours)
-        volt[:, data.pos], cong[:, data.pos] = pv[:, data.pos], pc[:, data.pos]
-        # the row quantities at the cleared market: sens @ p_t with p in kW (market agents only)
-        p_kw = (res.p_kwh + res.s_kwh) / data.step_hours
-        mkt = np.zeros(n, dtype=bool)
-        mkt[data.pos] = True
-        sens = sp.csr_matrix(nc.sens) @ sp.diags(mkt.astype(float))
-        quantity = np.asarray(sens.multiply(p_kw[np.asarray(nc.step, dtype=np.int64)]).sum(axis=1)).ravel()
-        rent = float(dual @ quantity)
-    else:
-        volt[:, data.pos] = 0.0
-        cong[:, data.pos] = 0.0
-    for arr in (energy, volt, cong, dual, slack):
-        arr.setflags(write=False)
-    return replace(res, network_duals=dual, network_slack=slack, price_energy=energy, price_voltage=volt,
-                   price_congestion=cong, network_congestion_rent=rent,
-                   network_penalty_cost=float(data.case.market.network_penalty * slack.sum()))
+    return make_result(data, sol, status=worst, window_status=tuple(statuses), horizon=H, iterations=iterations,
+                       build_seconds=t_build, solve_seconds=t_solve, solver="+".join(kinds),
+                       window_solver=tuple(solvers_used), network=nc, network_duals=net_dual, network_slack=net_slack)
