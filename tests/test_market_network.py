@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from _market_cases import consumer, make_case, producer, random_case
 from gridmarket.errors import MarketError
 from gridmarket.market import clear_market
-from gridmarket.market.network import NetworkConstraints
+from gridmarket.market.network import NetworkConstraints, row_table
 
 
 def rows(step, kind, sens, rhs, name=None) -> NetworkConstraints:
@@ -116,11 +116,16 @@ def test_half_hour_steps_price_per_kwh_from_a_row_in_kw() -> None:
 def test_a_limit_no_agent_can_meet_is_a_priced_slack() -> None:
     # an inflexible consumer of 5 kWh under a row p_L1 <= 2: the slack is 3, its dual the penalty
     case = make_case([consumer("L1", "C1"), producer("PV1", "C1")], {"L1": [5.0], "PV1": [1.0]}, links=[])
-    r = clear_market(case, network=rows([0], ["transformer"], [[1.0, 0.0]], [2.0], name=["transformer.tx1"]))
+    net = rows([0], ["transformer"], [[1.0, 0.0]], [2.0], name=["transformer.tx1"])
+    r = clear_market(case, network=net)
     pen = case.market.network_penalty
     assert r.network_slack[0] == pytest.approx(3.0, abs=1e-6)
     assert r.network_duals[0] == pytest.approx(pen, rel=1e-6)
     assert r.network_penalty_cost == pytest.approx(3.0 * pen, rel=1e-6)
+    t = row_table(net, r.network_duals, r.network_slack)
+    assert t.to_dict("records")[0] | {"dual": 0, "slack": 0} == {
+        "step": 0, "element": "transformer.tx1", "kind": "transformer", "rhs": 2.0, "dual": 0, "slack": 0,
+        "binding": True, "unmet": True}
     # the welfare is the market's own (the penalty is reported apart): 5·1 − 0.8·4
     assert r.welfare[0] == pytest.approx(5.0 - 0.8 * 4.0, abs=1e-6)
     assert r.p_kwh[0] == pytest.approx([5.0, -1.0], abs=1e-6)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from gridmarket.errors import MarketError
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from gridmarket.market._data import MarketData
 
 __all__ = ["KINDS", "NetworkConstraints", "NetworkOutcome", "check_network", "network_outcome", "price_components",
-           "window_rows"]
+           "row_table", "window_rows"]
 
 #: row kinds: a voltage limit, a line current limit, a transformer loading limit
 KINDS = ("voltage", "current", "transformer")
@@ -192,3 +193,15 @@ def network_outcome(data: MarketData, network: NetworkConstraints | None, duals:
         arr.setflags(write=False)
     return NetworkOutcome(duals=d, slack=sl, price_energy=price_energy, price_voltage=volt, price_congestion=cong,
                           congestion_rent=rent, penalty_cost=float(data.case.market.network_penalty * sl.sum()))
+
+
+def row_table(nc: NetworkConstraints, duals: np.ndarray, slack: np.ndarray, *, tol: float = 1e-9) -> pd.DataFrame:
+    """One row per network row: ``step, element, kind, rhs, dual, slack, binding`` (dual > ``tol``)
+    and ``unmet`` (slack > ``tol``: a limit the market could not meet, to be reported with its
+    element and step)."""
+    d = np.asarray(duals, dtype=float)
+    s = np.asarray(slack, dtype=float)
+    return pd.DataFrame({
+        "step": np.asarray(nc.step, dtype=np.int64), "element": np.array(nc.name, dtype=object),
+        "kind": np.array(nc.kind, dtype=object), "rhs": np.asarray(nc.rhs, dtype=float), "dual": d, "slack": s,
+        "binding": d > tol, "unmet": s > tol})
