@@ -181,3 +181,22 @@ def test_bad_rows_are_named_and_the_fast_method_refuses_rows() -> None:
         clear_market(case, network=rows([0], ["voltage"], [[1.0, np.nan]], [1.0]))
     with pytest.raises(MarketError, match=r"step 0: fast market path failed: the step has network constraints"):
         clear_market(case, network=rows([0], ["voltage"], [[-1.0, -1.0]], [1.0]), method="fast")
+
+
+def test_rows_in_a_pooled_market_leave_the_other_steps_to_the_fast_path() -> None:
+    # 20 communities all linked (one pool); a row on the batteries and flexible consumers at step 2
+    case = random_case(12, n_agents=60, n_communities=20, n_batteries=4, steps=4, trade_fee=0.01)
+    free = clear_market(case)
+    able = [i for i, a in enumerate(case.agents) if a.kind.value == "battery" or a.flex > 0]
+    sens = np.zeros((1, len(case.agents)))
+    sens[0, able[:6]] = 1.0
+    q0 = sens[0] @ ((free.p_kwh + free.s_kwh)[2] / case.time.step_hours)
+    net = rows([2], ["transformer"], sens, [q0 - 0.5])
+    r = clear_market(case, network=net)
+    assert r.window_solver == ("fast", "fast", "clarabel", "fast")
+    qp = clear_market(case, network=net, method="qp")
+    assert r.network_duals[0] > 1e-3 and r.network_duals[0] == pytest.approx(qp.network_duals[0], abs=1e-5)
+    np.testing.assert_allclose(r.welfare.to_numpy(), qp.welfare.to_numpy(), rtol=1e-4)
+    np.testing.assert_allclose(r.p_kwh, qp.p_kwh, atol=1e-3)
+    # steps before the row are the free market's
+    np.testing.assert_allclose(r.p_kwh[:2], free.p_kwh[:2], atol=1e-12)
