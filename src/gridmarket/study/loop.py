@@ -24,13 +24,14 @@ import numpy as np
 import pandas as pd
 
 from gridmarket import __version__, contract
+from gridmarket import economics as costs
 from gridmarket.case.model import Case
 from gridmarket.enums import AgentKind
 from gridmarket.errors import NetworkError
 from gridmarket.market import MarketResult
 from gridmarket.network import OpenDSSNetwork, PowerFlowResult
 from gridmarket.results import Results
-from gridmarket.study import costs, rules
+from gridmarket.study import rules
 from gridmarket.study.pipeline import (
     BATTERY_PREFIX,
     STEP_FILES,

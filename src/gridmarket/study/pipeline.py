@@ -35,6 +35,7 @@ from gridmarket.enums import AgentKind
 from gridmarket.errors import CaseError, GridmarketError, NetworkError, PowerFlowError, Problem, in_iteration
 from gridmarket.market import MarketResult, clear_market
 from gridmarket.network import OpenDSSNetwork, PowerFlowResult, check_limits, monitored_mask
+from gridmarket.topology import bus_name
 
 __all__ = [
     "BATTERY_PREFIX", "Engine", "IterationOutcome", "MemorySink", "Sink", "StreamSink", "Tally",
@@ -244,9 +245,8 @@ class Engine:
         codes, words = pd.factorize(pd.Series(self.node_bus, dtype=object))
         self._bus_codes = codes.astype(np.int32)
         self._bus_words = pa.array([str(w) for w in words], type=pa.string())
-        self.downstream: dict[str, str] = dict(self.net.downstream_buses())
-        self.downstream.update({k: v for k, v in _transformer_downstream(self.net).items()
-                                if k not in self.downstream})
+        #: line or transformer element -> its downstream bus (the topology's one rule)
+        self.downstream: dict[str, str] = dict(self.net.topology.downstream_buses())
         pf = np.array([a.pf if a.pf is not None else np.nan for a in case.agents])
         self._pf_base = pf
 
@@ -288,8 +288,8 @@ class Engine:
             buses = buses.rename(columns={buses.columns[0]: "bus"})
         counts = pd.Series(list(self.agent_bus.values()), dtype=object).value_counts()
         buses["customers"] = buses["bus"].map(counts).fillna(0).astype(np.int64)
-        if "distance_km" not in buses.columns:
-            buses["distance_km"] = _distance_km(self.net, buses["bus"])
+        km = self.net.topology.distance_km()
+        buses["distance_km"] = buses["bus"].map(km).astype(float)
         return contract.conform(buses[[c for c in contract.table("network_buses.csv").names if c in buses.columns]],
                                 "network_buses.csv")
 
@@ -310,55 +310,16 @@ class Engine:
 
 
 def _transformer_table(net: OpenDSSNetwork) -> pd.DataFrame:
-    """element, bus1, bus2 of every enabled two-winding-or-more transformer (empty when unknown)."""
-    cols = ["element", "bus1", "bus2"]
-    reader = getattr(net, "transformers", None)
-    if isinstance(reader, pd.DataFrame) and {"bus1", "bus2"} <= set(reader.columns):
-        t = reader.reset_index()
-        t = t.rename(columns={t.columns[0]: "element"})
-        t["element"] = [n if str(n).lower().startswith("transformer.") else f"transformer.{str(n).lower()}"
-                        for n in t["element"]]
-        return t[cols]
-    rows = []
-    try:
-        dss = net.dss
-        i = dss.Transformers.First()
-        while i:
-            el = dss.CktElement
-            buses = [str(b).split(".")[0].lower() for b in el.BusNames()]
-            if el.Enabled() and len(buses) >= 2:
-                rows.append((contract.element_name("transformer", dss.Transformers.Name()), buses[0], buses[1]))
-            i = dss.Transformers.Next()
-    except Exception:  # noqa: BLE001  (no transformer access: lines only)
-        return pd.DataFrame(columns=cols)
-    return pd.DataFrame(rows, columns=cols)
-
-
-def _transformer_downstream(net: OpenDSSNetwork) -> dict[str, str]:
-    tx = _transformer_table(net)
-    if not len(tx):
-        return {}
-    try:
-        dist = net.bus_distance(net.source_bus)
-    except NetworkError:
-        return {}
-    far = len(dist) + 1
-    return {str(e): (b1 if dist.get(b1, far) > dist.get(b2, far) else b2)
-            for e, b1, b2 in zip(tx["element"], tx["bus1"], tx["bus2"], strict=True)}
-
-
-def _distance_km(net: OpenDSSNetwork, buses: pd.Series) -> np.ndarray:
-    """Distance from the source along the feeder [km] (OpenDSS's bus ``Distance``; NaN unknown)."""
-    try:
-        dss = net.dss
-        out = np.full(len(buses), np.nan)
-        for i, b in enumerate(buses):
-            dss.Circuit.SetActiveBus(str(b))
-            out[i] = float(dss.Bus.Distance())
-    except Exception:  # noqa: BLE001
-        return np.full(len(buses), np.nan)
-    # OpenDSS measures distances inside energy-meter zones only: all zero means "not known"
-    return out if np.nanmax(np.abs(out), initial=0.0) > 0 else np.full(len(buses), np.nan)
+    """element, bus1, bus2 of every transformer in the engine's topology (first two windings)."""
+    ends: dict[str, list[str]] = {}
+    for e in net.topology.edges:
+        if e.kind == "transformer":
+            lst = ends.setdefault(e.name.lower(), [])
+            for b in (bus_name(e.bus1), bus_name(e.bus2)):
+                if b not in lst:
+                    lst.append(b)
+    rows = [(name, b[0], b[1]) for name, b in ends.items() if len(b) >= 2]
+    return pd.DataFrame(rows, columns=["element", "bus1", "bus2"])
 
 
 # ---------------------------------------------------------------------------- counting
@@ -417,7 +378,8 @@ class Tally:
             "voltage_violations": int(p.get("voltage", 0)), "current_violations": int(p.get("current", 0)),
             "transformer_violations": int(p.get("transformer", 0)),
             "nonconverged_steps": int(p.get("nonconvergence", 0)),
-            "buses_violated": len(self.owners.get("voltage", ())), "lines_violated": len(self.owners.get("current", ())),
+            "buses_violated": len(self.owners.get("voltage", ())),
+            "lines_violated": len(self.owners.get("current", ())),
             "transformers_violated": len(self.owners.get("transformer", ())),
             "steps_violated": self.steps_violated,
             "v_min_pu": self.v_min_pu if math.isfinite(self.v_min_pu) else math.nan,
