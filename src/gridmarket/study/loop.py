@@ -15,6 +15,7 @@ import math
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,11 +355,14 @@ def run_study(case: Case, *, progress: Progress | None = None, max_iterations: i
         raise
     best = rules.best_iteration([i.score for i in iterations])
     frames = {} if streamed else {f: sink.frame(f) for f in STEP_FILES}  # type: ignore[union-attr]
-    return StudyResult(case=case, iterations=iterations, best=best,
+    result = StudyResult(case=case, iterations=iterations, best=best,
                        stop_reason=stop or rules.max_iterations_reached(limit),
                        runtime_s=time.perf_counter() - t0, buses=engine.network_buses(), lines=engine.network_lines(),
                        agent_buses=dict(engine.agent_bus), agent_elements=dict(engine.elements), network=net,
                        files=files, frames=frames, params=_params(case, engine, streamed, chunk))
+    if folder is not None and stream_dir is None:  # our own temporary folder: gone with the result
+        weakref.finalize(result, shutil.rmtree, str(folder), True)
+    return result
 
 
 def _iteration(k: int, banks: Mapping[str, int], case: Case, out: IterationOutcome, spec: Any,
