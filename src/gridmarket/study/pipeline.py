@@ -247,8 +247,6 @@ class Engine:
         self._bus_words = pa.array([str(w) for w in words], type=pa.string())
         #: line or transformer element -> its downstream bus (the topology's one rule)
         self.downstream: dict[str, str] = dict(self.net.topology.downstream_buses())
-        pf = np.array([a.pf if a.pf is not None else np.nan for a in case.agents])
-        self._pf_base = pf
 
     # -- elements
     def ensure(self, case: Case) -> list[str]:
@@ -474,10 +472,6 @@ def _step_times(case: Case) -> np.ndarray:
     if isinstance(idx, pd.DatetimeIndex):
         return np.asarray(idx, dtype="datetime64[ns]")
     return np.full(len(idx), np.datetime64("NaT"), dtype="datetime64[ns]")
-
-
-def _codes(words: list[str], values: list[str]) -> pa.Array:
-    return pa.array(np.array([words.index(v) for v in values], dtype=np.int32))
 
 
 @dataclass(frozen=True)
