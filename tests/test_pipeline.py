@@ -116,6 +116,12 @@ def test_realised_welfare_annuity_and_net_benefit_by_hand(case: Case, tmp_path: 
         de = np.where(s_kwh > 0, b.eff_charge * s_kwh, s_kwh / b.eff_discharge)
         v = ((costed.grid.import_price + costed.grid.export_price) / 2)[bat["step"].to_numpy()]
         assert row.welfare - row.welfare_realised == pytest.approx(float((v * de).sum()), abs=1e-6)
+        # stored energy value: v at the last step times the energy left in (or drained from) the banks
+        last = bat[bat["step"] == STEPS - 1]
+        cap = np.array([sum(it.banks.values()) and it.banks[a.removeprefix("SBU_")] for a in last["agent"]]) * 10.24
+        v_end = (costed.grid.import_price[-1] + costed.grid.export_price[-1]) / 2
+        assert row.stored_energy_value == pytest.approx(v_end * float((cap * (last["soc"] - b.soc_init)).sum()),
+                                                        abs=1e-6)
     assert math.isclose(t["net_benefit"].iloc[0], 0.0, abs_tol=1e-12)
     summary = study.summary()
     best = study.iterations[study.best]

@@ -126,6 +126,9 @@ def run_long(case: Case, out_dir: Path | str, *, chunk_steps: int = 720, progres
                                 "stage_s": {k: round(v, 3) for k, v in it.stage_s.items()}})
         write_results(results, out, overwrite=overwrite)
         stage = dict(it.stage_s, write=time.perf_counter() - t_write)
+        close = getattr(study.network, "close", None)  # the engine's private output folder
+        if close is not None:
+            close()
     finally:
         shutil.rmtree(stream_dir, ignore_errors=True)
     return LongRunResult(out_dir=out, steps=case.time.steps, chunks=chunks, welfare=it.welfare, counts=it.counts,

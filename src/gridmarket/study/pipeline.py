@@ -18,6 +18,7 @@ collapsed step never reads as "no violations".
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -547,26 +548,46 @@ def _community_columns(labels: _Labels, res: MarketResult, k: int, s0: int, time
             **{c: df[c].to_numpy(dtype=float) for c in ("price", "import_kwh", "export_kwh", "welfare")}}
 
 
-def _stored_energy(case: Case, res: MarketResult, soc_start: Mapping[str, float] | None) -> tuple[float, float]:
-    """(Σ_t Σ_b v_t·ΔE_{b,t}, Σ_b v_end·(E_end − E_start)) [currency] of a cleared chunk, from
-    its SoC path: ``ΔE_t = cap·(SoC_t − SoC_{t−1}·(1 − λ_sd))`` (both battery models)."""
+def _values(case: Case) -> np.ndarray:
+    """v_n per step [currency/kWh]: a number, or "mean-price" (mean of import and export price)."""
+    value = case.battery.value
+    if isinstance(value, str):
+        return (np.asarray(case.grid.import_price, dtype=float) + np.asarray(case.grid.export_price, dtype=float)) / 2
+    return np.full(case.time.steps, float(value))
+
+
+def _valued_energy(case: Case, res: MarketResult, soc_start: Mapping[str, float] | None) -> float:
+    """Σ_t Σ_b v_t·ΔE_{b,t} [currency] of a cleared slice, from its SoC path:
+    ``ΔE_t = cap·(SoC_t − SoC_{t−1}·(1 − λ_sd))`` (both battery models)."""
     bats = [i for i, a in enumerate(case.agents) if a.kind is AgentKind.BATTERY]
     if not bats or case.time.steps == 0:
-        return 0.0, 0.0
+        return 0.0
     b = case.battery
-    value = b.value
-    if isinstance(value, str):  # "mean-price": mean of the step's import and export prices
-        v = (np.asarray(case.grid.import_price, dtype=float) + np.asarray(case.grid.export_price, dtype=float)) / 2
-    else:
-        v = np.full(case.time.steps, float(value))
     cap = np.array([case.agents[i].units * b.unit_kwh for i in bats])
     soc = np.asarray(res.soc)[:, bats]
     start = np.array([(soc_start or {}).get(case.agents[i].name, b.soc_init) for i in bats])
     prev = np.vstack([start, soc[:-1]])
     de = cap * (soc - prev * (1.0 - b.self_discharge))
-    valued = float((v[:, None] * de).sum())
-    stored = float(v[-1] * (cap * (soc[-1] - start)).sum())
-    return valued, stored
+    return float((_values(case)[:, None] * de).sum())
+
+
+def _stored_value(case: Case, soc_end: Mapping[str, float] | None) -> float:
+    """Σ_b v_end·(E_end − E_start) over the run [currency] (v_end: the last step's value)."""
+    bats = [a for a in case.agents if a.kind is AgentKind.BATTERY]
+    if not bats or not soc_end or case.time.steps == 0:
+        return 0.0
+    b = case.battery
+    de = sum(a.units * b.unit_kwh * (soc_end[a.name] - b.soc_init) for a in bats)
+    return float(_values(case)[-1] * de)
+
+
+#: keywords of clear_market for a slice of a longer run (cyclic SoC at the end of the run)
+_SLICE_KW = {"steps_after", "soc_target"} <= set(inspect.signature(clear_market).parameters)
+
+
+def realised_part(realised: float | None, welfare: np.ndarray, valued: float) -> float:
+    """A slice's realised welfare [currency]: the market's, else reported minus valued energy."""
+    return float(realised) if realised is not None else float(welfare.sum()) - valued
 
 
 def _combine_solvers(solvers: list[str]) -> str:
@@ -634,9 +655,11 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
     lo, hi = case.battery.soc_min, case.battery.soc_max
     bat_idx = [i for i, a in enumerate(case.agents) if a.kind is AgentKind.BATTERY]
     welfare = realised = stored = 0.0
+    target = {case.agents[i].name: case.battery.soc_init for i in bat_idx}  # cyclic: back where the run began
     breakdown: dict[str, float] = {}
     solvers: list[str] = []
     n_chunks = 0
+    res: MarketResult | None = None
     kept: tuple[Any, Any, Any] | None = None
     vmin, vmax = case.network.vmin_pu, case.network.vmax_pu
     try:
@@ -645,8 +668,11 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
             n_chunks += 1
             part = slice_case(case, s0, s1)
             t1 = time.perf_counter()
+            slice_kw: dict[str, Any] = {}
+            if _SLICE_KW and (s0 > 0 or s1 < steps):
+                slice_kw = {"steps_after": steps - s1, "soc_target": target}
             try:
-                res = clear_market(part, soc_init=soc, **market_kw)
+                res = clear_market(part, soc_init=soc, **slice_kw, **market_kw)
             except GridmarketError as exc:
                 raise in_iteration(_in_horizon(exc, s0), index) from exc
             start_soc = soc
@@ -656,13 +682,14 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
             kw = dispatch_kw(part, res)
             w = res.welfare.to_numpy(dtype=float)
             welfare += float(w.sum())
-            valued, stored_part = _stored_energy(part, res, start_soc)
             r = getattr(res, "welfare_realised", None)
+            valued = 0.0 if r is not None else _valued_energy(part, res, start_soc)
             realised += float(r) if r is not None else float(w.sum()) - valued
             sv = getattr(res, "stored_energy_value", None)
-            stored += float(sv) if sv is not None else stored_part
+            if n_chunks == 1 and s1 == steps and sv is not None:
+                stored = float(sv)
             parts = getattr(res, "welfare_breakdown", None)
-            for name, value in (parts or {"unattributed": float(w.sum()) - valued}).items():
+            for name, value in (parts or {"unattributed": realised_part(r, w, valued)}).items():
                 breakdown[name] = breakdown.get(name, 0.0) + float(value)
             solvers.append(str(getattr(res, "solver_used", None) or res.solver))
             t2 = time.perf_counter()
@@ -692,6 +719,8 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
     finally:
         if session is not None:
             session.close()
+    if not (n_chunks == 1 and res is not None and getattr(res, "stored_energy_value", None) is not None):
+        stored = _stored_value(case, soc)
     return IterationOutcome(
         welfare=welfare, welfare_realised=realised, stored_energy_value=stored, breakdown=breakdown,
         solver=_combine_solvers(solvers), tally=tally, counts=tally.counts, chunks=n_chunks, stage_s=stage,
