@@ -284,7 +284,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
         if k >= limit_iter:
             stop = f"reached network_iterations = {limit_iter}"
             break
-        if not new and k > 1 and history[-2]["violations"] == n_viol and _same(history) and lin_err <= 1e-9:
+        if not new and k > 1 and history[-2]["violations"] == n_viol and _same(history) and lin_err <= 1e-6:
             stop = "no progress: the active set, the dispatch and the violations did not change"
             break
         for t, rows in new.items():
@@ -312,7 +312,9 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
                 # side·(x⁰ + K(p − p⁰)) ≤ side·bound  ⇔  side·K p ≤ side·(bound − x⁰) + side·K p⁰
                 b = r.side * (_bound(lim, r) - s.value[j]) + g @ p0[t]
                 m = float(np.max(np.abs(g)))
-                scl = m if m > 0 else 1.0
+                if m < SENSITIVITY_FLOOR:  # no agent can move it: left out, reported with its cause
+                    continue
+                scl = m
                 st.append(t)
                 nm.append(f"bus.{r.name}" if r.kind == "voltage" else r.name)
                 kd.append(r.kind)
@@ -338,8 +340,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     duals = np.zeros(0)
     if constraints is not None:
         duals = np.asarray(getattr(market, "network_duals", np.zeros(len(scale))), dtype=float) / scale
-    residual = _residual(lim, viol, market, active, constraints, case.time.index, elements, model, states, kw,
-                         q_ratio, market_cols, base_op or sens.read_operating_point(net, model))
+    residual = _residual(lim, viol, market, active, constraints, scale, case.time.index)
     return AwareResult(market=market, flow=flow, kw=kw, constraints=constraints, duals=duals, residual=residual,
                        linearisation_error_pu=lin_err, outer_iterations=k, step_iterations=step_iter,
                        history=history, stop_reason=stop, method=method)
@@ -358,7 +359,8 @@ def _lin_error(pred: dict[tuple[int, str], tuple[float, np.ndarray, np.ndarray]]
 
 
 def _same(history: list[dict[str, Any]]) -> bool:
-    return abs(history[-1]["welfare"] - history[-2]["welfare"]) <= 1e-9 * max(1.0, abs(history[-1]["welfare"]))
+    """Welfare of the last two clearings equal to 1e-6 relative."""
+    return abs(history[-1]["welfare"] - history[-2]["welfare"]) <= 1e-6 * max(1.0, abs(history[-1]["welfare"]))
 
 
 def _bound(lim: _Limits, r: _Row) -> float:
@@ -386,9 +388,8 @@ def _op_from(model: sens.GridModel, base: sens.OperatingPoint, v: np.ndarray, el
 
 
 def _residual(lim: _Limits, viol: dict[int, list[tuple[_Row, float]]], market: MarketResult,
-              active: dict[int, list[_Row]], constraints: NetworkConstraints | None, times: Any,
-              elements: ElementSet, model: sens.GridModel, states: list[np.ndarray], kw: np.ndarray,
-              q_ratio: np.ndarray, market_cols: np.ndarray, base_op: sens.OperatingPoint) -> pd.DataFrame:
+              active: dict[int, list[_Row]], constraints: NetworkConstraints | None, scale: np.ndarray,
+              times: Any) -> pd.DataFrame:
     """The violations left, each with why the market could not remove it."""
     out = []
     slack = np.asarray(getattr(market, "network_slack", np.zeros(0)), dtype=float)
@@ -399,21 +400,17 @@ def _residual(lim: _Limits, viol: dict[int, list[tuple[_Row, float]]], market: M
     for t in sorted(viol):
         for r, value in viol[t]:
             j = index.get((t, r.name))
+            unit = {"voltage": "pu/kW", "current": "A/kW", "transformer": "1/kW"}[r.kind]
             if r not in active.get(t, []):
                 cause = "entered the active set only at the last AC power flow (iteration limit)"
-            elif j is not None and slack.size > j and slack[j] > _SLACK_TOL:
-                cause = (f"slack > 0 ({slack[j]:.4g} kW-equivalent): the agents that influence it reached "
-                         "their bounds")
+            elif j is None:
+                cause = f"no agent has sensitivity above {SENSITIVITY_FLOOR:g} {unit} to this {r.kind} row"
+            elif slack.size > j and slack[j] > _SLACK_TOL:
+                what = {"voltage": "pu", "current": "A", "transformer": "of the rating"}[r.kind]
+                cause = (f"slack > 0 ({slack[j] * scale[j]:.4g} {what} beyond the linearised limit): "
+                         "the agents that influence it reached their bounds")
             else:
-                op = _op_from(model, base_op, states[t], elements, kw[t], q_ratio)
-                s = sens.ymatrix_sensitivities(model, op, elements.names, [(r.kind, r.name)], q_ratio)
-                top = float(np.max(np.abs(s.dp[0, market_cols]))) if market_cols.any() else 0.0
-                unit = {"voltage": "pu/kW", "current": "A/kW", "transformer": "1/kW"}[r.kind]
-                if top < SENSITIVITY_FLOOR:
-                    cause = f"no agent has sensitivity above {SENSITIVITY_FLOOR:g} {unit} to this {r.kind} row"
-                else:
-                    cause = ("linearisation error larger than the margin δ at the last operating point "
-                             "(iteration limit)")
+                cause = "linearisation error larger than the margin δ at the last operating point (iteration limit)"
             out.append({"step": t, "time": times[t], "kind": r.kind, "element": r.name, "value": value,
                         "limit": lim.limit(r), "cause": cause})
     return pd.DataFrame(out, columns=list(RESIDUAL_COLUMNS))
