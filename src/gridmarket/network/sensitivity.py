@@ -476,7 +476,7 @@ def _jacobian(model: GridModel, op: OperatingPoint) -> tuple[Any, np.ndarray]:
     a = model.y
     m = sp.bmat([[a.real + b.real, -a.imag + b.imag], [a.imag + b.imag, a.real - b.real]], format="csc")
     try:
-        lu = spla.splu(m)
+        lu = spla.splu(m, permc_spec="MMD_AT_PLUS_A")  # less fill than COLAMD on feeders (measured)
     except RuntimeError as exc:
         msg = f"the linearised power flow of {n} nodes is singular (a node without a path to the source?): {exc}"
         raise NetworkError(msg) from exc
@@ -526,19 +526,15 @@ def ymatrix_sensitivities(model: GridModel, op: OperatingPoint, elements: Sequen
         cv.append(sign * coef[keep])
     r_p = sp.csr_matrix((np.concatenate(cv), (np.concatenate(ri), np.concatenate(ci))), shape=(n, ne))
     r_q = r_p * (-1j)  # conj(j·1 kvar) = −j·1000 VA
-    if len(rows) <= 2 * ne:  # adjoint: one solve per row
-        lam = lu.solve(np.asfortranarray(w), trans="T")  # (2n, R)
-        lr, li = lam[:n], lam[n:]
+    # adjoint: one solve per row (SuperLU's transposed multi-column solve measured faster than the
+    # direct one with one column per element and power, even with more rows than columns)
+    lam = lu.solve(np.asfortranarray(w), trans="T")  # (2n, R)
+    lr, li = lam[:n], lam[n:]
 
-        def apply(r: sp.csr_matrix) -> np.ndarray:
-            return np.asarray(r.real.T @ lr + r.imag.T @ li).T
+    def apply(r: sp.csr_matrix) -> np.ndarray:
+        return np.asarray(r.real.T @ lr + r.imag.T @ li).T
 
-        dp, dq = apply(r_p), apply(r_q)
-    else:  # direct: one solve per element and power (P, Q)
-        rhs = sp.vstack([sp.hstack([r_p.real, r_q.real]), sp.hstack([r_p.imag, r_q.imag])])
-        z = lu.solve(np.asfortranarray(rhs.toarray()))
-        both = w.T @ z
-        dp, dq = both[:, :ne], both[:, ne:]
+    dp, dq = apply(r_p), apply(r_q)
     if q_ratio is not None:
         dp = dp + dq * np.asarray(q_ratio, dtype=float)[None, :]
     return Sensitivity(rows=rows, value=val, dp=dp, dq=dq, elements=tuple(elements), method="ymatrix")
