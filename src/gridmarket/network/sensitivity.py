@@ -26,7 +26,8 @@ Storage at unity power factor), i.e. exactly what a change of the agent's cleare
 derivative with respect to the element's reactive consumption [per kvar] (Y-matrix method
 only). Rows: ``"voltage"`` = bus-phase voltage magnitude [pu of the LN base],
 ``"current"`` = line-phase current magnitude at terminal 1 [A], ``"transformer"`` = loading
-``max_w |S_w| / S_w,rated`` over the windings [fraction of the normal kVA].
+``|S_1| / S_1,rated`` of winding 1 [fraction of its normal kVA], as the engine's
+``PowerFlowResult.transformer_loading``.
 """
 
 from __future__ import annotations
@@ -386,13 +387,8 @@ def _row_weights(model: GridModel, v: np.ndarray, rows: Sequence[tuple[str, str]
                 w[:n, r] = g.real
                 w[n:, r] = -g.imag
         else:
-            loads = []
-            for (nodes, yrows), kva in zip(model.tx_terms[k], model.tx_kva[k], strict=True):
-                cur = yrows @ v
-                loads.append(abs(np.sum(v[nodes] * np.conj(cur))) / (kva * 1000.0))
-            wdg = int(np.argmax(loads))
-            nodes, yrows = model.tx_terms[k][wdg]
-            kva_va = model.tx_kva[k][wdg] * 1000.0
+            nodes, yrows = model.tx_terms[k][0]  # winding 1, as the engine's transformer_loading
+            kva_va = model.tx_kva[k][0] * 1000.0
             cur = yrows @ v
             s = complex(np.sum(v[nodes] * np.conj(cur)))
             val[r] = abs(s) / kva_va

@@ -146,8 +146,14 @@ class _Limits:
         d = self.delta + watch
         v = flow.v_pu[:, self.node_cols]
         i = flow.i_amps[:, self.line_cols]
-        tx = (np.array([sens.row_values(self.model, s, [("transformer", t) for t in self.tx_names]) for s in states])
-              if self.tx_names else np.zeros((flow.steps, 0)))
+        ok = _converged(flow)
+        tx = np.full((flow.steps, len(self.tx_names)), np.nan)
+        if self.tx_names:
+            rows = [("transformer", t) for t in self.tx_names]
+            for t in np.flatnonzero(ok):
+                tx[t] = sens.row_values(self.model, states[t], rows)
+        v, i = v.copy(), i.copy()
+        v[~ok], i[~ok] = np.nan, np.nan  # a step that did not converge has no limits to check
         checks = (
             ("voltage", self.node_names, v, self.vmax, self.vmax - d, 1),
             ("voltage", self.node_names, v, self.vmin, self.vmin + d, -1),
@@ -182,15 +188,23 @@ def _run_flow(net: OpenDSSNetwork, es: ElementSet, kw: np.ndarray, pf: np.ndarra
               label: str, progress: Progress | None) -> tuple[PowerFlowResult, list[np.ndarray]]:
     """The AC power flow of ``kw`` and the complex node voltages of every step."""
     steps = kw.shape[0]
-    states: list[np.ndarray] = []
+    states: list[np.ndarray] = [np.zeros(0, dtype=complex)] * steps
 
     def cb(t: int) -> None:
-        states.append(np.asarray(net.dss.Circuit.YNodeVArray(), dtype=float).view(np.complex128).copy())
+        states[t] = np.asarray(net.dss.Circuit.YNodeVArray(), dtype=float).view(np.complex128).copy()
         if progress is not None:
             progress(label, t + 1, steps)
 
     flow = net.run_series(es, kw, pf=pf, progress=cb)
     return flow, states
+
+
+def _converged(flow: PowerFlowResult) -> np.ndarray:
+    """(steps,) True where the step's AC power flow converged (every step, for engines that raise instead)."""
+    conv = getattr(flow, "converged", None)
+    if conv is None or np.size(conv) != flow.steps:
+        return np.ones(flow.steps, dtype=bool)
+    return np.asarray(conv, dtype=bool)
 
 
 def _monitored(case: Case, net: OpenDSSNetwork, flow: PowerFlowResult, es: ElementSet) -> np.ndarray:
@@ -341,6 +355,13 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     if constraints is not None:
         duals = np.asarray(getattr(market, "network_duals", np.zeros(len(scale))), dtype=float) / scale
     residual = _residual(lim, viol, market, active, constraints, scale, case.time.index)
+    failed = np.flatnonzero(~_converged(flow))
+    if failed.size:
+        extra = pd.DataFrame({"step": failed, "time": [case.time.index[t] for t in failed],
+                              "kind": "nonconvergence", "element": "circuit", "value": np.nan, "limit": np.nan,
+                              "cause": "the AC power flow of this step did not converge: no operating point to "
+                                       "linearise around"})
+        residual = pd.concat([residual, extra], ignore_index=True) if len(residual) else extra
     return AwareResult(market=market, flow=flow, kw=kw, constraints=constraints, duals=duals, residual=residual,
                        linearisation_error_pu=lin_err, outer_iterations=k, step_iterations=step_iter,
                        history=history, stop_reason=stop, method=method)
