@@ -298,6 +298,11 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
         if k >= limit_iter:
             stop = f"reached network_iterations = {limit_iter}"
             break
+        if (n_viol and not new and constraints is not None
+                and lin_err <= (0.5 * lim.delta if converge_pu is None else converge_pu)
+                and _explained(viol, constraints, market)):
+            stop = "only violations the market cannot remove are left (see the residual causes)"
+            break
         if not new and k > 1 and history[-2]["violations"] == n_viol and _same(history) and lin_err <= 1e-6:
             stop = "no progress: the active set, the dispatch and the violations did not change"
             break
@@ -377,6 +382,20 @@ def _lin_error(pred: dict[tuple[int, str], tuple[float, np.ndarray, np.ndarray]]
     for (t, node), (v0, g, p0) in pred.items():
         err = max(err, abs(float(flow.v_pu[t, col[node]]) - (v0 + float(g @ (p[t] - p0)))))
     return err
+
+
+def _explained(viol: dict[int, list[tuple[_Row, float]]], constraints: NetworkConstraints,
+               market: MarketResult) -> bool:
+    """Every violated row is out of the market (no agent moves it) or its slack is positive."""
+    slack = np.asarray(getattr(market, "network_slack", np.zeros(0)), dtype=float)
+    rows = {(int(t), nm.removeprefix("bus.")): j
+            for j, (t, nm) in enumerate(zip(constraints.step, constraints.name, strict=True))}
+    for t, items in viol.items():
+        for r, _ in items:
+            j = rows.get((t, r.name))
+            if j is not None and not (slack.size > j and slack[j] > _SLACK_TOL):
+                return False
+    return True
 
 
 def _same(history: list[dict[str, Any]]) -> bool:
