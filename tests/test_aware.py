@@ -249,3 +249,65 @@ def test_aware_equals_blind_when_no_limit_binds(tmp_path: Path) -> None:
     plain = clear_aware(case, net, es, pf=pf)
     assert plain.constraints is None and plain.outer_iterations == 1
     assert np.asarray(plain.market.welfare) == pytest.approx(np.asarray(blind.welfare), abs=1e-12)
+
+
+# --------------------------------------------------------------------------- residual causes
+
+LATERAL = FEEDER.replace("Set voltagebases", f"""\
+New Line.l3 phases=1 bus1=src.1 bus2=b3.1 rmatrix=[0.15] xmatrix=[0.05] cmatrix=[0] length=1 units=none normamps=1000
+New Load.p3 phases=1 bus1=b3.1 kV={V_LN / 1000} kW=1 kvar=0 model=1
+Set voltagebases""")
+LATERAL_AGENTS = """\
+H1,consumer,C1,Load.h1,load,1,0.02,2.0,0,0,,
+PV1,producer,C1,PVSystem.pv1,pv,1,0.01,0.05,0,0,,
+H2,consumer,C1,Load.h2,load,1,0.02,2.0,0,0,,
+PV2,producer,C1,PVSystem.pv2,pv,1,0.01,0.05,0,0,,
+P3,passive,,Load.p3,p3,1,0,0,0,0,,
+"""
+
+
+def test_residual_violations_carry_their_cause(tmp_path: Path) -> None:
+    """Midday overvoltage: curtailable PV cures it. Evening undervoltage under inflexible loads:
+    the rows' slacks stay positive. A passive load on its own lateral from a stiff source: no
+    agent has any sensitivity to its bus."""
+    root = _write_case(tmp_path, "lateral", LATERAL, LATERAL_AGENTS,
+                       {"load": [1.0, 8.0], "pv": [10.0, 0.0], "p3": [20.0, 20.0]}, '["b1", "b2", "b3"]')
+    case = load_case(root)
+    net, es, pf = _setup(case)
+    res = clear_aware(case, net, es, pf=pf)
+    r = res.residual
+    assert set(r["step"]) == {0, 1}
+    unreachable = r[r["element"] == "b3.1"]
+    assert len(unreachable) == 2
+    assert unreachable["cause"].str.startswith("no agent has sensitivity above 1e-06 pu/kW").all()
+    evening = r[(r["step"] == 1) & (r["element"] != "b3.1")]
+    assert len(evening) >= 1 and set(evening["element"]) <= {"b1.1", "b2.1"}
+    assert evening["cause"].str.startswith("slack > 0").all()
+    assert (evening["value"] < evening["limit"]).all()
+    # midday: no violation left at b1/b2 (the PV was curtailed)
+    midday = r[(r["step"] == 0) & (r["element"] != "b3.1")]
+    assert midday.empty
+    assert res.flow.v_pu[0, res.flow.node_names.index("b2.1")] <= case.network.vmax_pu
+    assert res.stop_reason.startswith("only violations the market cannot remove")
+
+
+def test_perturbed_sensitivities_give_the_same_clearing(two_bus: tuple[Case, OpenDSSNetwork, ElementSet, np.ndarray]
+                                                        ) -> None:
+    case, net, es, pf = two_bus
+    a = clear_aware(case, net, es, pf=pf, converge_pu=1e-9)
+    b = clear_aware(case, net, es, pf=pf, converge_pu=1e-9, method="perturbed")
+    assert b.method == "perturbed"
+    assert np.abs(a.market.p_kwh - b.market.p_kwh).max() < 1e-5
+    assert a.duals == pytest.approx(b.duals, rel=1e-4)
+
+
+@pytest.mark.parametrize("horizon", [4])
+def test_multi_period_aware_market_is_within_limits(tmp_path: Path, horizon: int) -> None:
+    case, net, es, pf = _feeder(tmp_path, load=[1.0, 1.0, 2.0, 8.0], pv=[0.0, 10.0, 4.0, 0.0])
+    case = replace(case, market=replace(case.market, horizon=horizon))
+    blind = clear_market(case)
+    res = clear_aware(case, net, es, pf=pf)
+    assert res.market.horizon == horizon
+    assert _violations(case, res.flow) == (0, 0)
+    assert res.residual.empty
+    assert float(np.sum(res.market.welfare)) <= float(np.sum(blind.welfare)) + 1e-9
