@@ -47,7 +47,7 @@ CalcVoltageBases
 ELEMENTS = ["Load.a1", "Load.a2", "Load.d3", "Load.y3", "Load.lat1", "PVSystem.pvlat",
             "Load.h1", "Load.h2", "Load.h12", "PVSystem.pvh"]
 KW = np.array([6.0, 3.0, 9.0, 4.0, 2.0, 3.0, 2.0, 1.0, 4.0, 2.5])
-PF = np.array([0.95, 0.9, 0.97, 1.0, 0.95, np.nan, 0.95, 0.95, 0.9, np.nan])
+PF = np.array([0.95, np.nan, 0.97, 1.0, 0.95, np.nan, 0.95, 0.95, 0.9, np.nan])  # Load.a2: its own pf 0.9
 H_KW = 0.05  # finite-difference step [kW]
 TOL_PU = 1e-4  # required agreement [pu/kW]
 
@@ -162,7 +162,9 @@ def test_ymatrix_matches_finite_differences(feeder: tuple[OpenDSSNetwork, Elemen
 def test_reactive_sensitivity_matches_finite_differences(feeder: tuple[OpenDSSNetwork, ElementSet],
                                                          reference: Ref) -> None:
     net, es = feeder
-    q_ratio = np.where(np.isnan(PF), 0.0, np.sqrt(1 / np.where(np.isnan(PF), 1.0, PF) ** 2 - 1))
+    pf = np.where(np.isnan(PF), 1.0, PF)
+    pf[ELEMENTS.index("Load.a2")] = 0.9  # its own pf
+    q_ratio = np.sqrt(1 / pf**2 - 1)
     kvar = KW * q_ratio
     net.run_series(es, KW, kvar=kvar)
     model = sens.grid_model(net)

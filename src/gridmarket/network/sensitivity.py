@@ -454,7 +454,10 @@ def dispatch_q_ratio(net: OpenDSSNetwork, elements: ElementSet, pf: np.ndarray |
             continue
         if cls == "Load" and pf is not None and np.isfinite(pf[k]):
             out[k] = float(np.sqrt(1.0 / pf[k] ** 2 - 1.0))
-        elif own is not None:
+        elif own is None:  # pragma: no cover - an engine without the ratio it dispatches with
+            msg = f"{name}: the engine does not say which kvar/kW ratio it dispatches this element with"
+            raise NetworkError(msg)
+        else:
             out[k] = float(own(cls, nm))
     return out
 
