@@ -102,6 +102,7 @@ class Ref:
     di: np.ndarray  #: [A/kW]
     dt: np.ndarray  #: [1/kW]
     v0: np.ndarray
+    t0: np.ndarray  #: transformer loadings at the operating point, from OpenDSS's terminal powers
     nodes: list[str]
     lines: list[str]
 
@@ -110,9 +111,9 @@ class Ref:
 def reference(feeder: tuple[OpenDSSNetwork, ElementSet]) -> Ref:
     net, es = feeder
     cols = [_fd(net, es, k) for k in range(len(ELEMENTS))]
-    v0, _, _, nodes, lines = _observe(net, es, KW)
+    v0, _, t0, nodes, lines = _observe(net, es, KW)
     return Ref(dv=np.array([c[0] for c in cols]).T, di=np.array([c[1] for c in cols]).T,
-               dt=np.array([c[2] for c in cols]).T, v0=v0, nodes=nodes, lines=lines)
+               dt=np.array([c[2] for c in cols]).T, v0=v0, t0=t0, nodes=nodes, lines=lines)
 
 
 def _rows(ref: Ref) -> list[tuple[str, str]]:
@@ -157,6 +158,9 @@ def test_ymatrix_matches_finite_differences(feeder: tuple[OpenDSSNetwork, Elemen
     # values at the operating point equal the engine's
     nv = len(nodes)
     assert np.abs(s.value[:nv] - reference.v0).max() < 1e-9
+    assert np.abs(s.value[-2:] - reference.t0).max() < 1e-9
+    assert model.tx_names == ("transformer.tx", "transformer.ct")
+    assert np.abs(model.tx_loading(op.v) - reference.t0).max() < 1e-9
 
 
 def test_reactive_sensitivity_matches_finite_differences(feeder: tuple[OpenDSSNetwork, ElementSet],

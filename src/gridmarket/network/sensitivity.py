@@ -135,6 +135,20 @@ class GridModel:
         vals = np.concatenate([np.ones(keep_a.sum()), -np.ones(keep_b.sum())])
         return sp.csr_matrix((vals, (rows, cc)), shape=(self.n, nb))
 
+    def tx_loading(self, v: np.ndarray) -> np.ndarray:
+        """(n_transformers,) loading of winding 1, ``|S_1| / S_1,rated``, at node voltages ``v`` [fraction]."""
+        cached = getattr(self, "_tx1", None)
+        if cached is None:
+            nodes = [t[0][0] for t in self.tx_terms]
+            rows = sp.vstack([t[0][1] for t in self.tx_terms]).tocsr() if nodes else sp.csr_matrix((0, self.n))
+            owner = np.repeat(np.arange(len(nodes)), [len(x) for x in nodes])
+            agg = sp.csr_matrix((np.ones(owner.size), (owner, np.arange(owner.size))), shape=(len(nodes), owner.size))
+            kva = np.array([k[0] for k in self.tx_kva]) * 1000.0
+            cached = (np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.intp), rows, agg, kva)
+            object.__setattr__(self, "_tx1", cached)
+        idx, rows, agg, kva = cached
+        return np.abs(agg @ (v[idx] * np.conj(rows @ v))) / kva
+
     def index(self) -> dict[tuple[str, str], int]:
         """``(kind, name)`` -> position: node (voltage), conductor (current), transformer."""
         cached: dict[tuple[str, str], int] | None = getattr(self, "_index", None)

@@ -114,20 +114,24 @@ class _Row:
 
 
 class _Limits:
-    """Every limited quantity of the network, evaluated on an AC power flow."""
+    """Every limited quantity of the network: monitored bus-phase voltages, rated line
+    conductors, rated transformers (winding 1)."""
 
-    def __init__(self, case: Case, model: sens.GridModel, flow: PowerFlowResult,
-                 monitored: np.ndarray) -> None:
+    def __init__(self, case: Case, model: sens.GridModel, node_names: list[str], monitored: np.ndarray) -> None:
         self.vmin, self.vmax = case.network.vmin_pu, case.network.vmax_pu
         self.delta = case.market.network_margin_pu
-        self.node_names = [n for n, m in zip(flow.node_names, monitored, strict=True) if m]
-        self.node_cols = np.flatnonzero(monitored)
-        rated = np.isfinite(flow.norm_amps) & (flow.norm_amps > 0)
-        self.line_cols = np.flatnonzero(rated)
-        self.line_names = [flow.line_phase_names[k] for k in self.line_cols]
-        self.i_max = np.asarray(flow.norm_amps)[self.line_cols]
-        self.tx_names = [t for t, kva in zip(model.tx_names, model.tx_kva, strict=True) if np.all(kva > 0)]
+        self.node_names = [n for n, m in zip(node_names, monitored, strict=True) if m]
+        y = {n: k for k, n in enumerate(model.node_names)}
+        self.node_y = np.array([y[n] for n in self.node_names], dtype=np.intp)
+        self.inv_base = 1.0 / model.base_v[self.node_y]
+        rated = np.isfinite(model.norm_amps) & (model.norm_amps > 0)
+        self.line_names = [n for n, r in zip(model.line_names, rated, strict=True) if r]
+        self.line_rows = model.line_rows[np.flatnonzero(rated)]
+        self.i_max = model.norm_amps[rated]
+        self.tx_rated = np.array([bool(np.all(kva > 0)) for kva in model.tx_kva], dtype=bool)
+        self.tx_names = [t for t, r in zip(model.tx_names, self.tx_rated, strict=True) if r]
         self.model = model
+        self._cols: tuple[np.ndarray, np.ndarray] | None = None
 
     def limit(self, row: _Row) -> float:
         """The limit of ``row`` in its own unit (pu, A, fraction)."""
@@ -137,23 +141,37 @@ class _Limits:
             return float(self.i_max[self.line_names.index(row.name)])
         return 1.0
 
-    def scan(self, flow: PowerFlowResult, states: list[np.ndarray], watch: float = 0.0
+    def tx_loading(self, v: np.ndarray) -> np.ndarray:
+        """Loading of the rated transformers at node voltages ``v`` [fraction]."""
+        return self.model.tx_loading(v)[self.tx_rated] if self.tx_names else np.zeros(0)
+
+    def near_any(self, v: np.ndarray, tx: np.ndarray, watch: float) -> bool:
+        """Whether anything is within the margin (plus ``watch``) of its limit at voltages ``v``."""
+        d = self.delta + watch
+        vm = np.abs(v[self.node_y]) * self.inv_base
+        if vm.size and (vm.max() >= self.vmax - d or vm.min() <= self.vmin + d):
+            return True
+        if self.i_max.size and np.any(np.abs(self.line_rows @ v) >= (1 - d) * self.i_max):
+            return True
+        return bool(tx.size and tx.max() >= 1 - d)
+
+    def scan(self, flow: PowerFlowResult, tx: np.ndarray, watch: float = 0.0
              ) -> tuple[dict[int, list[tuple[_Row, float]]], dict[int, list[_Row]]]:
         """Per step: violated rows with their values, and rows within the margin plus ``watch``
-        (violated included)."""
+        (violated included). ``tx``: (steps, rated transformers) loading."""
+        if self._cols is None:
+            vc = {n: k for k, n in enumerate(flow.node_names)}
+            lc = {n: k for k, n in enumerate(flow.line_phase_names)}
+            self._cols = (np.array([vc[n] for n in self.node_names], dtype=np.intp),
+                          np.array([lc[n] for n in self.line_names], dtype=np.intp))
         viol: dict[int, list[tuple[_Row, float]]] = {}
         near: dict[int, list[_Row]] = {}
         d = self.delta + watch
-        v = flow.v_pu[:, self.node_cols]
-        i = flow.i_amps[:, self.line_cols]
+        v = flow.v_pu[:, self._cols[0]]
+        i = flow.i_amps[:, self._cols[1]]
         ok = _converged(flow)
-        tx = np.full((flow.steps, len(self.tx_names)), np.nan)
-        if self.tx_names:
-            rows = [("transformer", t) for t in self.tx_names]
-            for t in np.flatnonzero(ok):
-                tx[t] = sens.row_values(self.model, states[t], rows)
-        v, i = v.copy(), i.copy()
-        v[~ok], i[~ok] = np.nan, np.nan  # a step that did not converge has no limits to check
+        v, i, tx = v.copy(), i.copy(), tx.copy()
+        v[~ok], i[~ok], tx[~ok] = np.nan, np.nan, np.nan  # a step that did not converge has no limits to check
         checks = (
             ("voltage", self.node_names, v, self.vmax, self.vmax - d, 1),
             ("voltage", self.node_names, v, self.vmin, self.vmin + d, -1),
@@ -184,19 +202,26 @@ def _agent_p_kw(case: Case, market: MarketResult) -> np.ndarray:
     return p
 
 
-def _run_flow(net: OpenDSSNetwork, es: ElementSet, kw: np.ndarray, pf: np.ndarray | None,
-              label: str, progress: Progress | None) -> tuple[PowerFlowResult, list[np.ndarray]]:
-    """The AC power flow of ``kw`` and the complex node voltages of every step."""
+def _run_flow(net: OpenDSSNetwork, es: ElementSet, kw: np.ndarray, pf: np.ndarray | None, lim: _Limits,
+              keep: set[int], watch: float, label: str, progress: Progress | None
+              ) -> tuple[PowerFlowResult, dict[int, np.ndarray], np.ndarray]:
+    """The AC power flow of ``kw``; the complex node voltages [V] of the steps in ``keep`` and of
+    those where anything comes near its limit (the others are not kept: a year of states would
+    not fit in memory); the rated transformers' loading of every step."""
     steps = kw.shape[0]
-    states: list[np.ndarray] = [np.zeros(0, dtype=complex)] * steps
+    states: dict[int, np.ndarray] = {}
+    tx = np.full((steps, len(lim.tx_names)), np.nan)
 
     def cb(t: int) -> None:
-        states[t] = np.asarray(net.dss.Circuit.YNodeVArray(), dtype=float).view(np.complex128).copy()
+        v = np.asarray(net.dss.Circuit.YNodeVArray(), dtype=float).view(np.complex128)
+        tx[t] = lim.tx_loading(v)
+        if t in keep or lim.near_any(v, tx[t], watch):
+            states[t] = v.copy()
         if progress is not None:
             progress(label, t + 1, steps)
 
     flow = net.run_series(es, kw, pf=pf, progress=cb)
-    return flow, states
+    return flow, states, tx
 
 
 def _converged(flow: PowerFlowResult) -> np.ndarray:
@@ -207,11 +232,12 @@ def _converged(flow: PowerFlowResult) -> np.ndarray:
     return np.asarray(conv, dtype=bool)
 
 
-def _monitored(case: Case, net: OpenDSSNetwork, flow: PowerFlowResult, es: ElementSet) -> np.ndarray:
+def _monitored(case: Case, net: OpenDSSNetwork, es: ElementSet) -> np.ndarray:
+    """Monitored nodes of ``net.node_names`` (``"customers"``: the buses of the agents' elements)."""
     mon = case.network.monitored_buses
     if isinstance(mon, str) and mon.lower() == "customers":
         mon = tuple(sorted(set(net.element_buses(es))))
-    return monitored_mask(flow.node_names, net.buses, mon)
+    return monitored_mask(net.node_names, net.buses, mon)
 
 
 def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np.ndarray | None = None,
@@ -232,7 +258,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     pf : numpy.ndarray, optional
         (n_agents,) power factor per agent (NaN = the element's own), as for ``run_series``.
     monitored : numpy.ndarray of bool, optional
-        Which of the power flow's nodes have voltage limits; default from
+        Which of ``net.node_names`` (the power flow's nodes) have voltage limits; default from
         ``case.network.monitored_buses`` (``"customers"``: the agents' buses).
     method : {"ymatrix", "perturbed"}
         Sensitivities by the linearised power flow (default) or by perturbed OpenDSS solves.
@@ -267,12 +293,12 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     market = clear_market(case)
     t_market = time.perf_counter() - t0
     kw = dispatch_kw(case, market)
-    t0 = time.perf_counter()
-    flow, states = _run_flow(net, elements, kw, pf_arr, "aware 1: power flow", progress)
-    t_flow = time.perf_counter() - t0
     if monitored is None:
-        monitored = _monitored(case, net, flow, elements)
-    lim = _Limits(case, model, flow, monitored)
+        monitored = _monitored(case, net, elements)
+    lim = _Limits(case, model, net.node_names, monitored)
+    t0 = time.perf_counter()
+    flow, states, tx = _run_flow(net, elements, kw, pf_arr, lim, set(), watch_pu, "aware 1: power flow", progress)
+    t_flow = time.perf_counter() - t0
     active: dict[int, list[_Row]] = {}
     history: list[dict[str, Any]] = []
     step_iter = np.ones(steps, dtype=int)
@@ -283,7 +309,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     t_sens = 0.0
     k = 1  # clearings run
     while True:
-        viol, near = lim.scan(flow, states, watch_pu)
+        viol, near = lim.scan(flow, tx, watch_pu)
         lin_err = _lin_error(lin_pred, flow, _agent_p_kw(case, market))
         n_viol = sum(len(x) for x in viol.values())
         new = {t: [r for r in rows if r not in active.get(t, [])] for t, rows in near.items()}
@@ -354,7 +380,8 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
         t_market = time.perf_counter() - t0
         kw = dispatch_kw(case, market)
         t0 = time.perf_counter()
-        flow, states = _run_flow(net, elements, kw, pf_arr, f"aware {k}: power flow", progress)
+        flow, states, tx = _run_flow(net, elements, kw, pf_arr, lim, set(active), watch_pu, f"aware {k}: power flow",
+                                     progress)
         t_flow = time.perf_counter() - t0
     duals = np.zeros(0)
     if constraints is not None:
