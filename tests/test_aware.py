@@ -289,6 +289,10 @@ def test_residual_violations_carry_their_cause(tmp_path: Path) -> None:
     assert midday.empty
     assert res.flow.v_pu[0, res.flow.node_names.index("b2.1")] <= case.network.vmax_pu
     assert res.stop_reason.startswith("only violations the market cannot remove")
+    summary = res.summary()
+    assert summary["network_residual_violations"] == len(r) == 3
+    assert summary["network_residual_by_kind"] == {"voltage": 3}
+    assert summary["network_outer_iterations"] == res.outer_iterations == len(res.history)
 
 
 def test_perturbed_sensitivities_give_the_same_clearing(two_bus: tuple[Case, OpenDSSNetwork, ElementSet, np.ndarray]

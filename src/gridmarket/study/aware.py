@@ -102,6 +102,24 @@ class AwareResult:
     stop_reason: str = ""
     method: str = "ymatrix"
 
+    def summary(self) -> dict[str, Any]:
+        """Plain numbers for summary.json: clearings, iterations per step, rows, linearisation error
+        [pu], residual violations (by kind), seconds spent (sensitivities, market, power flow)."""
+        h = self.history
+        return {
+            "network_outer_iterations": int(self.outer_iterations),
+            "network_step_iterations_max": int(self.step_iterations.max()) if self.step_iterations.size else 0,
+            "network_step_iterations_mean": float(self.step_iterations.mean()) if self.step_iterations.size else 0.0,
+            "network_rows": 0 if self.constraints is None else len(self.constraints.name),
+            "network_linearisation_error_pu": float(self.linearisation_error_pu),
+            "network_residual_violations": int(len(self.residual)),
+            "network_residual_by_kind": {str(k): int(v) for k, v in self.residual.groupby("kind").size().items()},
+            "network_stop_reason": self.stop_reason,
+            "network_sensitivity_method": self.method,
+            "network_seconds": {part: float(sum(x[f"seconds_{part}"] for x in h))
+                                for part in ("sensitivity", "market", "flow")},
+        }
+
 
 # --------------------------------------------------------------------------- limits
 
