@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _market_cases import battery, consumer, make_case, producer
 
+from _market_cases import battery, consumer, make_case, producer
 from gridmarket.case.model import BatterySpec
 from gridmarket.errors import GridmarketError, MarketError
 from gridmarket.market import MarketStatus, check_market, clear_market, market_data

@@ -16,6 +16,7 @@ import numpy as np
 from gridmarket.case.model import Case
 from gridmarket.enums import AgentKind, BatteryModel
 from gridmarket.errors import MarketError
+from gridmarket.market.battery import Batteries, make_batteries
 
 __all__ = ["BATTERY", "CONSUMER", "GRID", "PRODUCER", "MarketData", "Window", "market_data"]
 
@@ -43,6 +44,9 @@ class Window:
         the window's end.
     soc0 : ndarray, shape (n_b,)
         SoC before the window's first step [fraction of capacity].
+    soc_lo, soc_hi : ndarray, shape (length, n_b)
+        SoC band at the end of each step [fraction] (:attr:`Batteries.band_lo`): the SoC
+        bounds, narrowed near the run's end when the terminal SoC is cyclic.
     """
 
     start: int
@@ -53,6 +57,8 @@ class Window:
     value: np.ndarray
     discount: np.ndarray
     soc0: np.ndarray
+    soc_lo: np.ndarray
+    soc_hi: np.ndarray
 
     @property
     def steps(self) -> range:
@@ -85,11 +91,7 @@ class MarketData:
     energy_kwh: np.ndarray  #: (steps, n_pq) demand / available energy [kWh]
     # batteries, in market order
     bat: np.ndarray  #: (n_b,) market positions
-    cap_kwh: np.ndarray  #: (n_b,) capacity [kWh]
-    sch_max: np.ndarray  #: (n_b,) min(P_rated Δt, λ_ch cap) [kWh]
-    sdis_max: np.ndarray  #: (n_b,) min(P_rated Δt, λ_dis cap) [kWh]
-    a_bat: np.ndarray  #: (n_b,) quadratic cost on S [currency/kWh²]
-    soc_init: np.ndarray  #: (n_b,) SoC before step 0
+    battery: Batteries  #: gains, rate limits, SoC band and welfare terms of the batteries
     value_step: np.ndarray  #: (steps,) v per step [currency/kWh]
     # grid and partners
     import_price: np.ndarray  #: (steps,)
@@ -99,6 +101,31 @@ class MarketData:
     arc_comm: np.ndarray  #: (n_arc,) community owning the arc (the importer of γ_imp|(c,j))
     arc_partner: np.ndarray  #: (n_arc,) partner community index, GRID for the upstream grid
     arc_rev: np.ndarray  #: (n_arc,) index of the reverse arc (j, c), -1 for grid arcs
+
+    @property
+    def cap_kwh(self) -> np.ndarray:
+        """(n_b,) capacity [kWh]."""
+        return self.battery.cap_kwh
+
+    @property
+    def sch_max(self) -> np.ndarray:
+        """(n_b,) ``min(P_rated Δt, λ_ch cap)`` [kWh]."""
+        return self.battery.sch_max
+
+    @property
+    def sdis_max(self) -> np.ndarray:
+        """(n_b,) ``min(P_rated Δt, λ_dis cap)`` [kWh]."""
+        return self.battery.sdis_max
+
+    @property
+    def a_bat(self) -> np.ndarray:
+        """(n_b,) quadratic cost on S [currency/kWh²]."""
+        return self.battery.a
+
+    @property
+    def soc_init(self) -> np.ndarray:
+        """(n_b,) SoC before step 0 [fraction]."""
+        return self.battery.soc_init
 
     @property
     def n_m(self) -> int:
@@ -143,11 +170,12 @@ class MarketData:
             start=start, length=length, energy_kwh=self.energy_kwh[sl],
             import_price=self.import_price[sl], export_price=self.export_price[sl],
             value=np.full(self.n_b, v), discount=(1.0 - sd) ** np.arange(length - 1, -1, -1, dtype=float),
-            soc0=np.asarray(soc0, dtype=float))
+            soc0=np.asarray(soc0, dtype=float), soc_lo=self.battery.band_lo[sl], soc_hi=self.battery.band_hi[sl])
 
 
 def market_data(case: Case, *, battery_model: BatteryModel | str | None = None,
-                soc_init: Mapping[str, float] | None = None) -> MarketData:
+                soc_init: Mapping[str, float] | None = None, soc_target: Mapping[str, float] | None = None,
+                steps_after: int = 0) -> MarketData:
     """Extract the market arrays of ``case``.
 
     Parameters
@@ -158,11 +186,20 @@ def market_data(case: Case, *, battery_model: BatteryModel | str | None = None,
         Overrides ``case.market.battery_model``.
     soc_init : mapping, optional
         Battery name -> SoC before step 0 [fraction]; others start at ``[battery].soc_init``.
+    soc_target : mapping, optional
+        Battery name -> SoC at the end of the run [fraction] when ``[battery].terminal_soc`` is
+        cyclic; others end where they start in this call. A slice of a longer run (such as a
+        chunk of ``run_long``) passes the SoC the whole run started from.
+    steps_after : int
+        Steps of the run after the case's last step (0: the case is the whole run). With a
+        cyclic terminal SoC the batteries must be back at their target at the end of the run,
+        so the SoC band of this call's steps leaves room for the steps that follow.
 
     Raises
     ------
     MarketError
-        A market agent has no community, or ``soc_init`` names an agent that is not a battery.
+        A market agent has no community, ``soc_init`` or ``soc_target`` names an agent that is
+        not a battery, or ``steps_after < 0``.
     """
     model = BatteryModel(battery_model if battery_model is not None else case.market.battery_model)
     dt = float(case.time.step_hours)
@@ -194,20 +231,28 @@ def market_data(case: Case, *, battery_model: BatteryModel | str | None = None,
     energy = np.asarray(case.profile_kw, dtype=float)[:, pos[pq]] * dt if steps else np.zeros((0, len(pq)))
 
     bat = np.flatnonzero(kind == BATTERY)
-    cap = units[bat] * spec.unit_kwh
-    p_rated = units[bat] * spec.unit_kw
-    sch_max = np.minimum(p_rated * dt, spec.rate_charge * cap)
-    sdis_max = np.minimum(p_rated * dt, spec.rate_discharge * cap)
-    soc0 = np.full(len(bat), float(spec.soc_init))
-    if soc_init:
-        bat_names = {names[m]: k for k, m in enumerate(bat)}
-        unknown = [n for n in soc_init if n not in bat_names]
-        if unknown:
-            msg = (f"soc_init names {', '.join(map(repr, unknown))}, which is not a battery agent of case"
-                   f" {case.name!r}; batteries: {list(bat_names) or 'none'}")
-            raise MarketError(msg, group="Battery-soc-init")
-        for n, v in soc_init.items():
-            soc0[bat_names[n]] = float(v)
+    bat_names = {names[m]: k for k, m in enumerate(bat)}
+
+    def per_battery(given: Mapping[str, float] | None, default: np.ndarray, label: str) -> np.ndarray:
+        out = default.copy()
+        if given:
+            unknown = [n for n in given if n not in bat_names]
+            if unknown:
+                msg = (f"{label} names {', '.join(map(repr, unknown))}, which is not a battery agent of case"
+                       f" {case.name!r}; batteries: {list(bat_names) or 'none'}")
+                raise MarketError(msg, group="Battery-soc-init")
+            for n, v in given.items():
+                out[bat_names[n]] = float(v)
+        return out
+
+    soc0 = per_battery(soc_init, np.full(len(bat), float(spec.soc_init)), "soc_init")
+    target = per_battery(soc_target, soc0, "soc_target")
+    if steps_after < 0:
+        msg = f"steps_after must be >= 0 (steps of the run after this market's last step), got {steps_after}"
+        raise MarketError(msg, group="Battery-terminal-soc")
+    batteries = make_batteries(spec, model, names=tuple(names[m] for m in bat), units=units[bat], a_agent=a_all[bat],
+                               soc_init=soc0, soc_target=target, steps=steps, steps_after=int(steps_after),
+                               step_hours=dt)
 
     ip = np.asarray(case.grid.import_price, dtype=float)
     ep = np.asarray(case.grid.export_price, dtype=float)
@@ -235,7 +280,6 @@ def market_data(case: Case, *, battery_model: BatteryModel | str | None = None,
         case=case, battery_model=model, step_hours=dt, steps=steps, names=names, pos=pos, kind=kind,
         comm=comm, communities=communities, const=np.array([a.c for _, a in market], dtype=float),
         pq=pq, fixed=fixed, flex_p=flex_p, flex=flex_pq[flex_p], prod=prod, a_pq=a_all[pq], b_pq=b_all[pq],
-        energy_kwh=energy, bat=bat, cap_kwh=cap, sch_max=sch_max, sdis_max=sdis_max,
-        a_bat=a_all[bat] + float(spec.a), soc_init=soc0, value_step=value, import_price=ip, export_price=ep,
+        energy_kwh=energy, bat=bat, battery=batteries, value_step=value, import_price=ip, export_price=ep,
         trade_fee=float(case.market.trade_fee), tie_break=float(case.market.tie_break),
         arc_comm=arc_comm_a, arc_partner=arc_partner_a, arc_rev=arc_rev)

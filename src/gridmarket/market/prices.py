@@ -24,14 +24,16 @@ other communities. :func:`settle` returns both sides so callers can check the ba
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from gridmarket.enums import BatteryModel
-from gridmarket.market._data import GRID, MarketData
+from gridmarket.market._data import BATTERY, CONSUMER, GRID, PRODUCER, MarketData
 
-__all__ = ["Settlement", "Solution", "agent_payments", "agent_welfare", "community_welfare", "partner_cost",
-           "payment_imbalance", "settle", "stored_energy_change"]
+__all__ = ["WELFARE_PARTS", "Settlement", "Solution", "agent_payments", "agent_welfare", "community_welfare",
+           "network_price_components", "partner_cost", "payment_imbalance", "realised_agent_welfare",
+           "realised_welfare", "settle", "stored_energy_change", "stored_energy_value", "stored_value_terms",
+           "welfare_breakdown"]
 
 
 @dataclass
@@ -81,10 +83,7 @@ class Solution:
 
 def stored_energy_change(d: MarketData, sol: Solution) -> np.ndarray:
     """``ΔE`` [kWh] per step and battery: ``η_ch S_ch − S_dis/η_dis`` (physical) or ``S_ch − S_dis``."""
-    spec = d.case.battery
-    if d.battery_model is BatteryModel.PHYSICAL:
-        return spec.eff_charge * sol.sch - sol.sdis / spec.eff_discharge
-    return sol.sch - sol.sdis
+    return d.battery.delta_e(sol.sch, sol.sdis)
 
 
 def agent_welfare(d: MarketData, sol: Solution) -> np.ndarray:
@@ -96,9 +95,7 @@ def agent_welfare(d: MarketData, sol: Solution) -> np.ndarray:
     f = np.zeros((d.steps, d.n_m))
     f[:, d.pq] = d.b_pq * sol.p - d.a_pq * sol.p ** 2
     if d.n_b:
-        cdeg = d.case.battery.degradation_cost
-        f[:, d.bat] = (sol.vfac * stored_energy_change(d, sol) - cdeg * (sol.sch + sol.sdis)
-                       - d.a_bat * sol.s ** 2)
+        f[:, d.bat] = d.battery.welfare(sol.vfac, sol.sch, sol.sdis)
     return f
 
 
@@ -126,10 +123,11 @@ def partner_cost(d: MarketData, sol: Solution) -> np.ndarray:
     return cost
 
 
-def community_welfare(d: MarketData, sol: Solution) -> np.ndarray:
+def community_welfare(d: MarketData, sol: Solution, f: np.ndarray | None = None) -> np.ndarray:
     """Reported welfare per step and community [currency]: its agents' ``f_n`` minus its grid
-    and inter-community fee costs (no ε term, no ``c_n``)."""
-    return _by_community(d, agent_welfare(d, sol)) - _by_arc_owner(d, partner_cost(d, sol))
+    and inter-community fee costs (no ε term, no ``c_n``); ``f``: :func:`agent_welfare`, if known."""
+    f = agent_welfare(d, sol) if f is None else f
+    return _by_community(d, f) - _by_arc_owner(d, partner_cost(d, sol))
 
 
 def agent_payments(d: MarketData, sol: Solution) -> np.ndarray:
@@ -174,3 +172,122 @@ def payment_imbalance(d: MarketData, sol: Solution) -> np.ndarray:
     """Per step and community: agents' payments minus what the community pays its partners
     [currency]; zero up to solver tolerance (complementary slackness)."""
     return _by_community(d, agent_payments(d, sol)) - _by_arc_owner(d, settle(d, sol).payment)
+
+
+# ----------------------------------------------------------------------------- realised welfare
+
+#: parts of :func:`welfare_breakdown`, in the order a report stacks them
+WELFARE_PARTS = ("consumers", "producers", "batteries_trading", "batteries_degradation", "grid_import_cost",
+                 "grid_export_revenue", "fees", "market_settlement")
+
+
+def stored_value_terms(d: MarketData, sol: Solution) -> np.ndarray:
+    """The batteries' ``v δ ΔE`` welfare terms per step and battery [currency] (the value the
+    market puts on energy stored, which no one has paid or received)."""
+    return sol.vfac * stored_energy_change(d, sol)
+
+
+def realised_agent_welfare(d: MarketData, sol: Solution, f: np.ndarray | None = None) -> np.ndarray:
+    """:func:`agent_welfare` without the batteries' ``v δ ΔE`` terms [currency], (T, n_m);
+    ``f``: :func:`agent_welfare`, if known (not modified)."""
+    f = agent_welfare(d, sol) if f is None else f.copy()
+    if d.n_b:
+        f[:, d.bat] -= stored_value_terms(d, sol)
+    return f
+
+
+def realised_welfare(d: MarketData, sol: Solution, f_realised: np.ndarray | None = None) -> float:
+    """Realised welfare of the run [currency]: ``Σ f_n`` without the batteries' ``v δ ΔE`` terms,
+    minus the grid and fee costs (``−g`` without ε)."""
+    f = realised_agent_welfare(d, sol) if f_realised is None else f_realised
+    return float(np.sum(f)) - float(np.sum(partner_cost(d, sol)))
+
+
+def stored_energy_value(d: MarketData, sol: Solution) -> float:
+    """``Σ_b v_end·(E_end − E_start)`` [currency]: the net change of stored energy over the run
+    [kWh] (``E = SoC·cap``, from the SoC before step 0 to the SoC after the last step) valued at
+    the value of stored energy applied to the last step (``v`` of the last step or window)."""
+    if not d.n_b or not d.steps:
+        return 0.0
+    bt = d.battery
+    de = bt.stored_kwh(sol.soc[-1]) - bt.stored_kwh(bt.soc_init)
+    return float(np.sum(sol.vfac[-1] * de))
+
+
+def welfare_breakdown(d: MarketData, sol: Solution, *, f_realised: np.ndarray | None = None,
+                      pay: np.ndarray | None = None) -> dict[str, float]:
+    """Realised welfare split by who gains it [currency], summed over the steps; the parts add up
+    to the realised welfare (reported welfare without the batteries' ``v δ ΔE`` terms).
+
+    The parts follow the money: each agent is credited with its welfare term minus what it
+    pays (``payment_n = −λ_c Φ_n + μ_imp,c α_n − μ_exp,c β_n``, the ``payment`` column of the
+    market table, so every agent part can be checked against that table):
+
+    ``consumers``
+        utility ``b P − a P²`` minus what consumers pay;
+    ``producers``
+        what producers are paid minus their cost ``a q² + b q``;
+    ``batteries_trading``
+        what batteries are paid for discharging minus what they pay to charge (``−Σ payment``);
+    ``batteries_degradation``
+        ``−c_deg (S_ch + S_dis) − a (S_ch − S_dis)²``, the batteries' operating cost (<= 0);
+    ``grid_import_cost``
+        ``−Σ π_imp γ_imp|(c,G)``: what the communities pay the upstream grid (<= 0);
+    ``grid_export_revenue``
+        ``Σ π_exp γ_exp|(c,G)``: what the grid pays them (>= 0);
+    ``fees``
+        ``−τ Σ γ_imp|(c,j)``: inter-community fees (<= 0); the inter-community prices ``ρ`` move
+        money between communities and cancel in the total;
+    ``market_settlement``
+        ``Σ_n payment_n``: what the agents pay into the market, net, which settles the grid's
+        bill, the fees and the inter-community trades: ``≈ −(grid_import_cost +
+        grid_export_revenue + fees)``, the gap being the payment imbalance (solver tolerance).
+
+    ``f_realised`` (:func:`realised_agent_welfare`) and ``pay`` (:func:`agent_payments`) may be
+    passed when already computed.
+    """
+    if not d.steps or not d.n_m:
+        return dict.fromkeys(WELFARE_PARTS, 0.0)
+    f = realised_agent_welfare(d, sol) if f_realised is None else f_realised
+    pay = agent_payments(d, sol) if pay is None else pay
+    grid = d.arc_partner == GRID
+
+    def total(x: Any) -> float:
+        return float(np.sum(x))
+
+    kind = d.kind
+    return {
+        "consumers": total((f - pay)[:, kind == CONSUMER]),
+        "producers": total((f - pay)[:, kind == PRODUCER]),
+        "batteries_trading": -total(pay[:, kind == BATTERY]),
+        "batteries_degradation": -total(d.battery.operating_cost(sol.sch, sol.sdis)) if d.n_b else 0.0,
+        "grid_import_cost": -total(d.import_price[:, None] * sol.aimp[:, grid]),
+        "grid_export_revenue": total(d.export_price[:, None] * sol.aexp[:, grid]),
+        "fees": -total(d.trade_fee * sol.aimp[:, ~grid]),
+        "market_settlement": total(pay),
+    }
+
+
+def network_price_components(network: Any, duals: np.ndarray, *, steps: int, n_agents: int,
+                             step_hours: float) -> tuple[np.ndarray, np.ndarray]:
+    """Voltage and congestion components of each agent's price [currency/kWh], (steps, n_agents) each.
+
+    ``network`` is a :class:`gridmarket.market.network.NetworkConstraints` (rows ``sens @ p_t <=
+    rhs``, ``p_t`` [kW] in ``case.agents`` order) and ``duals`` its row duals (R,) >= 0. Per the
+    interface of the brief, the component of row kind ``voltage`` (resp. ``current`` and
+    ``transformer``) is ``Σ_r dual_r × sens[r, n] × step_hours`` over the rows of the step, signed
+    so that ``price_energy + price_voltage + price_congestion`` is the agent's marginal price of
+    consumption. ``network`` None: both zero.
+    """
+    volt = np.zeros((steps, n_agents))
+    cong = np.zeros((steps, n_agents))
+    if network is None or duals is None or not len(duals):
+        return volt, cong
+    sens = network.sens.tocoo()
+    kinds = np.asarray(network.kind, dtype=object)
+    row_step = np.asarray(network.step, dtype=np.int64)
+    val = np.asarray(duals, dtype=float)[sens.row] * sens.data * step_hours
+    is_v = kinds[sens.row] == "voltage"
+    np.add.at(volt, (row_step[sens.row[is_v]], sens.col[is_v]), val[is_v])
+    np.add.at(cong, (row_step[sens.row[~is_v]], sens.col[~is_v]), val[~is_v])
+    return volt, cong

@@ -224,7 +224,8 @@ def _extract(model: MarketModel, w: Window, x: np.ndarray, z: np.ndarray, sol: S
 
 def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, horizon: int | None = None,
                  battery_model: BatteryModel | str | None = None,
-                 method: MarketMethod | str = MarketMethod.AUTO) -> MarketResult:
+                 method: MarketMethod | str = MarketMethod.AUTO, steps_after: int = 0,
+                 soc_target: Mapping[str, float] | None = None) -> MarketResult:
     """Clear the market of every step of ``case`` (shared MODEL.md, eqs. 1–18).
 
     Parameters
@@ -246,6 +247,13 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
         apply); ``"qp"``: Clarabel for every window. ``MarketResult.solver`` says which ran
         (``"fast"``, ``"clarabel"``, ``"fast+clarabel"``, or ``"none"`` when there is nothing
         to clear), ``window_solver`` per window.
+    steps_after : int
+        Steps of the run after this case's last step, for a case that is a slice of a longer
+        run (``run_long``'s chunks): with ``[battery] terminal_soc = "cyclic"`` the batteries
+        must be back at ``soc_target`` at the end of the whole run, not of the slice.
+    soc_target : mapping of str to float, optional
+        Battery name -> SoC at the end of the run (cyclic) [fraction]; by default the SoC
+        before step 0 of this call. A slice of a longer run passes the run's initial SoC.
 
     Returns
     -------
@@ -262,7 +270,8 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
     method = MarketMethod(method)
     t_build = 0.0
     t_solve = 0.0
-    data: MarketData = market_data(case, battery_model=battery_model, soc_init=soc_init)
+    data: MarketData = market_data(case, battery_model=battery_model, soc_init=soc_init, soc_target=soc_target,
+                                   steps_after=steps_after)
     H = int(horizon if horizon is not None else case.market.horizon)
     assert_valid_market(data, horizon=H)
     T = data.steps
