@@ -32,6 +32,7 @@ only). Rows: ``"voltage"`` = bus-phase voltage magnitude [pu of the LN base],
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -162,17 +163,33 @@ class GridModel:
 
 def _model_key(net: OpenDSSNetwork) -> tuple[Any, ...]:
     d = net.dss
-    return (id(net), tuple(d.Circuit.YNodeOrder()), d.Circuit.NumCktElements())
+    # the engine's version is bumped by every command (an edited line keeps the node order)
+    return (id(net), getattr(net, "_version", None), tuple(d.Circuit.YNodeOrder()), d.Circuit.NumCktElements())
 
 
 def grid_model(net: OpenDSSNetwork, cache: GridModel | None = None) -> GridModel:
-    """Read the :class:`GridModel` of ``net`` (or return ``cache`` if the circuit is unchanged).
+    """The :class:`GridModel` of ``net``: ``cache``, or the one read last for ``net``, when the
+    circuit has not changed since (same commands, node order and element count); else read anew.
 
     The network must have been solved since its last change (the engine does that when it
     is built and on every power flow).
     """
-    if cache is not None and cache.key == _model_key(net):
+    key = _model_key(net)
+    if cache is None:
+        cache = _MODELS.get(net)
+    if cache is not None and cache.key == key:
         return cache
+    model = _read_model(net, key)
+    _MODELS[net] = model
+    return model
+
+
+#: the last model read of each network (rebuilt when its node order or element count changes)
+_MODELS: weakref.WeakKeyDictionary[OpenDSSNetwork, GridModel] = weakref.WeakKeyDictionary()
+
+
+def _read_model(net: OpenDSSNetwork, key: tuple[Any, ...]) -> GridModel:
+    """Read the :class:`GridModel` of ``net`` from OpenDSS."""
     d = net.dss
     try:
         names = tuple(s.lower() for s in d.Circuit.YNodeOrder())
@@ -214,12 +231,13 @@ def grid_model(net: OpenDSSNetwork, cache: GridModel | None = None) -> GridModel
                     cls, _, nm = full.partition(".")
                     ncond = int(el.NumConductors())
                     if cls.lower() == "line":
+                        order = el.NodeOrder()
                         for c in range(int(el.NumPhases())):
                             keep = ref >= 0
                             lr.append(np.full(int(keep.sum()), len(line_names)))
                             lc.append(ref[keep])
                             lv.append(yprim[c][keep])
-                            line_names.append(f"line.{nm.lower()}.{el.NodeOrder()[c]}")
+                            line_names.append(f"line.{nm.lower()}.{order[c]}")
                             na = float(el.NormalAmps())
                             amps.append(na if na > 0 else np.inf)
                     elif cls.lower() == "transformer":
@@ -257,7 +275,7 @@ def grid_model(net: OpenDSSNetwork, cache: GridModel | None = None) -> GridModel
                      norm_amps=np.array(amps), tx_names=tuple(tx_names), tx_kva=tuple(tx_kva),
                      tx_terms=tuple(tx_terms), pc_names=pc_names, pc_nodes=pc_nodes,
                      br_a=br[0], br_b=br[1], br_elem=br[2], br_cond=br[3], br_share=br[4].astype(float),
-                     key=_model_key(net))
+                     key=key)
 
 
 def _scatter_rows(block: np.ndarray, ref: np.ndarray, n: int) -> sp.csr_matrix:
