@@ -8,8 +8,9 @@ one block of ``S_ch, S_dis, SoC`` variables.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -17,13 +18,16 @@ from gridmarket.case.model import Case
 from gridmarket.enums import AgentKind, BatteryModel
 from gridmarket.errors import MarketError
 from gridmarket.market.battery import Batteries, make_batteries
+from gridmarket.market.pool import link_arcs, pool_names
 
-__all__ = ["BATTERY", "CONSUMER", "GRID", "PRODUCER", "MarketData", "Window", "market_data"]
+__all__ = ["BATTERY", "CONSUMER", "GRID", "POOL", "PRODUCER", "MarketData", "Window", "market_data"]
 
 #: integer codes of the market agent kinds
 CONSUMER, PRODUCER, BATTERY = 0, 1, 2
 #: partner index of the upstream grid in the arc arrays
 GRID = -1
+#: partner index of a pool arc: the community trades with its clique's pool (gridmarket.market.pool)
+POOL = -2
 _KIND_CODE = {AgentKind.CONSUMER: CONSUMER, AgentKind.PRODUCER: PRODUCER, AgentKind.BATTERY: BATTERY}
 
 
@@ -99,8 +103,11 @@ class MarketData:
     trade_fee: float
     tie_break: float
     arc_comm: np.ndarray  #: (n_arc,) community owning the arc (the importer of γ_imp|(c,j))
-    arc_partner: np.ndarray  #: (n_arc,) partner community index, GRID for the upstream grid
+    arc_partner: np.ndarray  #: (n_arc,) partner community index, GRID for the upstream grid, POOL for a pool
     arc_rev: np.ndarray  #: (n_arc,) index of the reverse arc (j, c), -1 for grid arcs
+    #: (n_arc,) pool of a pool arc (partner POOL), -1 for other arcs; see gridmarket.market.pool
+    arc_pool: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    n_pool: int = 0  #: pools (cliques of linked communities trading through one pool)
 
     @property
     def cap_kwh(self) -> np.ndarray:
@@ -150,12 +157,23 @@ class MarketData:
     @property
     def link_arcs(self) -> np.ndarray:
         """Indices of the community-to-community arcs (eq. 8 holds on each)."""
-        return np.flatnonzero(self.arc_partner != GRID)
+        return np.flatnonzero(self.arc_partner >= 0)
+
+    @property
+    def pool_arcs(self) -> np.ndarray:
+        """Indices of the community-to-pool arcs (the pool balance holds over each pool's)."""
+        return np.flatnonzero(self.arc_partner == POOL)
+
+    def partner_names(self) -> list[str]:
+        """Partner of every arc: ``"grid"``, a pool name or a community name."""
+        pools = pool_names(self.n_pool)
+        return ["grid" if j == GRID else pools[k] if j == POOL else self.communities[j]
+                for j, k in zip(self.arc_partner.tolist(), self.arc_pool.tolist(), strict=True)]
 
     def arc_names(self) -> list[str]:
-        """``"C1<-grid"`` / ``"C1<-C2"``: the arc's owner and partner."""
-        return [f"{self.communities[c]}<-{'grid' if j == GRID else self.communities[j]}"
-                for c, j in zip(self.arc_comm, self.arc_partner, strict=True)]
+        """``"C1<-grid"`` / ``"C1<-C2"`` / ``"C1<-pool"``: the arc's owner and partner."""
+        owners = self.arc_comm.tolist()
+        return [f"{self.communities[c]}<-{j}" for c, j in zip(owners, self.partner_names(), strict=True)]
 
     def window(self, start: int, length: int, soc0: np.ndarray) -> Window:
         """Step data of the window ``[start, start + length)`` with SoC ``soc0`` before it.
@@ -175,7 +193,7 @@ class MarketData:
 
 def market_data(case: Case, *, battery_model: BatteryModel | str | None = None,
                 soc_init: Mapping[str, float] | None = None, soc_target: Mapping[str, float] | None = None,
-                steps_after: int = 0) -> MarketData:
+                steps_after: int = 0, pools: bool | None = None) -> MarketData:
     """Extract the market arrays of ``case``.
 
     Parameters
@@ -194,6 +212,10 @@ def market_data(case: Case, *, battery_model: BatteryModel | str | None = None,
         Steps of the run after the case's last step (0: the case is the whole run). With a
         cyclic terminal SoC the batteries must be back at their target at the end of the run,
         so the SoC band of this call's steps leaves room for the steps that follow.
+    pools : bool, optional
+        True: every clique of linked communities trades through one pool (O(C) variables,
+        :mod:`gridmarket.market.pool`); False: one arc per ordered pair (MODEL.md eq. 8); None
+        (default): pools for the cliques of more than ``pool.ARC_CLIQUE_MAX`` communities.
 
     Raises
     ------
@@ -264,17 +286,9 @@ def market_data(case: Case, *, battery_model: BatteryModel | str | None = None,
     else:
         value = np.full(steps, float(spec.value))
 
-    arc_comm = list(range(len(communities)))
-    arc_partner = [GRID] * len(communities)
-    for c, d in case.links:
-        ci, di = cidx[c], cidx[d]
-        arc_comm += [ci, di]
-        arc_partner += [di, ci]
-    arc_comm_a = np.array(arc_comm, dtype=np.int64)
-    arc_partner_a = np.array(arc_partner, dtype=np.int64)
-    lookup = {(c, j): k for k, (c, j) in enumerate(zip(arc_comm, arc_partner, strict=True))}
-    arc_rev = np.array([lookup.get((j, c), -1) if j != GRID else -1
-                        for c, j in zip(arc_comm, arc_partner, strict=True)], dtype=np.int64)
+    flat = itertools.chain.from_iterable(case.links)  # linear in the links (a full mesh: C(C-1)/2)
+    pairs = np.fromiter(map(cidx.__getitem__, flat), dtype=np.int64, count=2 * len(case.links)).reshape(-1, 2)
+    arcs = link_arcs(len(communities), pairs, pools=pools)
 
     return MarketData(
         case=case, battery_model=model, step_hours=dt, steps=steps, names=names, pos=pos, kind=kind,
@@ -282,4 +296,4 @@ def market_data(case: Case, *, battery_model: BatteryModel | str | None = None,
         pq=pq, fixed=fixed, flex_p=flex_p, flex=flex_pq[flex_p], prod=prod, a_pq=a_all[pq], b_pq=b_all[pq],
         energy_kwh=energy, bat=bat, battery=batteries, value_step=value, import_price=ip, export_price=ep,
         trade_fee=float(case.market.trade_fee), tie_break=float(case.market.tie_break),
-        arc_comm=arc_comm_a, arc_partner=arc_partner_a, arc_rev=arc_rev)
+        arc_comm=arcs.comm, arc_partner=arcs.partner, arc_rev=arcs.rev, arc_pool=arcs.pool, n_pool=arcs.n_pool)

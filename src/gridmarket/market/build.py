@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from gridmarket.market._data import MarketData, Window
+from gridmarket.market._data import GRID, MarketData, Window
+from gridmarket.market.pool import pool_names
 
 __all__ = [
     "Layout",
@@ -62,6 +63,7 @@ __all__ = [
     "define_link_balance",
     "define_objective",
     "define_partner_sums",
+    "define_pool_balance",
     "define_trade_signs",
 ]
 
@@ -198,8 +200,8 @@ def define_objective(m: _Builder, d: MarketData) -> None:
             return cdeg + g_dis * w.discount[:, None] * w.value[None, :]
 
         m.q_params += [(sch, q_sch), (sdis, q_sdis)]
-    grid = np.flatnonzero(d.arc_partner < 0)
-    links = d.link_arcs
+    grid = np.flatnonzero(d.arc_partner == GRID)
+    links = np.flatnonzero(d.arc_partner != GRID)  # community and pool arcs: the importer pays τ
     m.q_params.append((m.var("Aimp")[:, grid], lambda w: np.repeat(w.import_price[:, None], len(grid), axis=1)))
     m.q_params.append((m.var("Aexp")[:, grid], lambda w: -np.repeat(w.export_price[:, None], len(grid), axis=1)))
     m.q0[m.var("Aimp")[:, links]] = d.trade_fee
@@ -260,10 +262,24 @@ def define_link_balance(m: _Builder, d: MarketData) -> None:
     the exporter j; the importer c pays ``ρ_{j→c} + τ``.
     """
     links = d.link_arcs
-    names = [d.arc_names()[a] for a in links]
+    arcs = d.arc_names()
+    names = [arcs[a] for a in links]
     blk = m.block("Link-balance", "(8)", "inter-community trade balance", ZERO, names)
     m.add(blk, m.var("Aimp")[:, links], 1.0)
     m.add(blk, m.var("Aexp")[:, d.arc_rev[links]], -1.0)
+
+
+def define_pool_balance(m: _Builder, d: MarketData) -> None:
+    """(8), pool form: ``Σ_{c∈K} γ_imp|(c,K) − γ_exp|(c,K) = 0`` for every pool ``K`` (a clique of
+    linked communities, :mod:`gridmarket.market.pool`).
+
+    Its dual ``z`` is the pool price ``q = z`` [currency/kWh] received by every exporter into the
+    pool; an importer pays ``q + τ``.
+    """
+    pa = d.pool_arcs
+    blk = m.block("Pool-balance", "(8)", "pool trade balance", ZERO, pool_names(d.n_pool))
+    m.add(blk, m.var("Aimp")[:, pa], 1.0, rows=d.arc_pool[pa])
+    m.add(blk, m.var("Aexp")[:, pa], -1.0, rows=d.arc_pool[pa])
 
 
 # ----------------------------------------------------------------------------- agent bounds
@@ -461,7 +477,8 @@ class MarketModel:
 
 
 _DEFINES = (define_agent_balance, define_community_balance, define_community_trade, define_partner_sums,
-            define_link_balance, define_agent_bounds, define_battery_soc, define_battery_soc_bounds,
+            define_link_balance, define_pool_balance,
+            define_agent_bounds, define_battery_soc, define_battery_soc_bounds,
             define_battery_rates, define_battery_headroom, define_trade_signs)
 
 

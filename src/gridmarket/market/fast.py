@@ -100,9 +100,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 
 from gridmarket.errors import MarketError
 from gridmarket.market._data import CONSUMER, PRODUCER, MarketData
+from gridmarket.market.pool import community_pool
 from gridmarket.market.prices import Solution
 
 __all__ = ["FastPlan", "FastStats", "fast_plan", "fast_unsupported", "solve_sequential"]
@@ -125,6 +127,8 @@ TOL_PRICE = 1e-13
 PRICE_MARGIN = 0.02
 #: passes of the battery presimulation that guesses each step's SoC
 PRESIM_PASSES = 2
+#: up to this many communities the membership matrices are dense, beyond it sparse
+DENSE_COMMUNITIES = 32
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,9 @@ class FastStats:
 def _cliques(d: MarketData) -> tuple[np.ndarray, int] | str:
     """Pool clique of every community (-1 alone), or why the link topology is unsupported."""
     n_c = d.n_c
+    pooled = community_pool(d.arc_comm, d.arc_pool, n_c)  # cliques that are pools already (market.pool)
+    if d.n_pool and not len(d.link_arcs):
+        return pooled, d.n_pool
     adj = np.zeros((n_c, n_c), dtype=bool)
     for a in d.link_arcs:
         adj[d.arc_comm[a], d.arc_partner[a]] = True
@@ -211,7 +218,9 @@ def _cliques(d: MarketData) -> tuple[np.ndarray, int] | str:
             names = ", ".join(d.communities[m] for m in sorted(members))
             return f"linked communities {names} are not all linked pairwise (a pool needs a clique)"
         n_k += 1
-    return comp, n_k
+    inpool = pooled >= 0
+    comp[inpool] = n_k + pooled[inpool]
+    return comp, n_k + d.n_pool
 
 
 def fast_unsupported(data: MarketData, *, horizon: int) -> str | None:
@@ -233,7 +242,7 @@ def _check(data: MarketData, horizon: int) -> tuple[str | None, np.ndarray, int]
         return "tie_break ε = 0 (the split of trades among agents is not unique)", none, 0
     if data.n_c and np.bincount(data.comm, minlength=data.n_c).min() == 0:
         return "a community has no market agent", none, 0
-    if len(data.link_arcs) and not data.trade_fee > 0:
+    if (len(data.link_arcs) or data.n_pool) and not data.trade_fee > 0:
         return "trade_fee τ = 0 with linked communities (no pool structure)", none, 0
     cl = _cliques(data)
     return (cl, none, 0) if isinstance(cl, str) else (None, *cl)
@@ -249,6 +258,13 @@ def _group_map(groups: np.ndarray, n_g: int, pad: int) -> np.ndarray:
     return out
 
 
+def _membership(comm: np.ndarray, n_c: int) -> np.ndarray:
+    """(n, n_c) 1.0 where row i is in community ``comm[i]``: dense for a few communities, sparse
+    (CSR, the products with it stay linear in the agents) for many."""
+    m = sp.csr_matrix((np.ones(len(comm)), (np.arange(len(comm)), comm)), shape=(len(comm), n_c))
+    return m.toarray() if n_c <= DENSE_COMMUNITIES else m
+
+
 def fast_plan(data: MarketData) -> FastPlan:
     """Precompute the arrays of :class:`FastPlan` (call :func:`fast_unsupported` first)."""
     d = data
@@ -259,8 +275,7 @@ def fast_plan(data: MarketData) -> FastPlan:
     eps = float(d.tie_break)
     perm = np.concatenate([d.pq, d.bat]).astype(np.int64)
     comm = d.comm[perm]
-    member = np.zeros((d.n_m, d.n_c))
-    member[np.arange(d.n_m), comm] = 1.0
+    member = _membership(comm, d.n_c)
     kind_pq = d.kind[d.pq]
     prod = kind_pq == PRODUCER
     if not np.all((kind_pq == CONSUMER) | prod):
@@ -747,9 +762,9 @@ def _still_prices(p: FastPlan, bd: _Bounds, pp: np.ndarray, pc: np.ndarray, pd: 
         up[:, n_pq:] = np.minimum(u_c, u_d)
         dn[:, n_pq:] = np.maximum(d_c, d_d)
     shift = 2.0 * p.eps * y  # ν − λ of an agent that does not trade
-    mem = p.member.astype(bool)[None, :, :]
-    hi_c = np.where(mem, (up - shift)[:, :, None], np.inf).min(axis=1)
-    lo_c = np.where(mem, (dn - shift)[:, :, None], -np.inf).max(axis=1)
+    # per community over its agents (comm_map, padded with the extra column)
+    hi_c = np.concatenate([up - shift, np.full((R, 1), np.inf)], axis=1)[:, p.comm_map].min(axis=2)
+    lo_c = np.concatenate([dn - shift, np.full((R, 1), -np.inf)], axis=1)[:, p.comm_map].max(axis=2)
     hi_c = np.minimum(hi_c, pi)
     lo_c = np.maximum(lo_c, pe)
     return np.minimum(lo_c, hi_c), np.maximum(lo_c, hi_c)
@@ -1151,6 +1166,8 @@ def _write(p: FastPlan, sol: Solution, t0: int, res: _Res, rows: slice, snap: fl
     aexp[:] = 0.0
     sol.rho[tr] = np.nan  # grid arcs, and links without a pool
     gi, ge = gimp, gexp
+    if d.n_pool:
+        gi, ge = _write_pools(p, sol, tr, reg, q, gimp, gexp, ip, ep)
     if len(p.link_comm):
         links = d.link_arcs
         kl = p.clique[p.link_comm]
@@ -1160,8 +1177,8 @@ def _write(p: FastPlan, sol: Solution, t0: int, res: _Res, rows: slice, snap: fl
                       gexp[:, p.link_partner] * gimp[:, p.link_comm] / np.where(scale > 0, scale, 1.0), 0.0)
         aimp[:, links] = fl
         aexp[:, d.arc_rev[links]] = fl
-        gi = gimp - fl @ p.link_in
-        ge = gexp - fl @ p.link_out
+        gi = gi - fl @ p.link_in
+        ge = ge - fl @ p.link_out
         # the pool's price: q when floating, the bound it sits at when low or high
         qeff = np.where(regl == LOW, ep[:, None], np.where(regl == HIGH, (ip - p.tau)[:, None], q[:, kl]))
         sol.rho[tr, links] = np.where(regl != NONE, qeff, 0.5 * ((ip - p.tau) + ep)[:, None])
@@ -1186,6 +1203,32 @@ def _write(p: FastPlan, sol: Solution, t0: int, res: _Res, rows: slice, snap: fl
         for name in ("p", "sch", "sdis", "phi", "alpha", "beta", "gimp", "gexp", "aimp", "aexp"):
             arr = getattr(sol, name)[tr]
             arr[np.abs(arr) < snap] = 0.0
+
+
+def _write_pools(p: FastPlan, sol: Solution, tr: slice, reg: np.ndarray, q: np.ndarray, gimp: np.ndarray,
+                 gexp: np.ndarray, ip: np.ndarray, ep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pool arcs of rows ``tr`` (pool formulation, :mod:`gridmarket.market.pool`): inside each open
+    pool the smaller side trades in full and the larger side pro rata (the sums of the arc
+    formulation's pro rata split); returns the imports and exports [kWh] (B, n_c) left for the grid."""
+    d = p.data
+    pa = d.pool_arcs
+    c = d.arc_comm[pa]
+    k = p.clique[c]  # the pool's clique column (cliques kept as arcs come first)
+    tot_i = gimp @ p.cmember  # (B, n_k)
+    tot_e = gexp @ p.cmember
+    big = np.maximum(tot_i, tot_e)
+    safe = np.where(big > 0, big, 1.0)
+    open_ = (reg != NONE) & (big > 0)
+    fi = np.where(open_, tot_e / safe, 0.0)[:, k] * gimp[:, c]  # imported from the pool
+    fe = np.where(open_, tot_i / safe, 0.0)[:, k] * gexp[:, c]  # exported into it
+    sol.aimp[tr, pa] = fi
+    sol.aexp[tr, pa] = fe
+    qeff = np.where(reg == LOW, ep[:, None], np.where(reg == HIGH, (ip - p.tau)[:, None], q))
+    sol.rho[tr, pa] = np.where(reg != NONE, qeff, 0.5 * ((ip - p.tau) + ep)[:, None])[:, k]
+    gi, ge = gimp.copy(), gexp.copy()
+    gi[:, c] -= fi
+    ge[:, c] -= fe
+    return gi, ge
 
 
 # ----------------------------------------------------------------------------- the sequence
@@ -1323,7 +1366,7 @@ def _presimulate(p: FastPlan, steps: np.ndarray, soc: np.ndarray, *, passes: int
 
 def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
                      fallback: Callable[[int, np.ndarray], np.ndarray] | None, *,
-                     snap: float = 0.0, batch: int = MAX_BATCH) -> FastStats:
+                     snap: float = 0.0, batch: int = MAX_BATCH, force: np.ndarray | None = None) -> FastStats:
     """Clear every step of the case in order, writing into ``sol``.
 
     Steps are solved in batches, each step with a guessed SoC before it (at first the SoC
@@ -1348,6 +1391,8 @@ def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
         Energies below this [kWh] are reported as 0 (as the Clarabel path does).
     batch : int
         Steps solved together.
+    force : ndarray of bool, shape (steps,), optional
+        Steps handed to ``fallback`` whatever the fast path finds (e.g. steps with network rows).
     """
     d = p.data
     T = d.steps
@@ -1370,6 +1415,10 @@ def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
             stats.iterations += acc.iterations
             a0 = b0 = t0
         out = acc.view(t0 - a0)  # steps t0, t0+1, ...
+        if force is not None:
+            forced = force[t0:t0 + len(out.ok)]
+            out.ok[forced] = False
+            out.reason[forced] = "the step has network constraints (solved by the QP)"
         soc0 = guesses[t0 - a0:]
         B = len(out.ok)
         if d.n_b:

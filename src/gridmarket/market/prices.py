@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from gridmarket.market._data import BATTERY, CONSUMER, GRID, PRODUCER, MarketData
 
 __all__ = ["WELFARE_PARTS", "Settlement", "Solution", "agent_payments", "agent_welfare", "community_welfare",
-           "network_price_components", "partner_cost", "payment_imbalance", "realised_agent_welfare",
+           "partner_cost", "payment_imbalance", "realised_agent_welfare",
            "realised_welfare", "settle", "stored_energy_change", "stored_energy_value", "stored_value_terms",
            "welfare_breakdown"]
 
@@ -101,17 +102,17 @@ def agent_welfare(d: MarketData, sol: Solution) -> np.ndarray:
 
 def _by_community(d: MarketData, x: np.ndarray) -> np.ndarray:
     """Sum the columns of ``x`` (one per market agent) by community -> (T, n_c)."""
-    out = np.zeros((x.shape[0], d.n_c))
-    for c in range(d.n_c):  # communities, not agents: a handful
-        out[:, c] = x[:, d.comm == c].sum(axis=1)
-    return out
+    return _group_sum(x, d.comm, d.n_c)
 
 
 def _by_arc_owner(d: MarketData, x: np.ndarray) -> np.ndarray:
-    out = np.zeros((x.shape[0], d.n_c))
-    for c in range(d.n_c):
-        out[:, c] = x[:, d.arc_comm == c].sum(axis=1)
-    return out
+    return _group_sum(x, d.arc_comm, d.n_c)
+
+
+def _group_sum(x: np.ndarray, group: np.ndarray, n: int) -> np.ndarray:
+    """Sum the columns of ``x`` (T, k) by ``group`` (k,) -> (T, n), linear in the size of ``x``."""
+    ones = np.ones(len(group))
+    return np.asarray(x @ sp.csr_matrix((ones, (np.arange(len(group)), group)), shape=(len(group), n)))
 
 
 def partner_cost(d: MarketData, sol: Solution) -> np.ndarray:
@@ -155,15 +156,16 @@ class Settlement:
 
 def settle(d: MarketData, sol: Solution) -> Settlement:
     """Settlement of every arc, see :class:`Settlement`."""
-    T = d.steps
     grid = d.arc_partner == GRID
     ip = np.where(grid[None, :], d.import_price[:, None], np.nan)
     ep = np.where(grid[None, :], d.export_price[:, None], np.nan)
     links = d.link_arcs
     ip[:, links] = sol.rho[:, links] + d.trade_fee
     ep[:, links] = sol.rho[:, d.arc_rev[links]]
-    fee = np.zeros((T, d.n_arc))
-    fee[:, links] = d.trade_fee * sol.aimp[:, links]
+    pools = d.pool_arcs  # the pool price ρ = q both ways, the importer adds τ
+    ip[:, pools] = sol.rho[:, pools] + d.trade_fee
+    ep[:, pools] = sol.rho[:, pools]
+    fee = np.where(grid[None, :], 0.0, d.trade_fee * sol.aimp)
     pay = ip * sol.aimp - ep * sol.aexp
     return Settlement(sol.aimp, sol.aexp, ip, ep, fee, pay)
 
@@ -266,28 +268,3 @@ def welfare_breakdown(d: MarketData, sol: Solution, *, f_realised: np.ndarray | 
         "fees": -total(d.trade_fee * sol.aimp[:, ~grid]),
         "market_settlement": total(pay),
     }
-
-
-def network_price_components(network: Any, duals: np.ndarray, *, steps: int, n_agents: int,
-                             step_hours: float) -> tuple[np.ndarray, np.ndarray]:
-    """Voltage and congestion components of each agent's price [currency/kWh], (steps, n_agents) each.
-
-    ``network`` is a :class:`gridmarket.market.network.NetworkConstraints` (rows ``sens @ p_t <=
-    rhs``, ``p_t`` [kW] in ``case.agents`` order) and ``duals`` its row duals (R,) >= 0. Per the
-    interface of the brief, the component of row kind ``voltage`` (resp. ``current`` and
-    ``transformer``) is ``Σ_r dual_r × sens[r, n] × step_hours`` over the rows of the step, signed
-    so that ``price_energy + price_voltage + price_congestion`` is the agent's marginal price of
-    consumption. ``network`` None: both zero.
-    """
-    volt = np.zeros((steps, n_agents))
-    cong = np.zeros((steps, n_agents))
-    if network is None or duals is None or not len(duals):
-        return volt, cong
-    sens = network.sens.tocoo()
-    kinds = np.asarray(network.kind, dtype=object)
-    row_step = np.asarray(network.step, dtype=np.int64)
-    val = np.asarray(duals, dtype=float)[sens.row] * sens.data * step_hours
-    is_v = kinds[sens.row] == "voltage"
-    np.add.at(volt, (row_step[sens.row[is_v]], sens.col[is_v]), val[is_v])
-    np.add.at(cong, (row_step[sens.row[~is_v]], sens.col[~is_v]), val[~is_v])
-    return volt, cong

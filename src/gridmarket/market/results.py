@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 
 from gridmarket.enums import AgentKind, BatteryModel
-from gridmarket.market._data import GRID, MarketData
+from gridmarket.market._data import MarketData
+from gridmarket.market.network import network_outcome
 from gridmarket.market.prices import (
     Solution,
     agent_payments,
     agent_welfare,
     community_welfare,
-    network_price_components,
     payment_imbalance,
     realised_agent_welfare,
     realised_welfare,
@@ -115,6 +115,12 @@ class MarketResult:
     network_duals, network_slack : ndarray, shape (R,)
         Duals [currency per unit of the row quantity] and slacks of the network constraints
         ``clear_market(..., network=...)`` added (empty without them).
+    price_energy, price_voltage, price_congestion : ndarray, shape (steps, n_agents)
+        Per step and agent [currency/kWh]: the community price and the voltage and congestion
+        components of the network rows (0 without them; NaN for passive agents).
+    network_congestion_rent, network_penalty_cost : float
+        What the agents pay the DSO through the network components, ``Σ dual·(sens @ p)``, and
+        ``Σ penalty·slack`` [currency] (:mod:`gridmarket.market.network`).
     """
 
     welfare: pd.Series
@@ -140,6 +146,11 @@ class MarketResult:
     welfare_breakdown: dict[str, float] = field(default_factory=dict)
     network_duals: np.ndarray = field(default_factory=lambda: np.zeros(0))
     network_slack: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    price_energy: np.ndarray | None = None
+    price_voltage: np.ndarray | None = None
+    price_congestion: np.ndarray | None = None
+    network_congestion_rent: float = 0.0
+    network_penalty_cost: float = 0.0
     #: builds (market, communities, settlements) on first use: the study loop and the
     #: benchmarks read the arrays, and the frames cost as much as the fast path's solve
     _frames: Callable[[], tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] | None = field(
@@ -192,7 +203,7 @@ def make_result(data: MarketData, sol: Solution, *, status: MarketStatus, window
 
     ``network`` (a :class:`gridmarket.market.network.NetworkConstraints`) with its row duals
     ``network_duals`` [currency per unit] and slacks fills the voltage and congestion price
-    components (:func:`gridmarket.market.prices.network_price_components`).
+    components, the congestion rent and the penalty cost (:func:`gridmarket.market.network.network_outcome`).
     """
     case = data.case
     T, n = data.steps, len(case.agents)
@@ -215,11 +226,8 @@ def make_result(data: MarketData, sol: Solution, *, status: MarketStatus, window
     pay[:, pos] = pay_m
     f = agent_welfare(data, sol)
     cw = community_welfare(data, sol, f)
-    duals = np.zeros(0) if network_duals is None else np.asarray(network_duals, dtype=float)
-    slack = np.zeros(0) if network_slack is None else np.asarray(network_slack, dtype=float)
-    p_volt, p_cong = network_price_components(network, duals, steps=T, n_agents=n, step_hours=dt)
-    p_energy = price.copy()
-    price = p_energy + p_volt + p_cong
+    net = network_outcome(data, network, network_duals, network_slack, price, p + s)
+    price = net.price_energy + net.price_voltage + net.price_congestion
     f_real = realised_agent_welfare(data, sol, f)
 
     welfare = pd.Series(cw.sum(axis=1), index=pd.RangeIndex(T, name="step"), name="welfare")
@@ -233,10 +241,12 @@ def make_result(data: MarketData, sol: Solution, *, status: MarketStatus, window
         iterations=iterations, build_seconds=build_seconds, solve_seconds=solve_seconds,
         payment_imbalance=float(np.abs(imb).max()) if imb.size else 0.0, solution=sol, window_solver=window_solver,
         welfare_realised=realised_welfare(data, sol, f_real), stored_energy_value=stored_energy_value(data, sol),
-        welfare_breakdown=welfare_breakdown(data, sol, f_realised=f_real, pay=pay_m), network_duals=duals,
-        network_slack=slack,
+        welfare_breakdown=welfare_breakdown(data, sol, f_realised=f_real, pay=pay_m),
+        network_duals=net.duals, network_slack=net.slack, price_energy=net.price_energy,
+        price_voltage=net.price_voltage, price_congestion=net.price_congestion,
+        network_congestion_rent=net.congestion_rent, network_penalty_cost=net.penalty_cost,
         _frames=partial(_frames, data, sol, p, s, soc, phi, alpha, beta, price, pay, cw,
-                        (p_energy, p_volt, p_cong)))  # picklable
+                        (net.price_energy, net.price_voltage, net.price_congestion)))  # picklable
 
 
 def _frames(data: MarketData, sol: Solution, p: np.ndarray, s: np.ndarray, soc: np.ndarray, phi: np.ndarray,
@@ -271,7 +281,7 @@ def _frames(data: MarketData, sol: Solution, p: np.ndarray, s: np.ndarray, soc: 
     }, columns=list(COMMUNITY_COLUMNS))
     st = settle(data, sol)
     na = data.n_arc
-    partner = np.array(["grid" if j == GRID else data.communities[j] for j in data.arc_partner], dtype=object)
+    partner = np.array(data.partner_names(), dtype=object)
     settlements = pd.DataFrame({
         "step": np.repeat(np.arange(T, dtype=np.int64), na),
         "community": np.tile(np.array([data.communities[c] for c in data.arc_comm], dtype=object), T),
