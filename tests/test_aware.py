@@ -228,6 +228,10 @@ def test_aware_removes_midday_overvoltage_and_evening_undervoltage(tmp_path: Pat
     assert np.sum(-res.market.p_kwh[1, [1, 3]]) < np.sum(-blind_market.p_kwh[1, [1, 3]]) - 1.0
     assert np.sum(res.market.p_kwh[3, [0, 2]]) < np.sum(blind_market.p_kwh[3, [0, 2]]) - 1.0
     assert res.linearisation_error_pu < case.market.network_margin_pu
+    # the market's keywords reach every clearing: the QP on every step gives the same dispatch
+    qp = clear_aware(case, net, es, pf=pf, market_kw={"method": "qp"})
+    assert "fast" not in qp.market.solver
+    assert np.abs(qp.market.p_kwh - res.market.p_kwh).max() < 1e-5
 
 
 def test_aware_equals_blind_when_no_limit_binds(tmp_path: Path) -> None:

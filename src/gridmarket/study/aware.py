@@ -28,7 +28,7 @@ to currency per unit of the row's own quantity (pu, A, fraction) per step.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -260,7 +260,8 @@ def _monitored(case: Case, net: OpenDSSNetwork, es: ElementSet) -> np.ndarray:
 
 def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np.ndarray | None = None,
                 monitored: np.ndarray | None = None, method: str = "ymatrix", watch_pu: float = 0.0,
-                converge_pu: float | None = None, progress: Progress | None = None) -> AwareResult:
+                converge_pu: float | None = None, market_kw: Mapping[str, Any] | None = None,
+                progress: Progress | None = None) -> AwareResult:
     """Clear ``case`` with the network's limits inside the market (outer loop).
 
     Parameters
@@ -287,8 +288,16 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     converge_pu : float, optional
         Also iterate until the linearisation error is at most this [pu] (the loop's default stop
         is an AC power flow without violations and without new rows within the margin).
+    market_kw : mapping, optional
+        Extra keywords of every :func:`~gridmarket.market.clear_market` call (a slice of a longer
+        run: ``soc_init``, ``steps_after``, ``soc_target``; ``method``), as the study passes them.
     progress : callable, optional
         ``progress(label, done, total)`` as the power flows' steps complete.
+
+    Notes
+    -----
+    The power flows run through ``net.run_series`` (snapshot method), so no shape session may be
+    open on ``net``; the network is left at the last step of the final power flow.
 
     Returns
     -------
@@ -308,7 +317,8 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     limit_iter = case.market.network_iterations
 
     t0 = time.perf_counter()
-    market = clear_market(case)
+    mkw = dict(market_kw or {})
+    market = clear_market(case, **mkw)
     t_market = time.perf_counter() - t0
     kw = dispatch_kw(case, market)
     if monitored is None:
@@ -394,7 +404,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
                                          rhs=np.array(rhs, dtype=float))
         k += 1
         t0 = time.perf_counter()
-        market = clear_market(case, network=constraints)
+        market = clear_market(case, network=constraints, **mkw)
         t_market = time.perf_counter() - t0
         kw = dispatch_kw(case, market)
         t0 = time.perf_counter()
