@@ -97,6 +97,7 @@ def bench_loop(name: str, case: Case) -> None:
           f"max {res.step_iterations.max()} mean {res.step_iterations.mean():.2f}; "
           f"rows {0 if res.constraints is None else len(res.constraints.name)}; linearisation error "
           f"{res.linearisation_error_pu:.2e} pu; stop: {res.stop_reason}")
+    print("   ", res.summary())
     for h in res.history:
         print("   ", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()})
     if len(res.residual):
