@@ -54,6 +54,7 @@ __all__ = [
     "grid_model",
     "perturbed_sensitivities",
     "read_operating_point",
+    "row_values",
     "ymatrix_sensitivities",
 ]
 
