@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import matplotlib as mpl
 import numpy as np
@@ -34,10 +35,10 @@ STYLE = {
     "mv_line": "#3a3a3a",
     "area": "#1f3b73",
 }
-RC = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8}
+RC: Any = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8}
 
 
-def new_figure(width: float, height: float, *, layout: str = "constrained") -> Figure:
+def new_figure(width: float, height: float, *, layout: Literal["constrained", "compressed"] = "constrained") -> Figure:
     return Figure(figsize=(width, height), dpi=DPI, layout=layout)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,25 +97,29 @@ def png_jobs(data: Any, view: ResultsView | None = None) -> tuple[list[FigureJob
         "installed battery units (bottom) for every iteration of the placement loop.")))
     if view.breakdown is not None and len(view.breakdown):
         jobs.append(FigureJob("welfare_breakdown", "Welfare breakdown per iteration", lambda: (
-            plot_breakdown(view.breakdown, currency=currency),  # type: ignore[arg-type]
+            plot_breakdown(view.breakdown, currency=currency),
             "Parts of the realised welfare per iteration (welfare_breakdown.csv): positive parts "
             "above zero, costs below; the diamond is their sum.")))
     shown = ((base, "base"), (after, after_label)) if after != base else ((base, "base, best"),)
+
+    def monthly(it: int) -> tuple[Figure, str]:
+        return (plot_monthly_energy(data.market, iteration=it, step_hours=step_hours),
+                "Energy per calendar month [kWh]: consumer loads, PV, imports, exports and battery flows.")
+
+    def balance(it: int, label: str) -> tuple[Figure, str]:
+        return (plot_energy_balance(data.market, data.communities, iteration=it, step_hours=step_hours,
+                                    currency=currency, label=label),
+                "Per step: consumption side above zero (consumer loads, battery charging, exports), supply "
+                "side below (PV, battery discharging, imports) [kW]; line: net community demand = imports − "
+                "exports; community clearing prices and battery state of charge below.")
+
     for it, label in shown:
         if view.long_run:
             jobs.append(FigureJob(f"monthly_energy_it{it}", f"Energy per month, iteration {it} ({label})",
-                                  lambda it=it: (plot_monthly_energy(data.market, iteration=it, step_hours=step_hours),
-                                                 "Energy per calendar month [kWh]: consumer loads, PV, "
-                                                 "imports, exports and battery flows.")))
+                                  partial(monthly, it)))
         else:
             jobs.append(FigureJob(f"energy_balance_it{it}", f"Energy balance, iteration {it} ({label})",
-                                  lambda it=it, label=label: (plot_energy_balance(
-                                      data.market, data.communities, iteration=it, step_hours=step_hours,
-                                      currency=currency, label=label),
-                                      "Per step: consumption side above zero (consumer loads, battery "
-                                      "charging, exports), supply side below (PV, battery discharging, "
-                                      "imports) [kW]; line: net community demand = imports − exports; "
-                                      "community clearing prices and battery state of charge below.")))
+                                  partial(balance, it, label)))
     if view.long_run:
         jobs.append(FigureJob("voltage_duration", "Voltage duration curves", lambda: (
             plot_duration_curves(data.voltages, before=base, after=after, vmin_pu=vmin, vmax_pu=vmax),

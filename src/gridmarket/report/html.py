@@ -177,8 +177,7 @@ def interactive_jobs(data: Any, view: ResultsView) -> tuple[list[InteractiveFigu
             "breakdown", "Welfare breakdown per iteration",
             "Who gains what (welfare_breakdown.csv): consumers, producers, batteries (trading, degradation), "
             "grid (import cost, export revenue), fees; the diamond is the realised welfare, their sum.",
-            lambda: breakdown_figure(view.breakdown, data.iterations,  # type: ignore[arg-type]
-                                     currency=currency)))
+            lambda: breakdown_figure(view.breakdown, data.iterations, currency=currency)))
     else:
         notes.append("Welfare breakdown skipped: welfare_breakdown.csv not in the results folder.")
     if (data.market["kind"].astype(str).str.lower() == "battery").any() and after != base:
@@ -200,7 +199,7 @@ def interactive_jobs(data: Any, view: ResultsView) -> tuple[list[InteractiveFigu
         jobs.append(InteractiveFigure(
             "comparison", "Blind and network-aware market, with and without batteries",
             "From comparison.csv (one row per scenario).",
-            lambda: comparison_figure(view.comparison, currency=currency)))  # type: ignore[arg-type]
+            lambda: comparison_figure(view.comparison, currency=currency)))
     return jobs, notes
 
 

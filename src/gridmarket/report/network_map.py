@@ -20,7 +20,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
-from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar  # type: ignore[import-untyped]
+from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 from scipy.spatial import cKDTree
 
 from gridmarket.report._style import RC, STYLE, community_colors, new_figure
