@@ -3,8 +3,7 @@
 ``build_contract_results`` takes the synthetic folder of ``_results_fixture.build_results``
 and adds what the results contract of this round adds (shared CASE_FORMAT.md; BRIEF interface
 4): the economics columns of ``iterations.csv``, ``welfare_breakdown.csv``, ``distance_km`` of
-the buses, ``network_lines.csv`` with ``element, downstream_bus, kind``, the new
-``summary.json`` keys, and optionally ``comparison.csv``. Every number is written here by hand
+the buses, the new ``summary.json`` keys, and optionally ``comparison.csv``. Every number is written here by hand
 (the comments say how they hang together), so the tests compare the page with these files.
 
 ``build_long_results`` writes a small but long run (10 days of hourly steps).
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from _results_fixture import WELFARE, build_results
+from gridmarket import contract
 
 #: per iteration [currency]: the value of the energy left stored (the fixture's batteries end
 #: fuller than they start), the annuity of the iteration's banks (1 and 4 SBU at 3 R$/SBU)
@@ -62,18 +62,12 @@ def build_contract_results(root: Path, *, costed: bool = True, comparison: bool 
     its["net_benefit"] = NET[:n] if costed else [round(r - REALISED[0], 10) for r in REALISED[:n]]
     its["transformer_violations"] = 0
     its["nonconverged_steps"] = 0
-    its.to_csv(root / "iterations.csv", index=False)
+    contract.write_table(its, root, "iterations.csv")
     rows = [{"iteration": i, "part": p, "value": v} for i in range(n) for p, v in breakdown_parts(REALISED[i]).items()]
-    pd.DataFrame(rows).to_csv(root / "welfare_breakdown.csv", index=False)
-    buses = pd.read_csv(root / "network_buses.csv", dtype={"bus": str})
+    contract.write_table(pd.DataFrame(rows), root, "welfare_breakdown.csv")
+    buses = contract.read_table(root / "network_buses.csv")
     buses["distance_km"] = buses["bus"].map(DISTANCE_KM)
-    buses.to_csv(root / "network_buses.csv", index=False)
-    lines = pd.read_csv(root / "network_lines.csv", dtype=str)
-    if "line" in lines.columns:
-        # "line" kept while the loader on this branch still requires it (contract: element)
-        lines = pd.DataFrame({"element": "line." + lines["line"], "line": lines["line"], "bus1": lines["bus1"],
-                              "bus2": lines["bus2"], "downstream_bus": lines["bus2"], "kind": "line"})
-        lines.to_csv(root / "network_lines.csv", index=False)
+    contract.write_table(buses, root, "network_buses.csv")
     summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
     summary.update(stop_reason=STOP_REASON, battery_costed=costed,
                    break_even_capex_per_kwh=BREAK_EVEN if costed else None,
@@ -108,13 +102,13 @@ def build_long_results(root: Path, *, days: int = 10) -> Path:
                 rows.append(pd.DataFrame({"iteration": it, "step": np.arange(steps), "bus": b, "phase": ph,
                                           "v_pu": v}))
     volt = pd.concat(rows, ignore_index=True)
-    volt.to_parquet(root / "voltages.parquet", index=False)
+    contract.write_table(volt, root, "voltages.parquet")
     bad = volt[(volt["v_pu"] < 0.95) | (volt["v_pu"] > 1.05)]
     viol = pd.DataFrame({"iteration": bad["iteration"], "step": bad["step"],
                          "time": times[bad["step"].to_numpy()].strftime("%Y-%m-%dT%H:%M"), "kind": "voltage",
                          "element": bad["bus"] + "." + bad["phase"].astype(str), "value": bad["v_pu"],
                          "limit": np.where(bad["v_pu"] > 1.05, 1.05, 0.95)})
-    viol.to_csv(root / "violations.csv", index=False)
+    contract.write_table(viol, root, "violations.parquet")
     m = []
     for it in (0, 1):
         load = 2.0 + np.isin(hour, [19, 20]).astype(float)
@@ -129,24 +123,24 @@ def build_long_results(root: Path, *, days: int = 10) -> Path:
                 "alpha_kw": np.clip(net, 0, None) if kind == "consumer" else 0.0,
                 "beta_kw": np.clip(-net, 0, None) if kind == "producer" else 0.0,
                 "soc": np.nan, "price": 0.5, "payment": 0.0}))
-    pd.concat(m, ignore_index=True).to_csv(root / "market.csv", index=False)
+    contract.write_table(pd.concat(m, ignore_index=True), root, "market.parquet")
     comm = pd.DataFrame({"iteration": np.repeat([0, 1], steps), "step": np.tile(np.arange(steps), 2),
                          "time": np.tile(times.strftime("%Y-%m-%dT%H:%M"), 2), "community": "C1", "price": 0.5,
                          "import_kwh": 1.0, "export_kwh": 0.0, "welfare": 0.1})
-    comm.to_csv(root / "communities.csv", index=False)
+    contract.write_table(comm, root, "communities.parquet")
     bats = pd.DataFrame({"iteration": [1], "agent": ["Bat_b5"], "bus": ["b5"], "units": [1], "kw": [2.56],
                          "kwh": [10.24]})
-    bats.to_csv(root / "batteries.csv", index=False)
+    contract.write_table(bats, root, "batteries.csv")
     its = pd.read_csv(root / "iterations.csv").head(2).copy()
     volt_pairs = bad.groupby(["iteration"])[["bus", "step"]].apply(lambda g: len(g.drop_duplicates()))
     its["violations"] = its["voltage_violations"] = [int(volt_pairs.get(0, 0)), int(volt_pairs.get(1, 0))]
     its["current_violations"] = 0
     its["battery_units"] = [0, 1]
-    its.to_csv(root / "iterations.csv", index=False)
+    contract.write_table(its, root, "iterations.csv")
     summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
     summary.update(iterations=2, best_iteration=1, steps=steps, welfare=summary["welfare"][:2],
                    violations=[int(x) for x in its["violations"]], solver_used=["fast", "fast"])
     (root / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     bd = pd.read_csv(root / "welfare_breakdown.csv")
-    bd[bd["iteration"] < 2].to_csv(root / "welfare_breakdown.csv", index=False)
+    contract.write_table(bd[bd["iteration"] < 2], root, "welfare_breakdown.csv")
     return root

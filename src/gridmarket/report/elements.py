@@ -2,9 +2,10 @@
 
 The results name elements as OpenDSS does, in any case: a voltage violation's element is
 ``bus.phase`` (``"b5.1"``), a current violation's ``line.name.phase`` (``"line.l45.1"``), a
-transformer's ``transformer.name``; ``network_lines.csv`` names its elements ``line.l45`` or
-``l45`` (column ``element``, or ``line`` in older folders). Everything here maps them to one
-key per element so that a violation, a line of the map and a row of a table meet.
+transformer's ``transformer.name``; ``network_lines.csv`` names its elements ``line.l45``
+(column ``element``; ``line`` in folders older than the contract). Everything here maps them
+to one key per element (:func:`gridmarket.contract.violation_owner`) so that a violation, a
+line of the map and a row of a table meet.
 
 **One violation count everywhere** (shared CASE_FORMAT.md): a violation is one (bus, line or
 transformer, step) pair out of limits; the phases of a bus or line in the same step count once.
@@ -15,6 +16,8 @@ is labelled so.
 from __future__ import annotations
 
 import pandas as pd
+
+from gridmarket import contract
 
 __all__ = [
     "bus_names",
@@ -31,26 +34,14 @@ def bus_names(values: pd.Series) -> pd.Series:
 
 
 def element_key(kind: str, element: str) -> str:
-    """The element a violation row belongs to, without its phase.
+    """The element a violation row belongs to, without its phase
+    (:func:`gridmarket.contract.violation_owner`, the one naming rule).
 
     ``("voltage", "B5.1")`` -> ``"b5"``; ``("current", "line.l45.1")`` -> ``"line.l45"``;
-    ``("current", "l45")`` -> ``"line.l45"``; ``("transformer", "Transformer.TX1")`` ->
-    ``"transformer.tx1"``; anything else (``nonconvergence``: ``"circuit"``) lower-cased.
+    ``("transformer", "Transformer.TX1")`` -> ``"transformer.tx1"``; anything else
+    (``nonconvergence``: ``"circuit"``) lower-cased.
     """
-    name = str(element).strip().lower()
-    kind = str(kind).strip().lower()
-    if kind == "voltage":
-        return name.split(".")[0]
-    if kind == "current":
-        parts = name.split(".")
-        if parts[0] == "line" and len(parts) > 1:
-            parts = parts[1:]
-        if len(parts) > 1 and parts[-1].isdigit():
-            parts = parts[:-1]
-        return "line." + ".".join(parts)
-    if kind == "transformer":
-        return name if name.startswith("transformer.") else f"transformer.{name}"
-    return name
+    return str(contract.violation_owner([str(kind).strip().lower()], [str(element).strip()])[0])
 
 
 def line_table(lines: pd.DataFrame) -> pd.DataFrame:
@@ -67,12 +58,13 @@ def line_table(lines: pd.DataFrame) -> pd.DataFrame:
     names = lines[col].astype(str).str.strip()
     kind = (lines["kind"].astype(str).str.strip().str.lower() if "kind" in lines.columns
             else pd.Series("line", index=lines.index))
-    key = [element_key("current" if k != "transformer" else "transformer", n)
-           for k, n in zip(kind, names, strict=True)]
+    key = names.str.lower()
+    if col == "line":  # folders older than the contract wrote "l45" for line.l45
+        key = key.where(key.str.contains(".", regex=False), "line." + key)
     bus2 = bus_names(lines["bus2"])
     down = (bus_names(lines["downstream_bus"]) if "downstream_bus" in lines.columns else bus2)
     down = down.where(down.ne("") & down.ne("nan"), bus2)
-    return pd.DataFrame({"key": key, "name": names.to_numpy(),
+    return pd.DataFrame({"key": key.to_numpy(), "name": names.to_numpy(),
                          "bus1": bus_names(lines["bus1"]).to_numpy(), "bus2": bus2.to_numpy(),
                          "downstream": down.to_numpy(), "kind": kind.to_numpy()})
 
@@ -97,7 +89,7 @@ def violation_pairs(violations: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     v = violations[["iteration", "step", "kind", "element", "value", "limit"]].copy()
     v["kind"] = v["kind"].astype(str).str.strip().str.lower()
-    v["key"] = [element_key(k, e) for k, e in zip(v["kind"], v["element"], strict=True)]
+    v["key"] = contract.violation_owner(v["kind"].to_numpy(), v["element"].astype(str).str.strip().to_numpy())
     v["_excess"] = (v["value"].astype(float) - v["limit"].astype(float)).abs()
     v = v.sort_values(["iteration", "step", "kind", "key", "_excess"],
                       ascending=[True, True, True, True, False], kind="stable")

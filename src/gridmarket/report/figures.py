@@ -34,6 +34,7 @@ from gridmarket.report.views import (
     base_iteration,
     best_iteration,
     finite_setting,
+    has_distances,
     setting,
     worst_step,
 )
@@ -141,14 +142,14 @@ def png_jobs(data: Any, view: ResultsView | None = None) -> tuple[list[FigureJob
                                       "bus and step (a line's or transformer's count for its downstream bus)")
             + f", iteration {base} (left) and {after} (right).")))
     worst = worst_step(data.voltages, data.violations, iteration=base, vmin_pu=vmin, vmax_pu=vmax)
-    if data.buses is not None and "distance_km" in data.buses.columns and worst is not None:
+    if has_distances(data.buses) and worst is not None:
         jobs.append(FigureJob("voltage_profile", "Voltage profile along the feeder", lambda: (
             plot_voltage_profile(data.voltages, data.buses, before=base, after=after, step=worst,
                                  vmin_pu=vmin, vmax_pu=vmax),
             f"Every monitored bus-phase voltage at step {worst} (the base iteration's worst) "
             f"against its distance from the source along the feeder, before and after batteries.")))
     elif data.buses is not None:
-        notes.append("Voltage profile skipped: network_buses.csv has no distance_km column.")
+        notes.append("Voltage profile skipped: network_buses.csv gives no bus a distance_km.")
     if data.buses is None or data.lines is None:
         missing = [n for n, f in (("network_buses.csv", data.buses), ("network_lines.csv", data.lines))
                    if f is None]

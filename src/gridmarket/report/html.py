@@ -52,6 +52,7 @@ from gridmarket.report.views import (
     base_iteration,
     best_iteration,
     finite_setting,
+    has_distances,
     setting,
     worst_step,
 )
@@ -162,7 +163,7 @@ def interactive_jobs(data: Any, view: ResultsView) -> tuple[list[InteractiveFigu
             lambda: heatmap_figure(data.violations, data.lines, before=base, after=after, times=times,
                                    long_run=view.long_run, step_hours=view.step_hours)))
     worst = worst_step(data.voltages, data.violations, iteration=base, vmin_pu=vmin, vmax_pu=vmax)
-    if data.buses is not None and "distance_km" in data.buses.columns and worst is not None:
+    if has_distances(data.buses) and worst is not None:
         label = ""
         if times is not None and worst in times.index:
             label = f" ({times[worst]})"

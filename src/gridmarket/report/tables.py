@@ -230,14 +230,14 @@ def format_iteration_table(table: pd.DataFrame, *, currency: str = "") -> pd.Dat
                            ("stored_energy_value", f"Stored energy value{cur}", "+.2f"),
                            ("battery_annuity", f"Battery annuity{cur}", ".2f"),
                            ("net_benefit", f"Net benefit{cur}", "+.2f")):
-        if col in table.columns:
+        if col in table.columns and table[col].notna().any():  # absent in older folders
             out[head] = [_num(v, fmt) for v in table[col]]
     out["Δ welfare vs base [%]"] = [_num(v, "+.1f") for v in table["welfare_change_pct"]]
     out["Violations [pairs]"] = [_int(v) for v in table["violations"]]
     out["Voltage"] = [_int(v) for v in table["voltage_violations"]]
     out["Current"] = [_int(v) for v in table["current_violations"]]
     for col, head in (("transformer_violations", "Transformer"), ("nonconverged_steps", "Steps not converged")):
-        if col in table.columns:
+        if col in table.columns and table[col].notna().any():
             out[head] = [_int(v) for v in table[col]]
     out["Buses violated"] = [_int(v) for v in table["buses_violated"]]
     out["Lines violated"] = [_int(v) for v in table["lines_violated"]]

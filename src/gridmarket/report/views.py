@@ -25,6 +25,7 @@ __all__ = [
     "base_iteration",
     "best_iteration",
     "finite_setting",
+    "has_distances",
     "setting",
     "LONG_RUN_STEPS",
     "ResultsView",
@@ -191,6 +192,13 @@ def worst_step(voltages: pd.DataFrame, violations: pd.DataFrame, *, iteration: i
     return int(by_step.index[0])
 
 
+def has_distances(buses: pd.DataFrame | None) -> bool:
+    """Whether ``network_buses.csv`` gives at least two buses a finite ``distance_km``."""
+    if buses is None or "distance_km" not in buses.columns:
+        return False
+    return int(np.isfinite(pd.to_numeric(buses["distance_km"], errors="coerce").to_numpy(dtype=float)).sum()) >= 2
+
+
 def voltage_profile(voltages: pd.DataFrame, buses: pd.DataFrame, *, iteration: int,
                     step: int) -> pd.DataFrame:
     """Bus-phase voltages of one step against the distance from the source along the feeder.
@@ -248,10 +256,12 @@ def battery_operation(market: pd.DataFrame, batteries: pd.DataFrame, *, iteratio
     b = batteries[batteries["iteration"] == iteration]
     info = b.drop_duplicates("agent").set_index("agent")
     out = m[["agent", "community", "step", "time", "soc", "S_kw", "price"]].copy()
-    if "bus" in m.columns:
-        out["bus"] = m["bus"].astype(str)
+    from_csv = out["agent"].map(info["bus"]).fillna("").astype(str)
+    if "bus" in m.columns:  # market.parquet's bus when written, else batteries.csv's
+        bus = m["bus"].fillna("").astype(str)
+        out["bus"] = bus.where(bus != "", from_csv)
     else:
-        out["bus"] = out["agent"].map(info["bus"]).fillna("")
+        out["bus"] = from_csv
     out["units"] = out["agent"].map(info["units"]).astype(float)
     return out.sort_values(["agent", "step"]).reset_index(drop=True)[cols]
 
