@@ -48,6 +48,8 @@ def plot_violation_heatmap(violations: pd.DataFrame, lines: pd.DataFrame | None,
             tot = a.sum(axis=1).add(b.sum(axis=1), fill_value=0) if len(a) or len(b) else pd.Series(dtype=float)
             rows = sorted(tot.index, key=lambda x: (-tot[x], x))[:_MAX_ROWS]
             cols = sorted(set(a.columns) | set(b.columns))
+            if times is not None and len(times):  # every step of the run, not only the violated ones
+                cols = sorted(set(cols) | {int(t) for t in times.index})
         mats = [w.reindex(index=rows, columns=cols, fill_value=0).to_numpy(dtype=float) if rows else np.zeros((1, 1))
                 for w in (a, b)]
         vmax = max(1.0, *(float(m.max()) for m in mats))
@@ -57,9 +59,9 @@ def plot_violation_heatmap(violations: pd.DataFrame, lines: pd.DataFrame | None,
             im = ax.imshow(mat, aspect="auto", cmap="Reds", vmin=0, vmax=vmax, interpolation="nearest")
             ax.set_title(f"{tag.capitalize()}: iteration {it} ({int(mat.sum())} pairs)")
             if cols:
-                every = max(1, len(cols) // 12)
-                ax.set_xticks(range(0, len(cols), every), [str(c) for c in cols[::every]])
-            ax.set_xlabel("Hour of day" if long_run else "Step")
+                every = max(1, -(-len(cols) // 8))
+                ax.set_xticks(range(0, len(cols), every), [_tick(c, times, long_run) for c in cols[::every]])
+            ax.set_xlabel("Hour of day" if long_run else "Step (start time)" if times is not None else "Step")
         if rows:
             every = max(1, len(rows) // 30)
             axes[0].set_yticks(range(0, len(rows), every), [str(r) for r in rows[::every]])
@@ -67,6 +69,13 @@ def plot_violation_heatmap(violations: pd.DataFrame, lines: pd.DataFrame | None,
         fig.colorbar(im, ax=axes, label="Violation pairs", shrink=0.8)
         fig.suptitle("Violations (bus/line/transformer-step pairs) before and after batteries")
     return fig
+
+
+def _tick(col: int, times: pd.Series | None, long_run: bool) -> str:
+    if long_run or times is None:
+        return str(col)
+    t = pd.to_datetime(times.get(col), errors="coerce")
+    return f"{t:%H:%M}" if not pd.isna(t) else str(col)
 
 
 def plot_voltage_profile(voltages: pd.DataFrame, buses: pd.DataFrame, *, before: int, after: int, step: int,

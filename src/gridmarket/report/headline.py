@@ -153,7 +153,8 @@ def _sentence(h: Headline) -> str:
 
 #: summary.json keys already shown elsewhere (headline, run table) or per iteration
 _SHOWN = {"case", "version", "welfare", "violations", "best_iteration", "stop_reason",
-          "break_even_capex_per_kwh", "battery_costed", "solver_used"}
+          "break_even_capex_per_kwh", "battery_costed", "solver_used", "solver", "currency", "battery_model",
+          "horizon", "step_hours", "vmin_pu", "vmax_pu", "iterations", "runtime_s", "command_runtime_s"}
 
 
 def run_parameters(summary: dict[str, Any], agents: pd.DataFrame | None) -> list[tuple[str, str]]:
