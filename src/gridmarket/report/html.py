@@ -123,7 +123,7 @@ def _run_rows(data: Any) -> list[tuple[str, Any]]:
         ("Step length [h]", f"{finite_setting(data, 'step_hours', 1.0):g}"),
         ("Voltage limits [pu]", f"{vmin:g} – {vmax:g}"),
         ("Currency", setting(data, "currency", "—") or "—"),
-        ("Loop runtime [s]", number(runtime, 1)),
+        ("Runtime [s]", f"{runtime:.1f}" if runtime == runtime else "—"),  # the loop; test_cli matches this row
     ]
     if command == command:
         rows.append(("Whole command runtime [s]", number(command, 1)))
@@ -239,6 +239,14 @@ def _communities_file(data: Any) -> str:
     return "communities.parquet"
 
 
+def _files_html(data: Any) -> str:
+    """Links to the results files beside the page (the full lists the page summarises)."""
+    names = sorted(p.name for p in Path(data.path).iterdir()
+                   if p.is_file() and p.suffix in (".csv", ".parquet", ".json"))
+    links = ", ".join(f'<a href="{html.escape(n)}">{html.escape(n)}</a>' for n in names)
+    return f'<p class="small" id="files">Results files (every row the page summarises): {links}.</p>'
+
+
 def _comparison_html(view: ResultsView, currency: str) -> str:
     comp = view.comparison
     if comp is None or not len(comp):
@@ -315,6 +323,7 @@ def render_html(data: Any, specs: list[FigureSpec], notes: list[str], *,
         f'<p class="small">Welfare change relative to the base iteration {base}; the best iteration ({best}) '
         "is marked with * and highlighted. Banks: count × size of the battery banks in the iteration.</p>",
         it_html,
+        _files_html(data),
         *(_interactive_html(job, div) for job, div in interactive),
         "<h2>Battery banks</h2>" if after != base else "",
         _batteries_html(data, view, after) if after != base else "",

@@ -64,13 +64,20 @@ def figure_div(fig: go.Figure, div_id: str) -> str:
 
 
 def _labels(steps: Sequence[int], times: pd.Series | None) -> list[str]:
+    """Category labels ``"10 (10:00)"`` of steps (the step alone without timestamps)."""
     if times is None:
         return [str(int(s)) for s in steps]
-    out = []
-    for s in steps:
-        t = pd.to_datetime(times.get(s), errors="coerce")
-        out.append(f"{int(s)} ({t:%H:%M})" if not pd.isna(t) else str(int(s)))
-    return out
+    parsed = pd.to_datetime(times.reindex(list(steps)).to_numpy(), errors="coerce")
+    return [f"{int(s)} ({t:%H:%M})" if not pd.isna(t) else str(int(s)) for s, t in zip(steps, parsed, strict=True)]
+
+
+def _x(steps: Sequence[int], times: pd.Series | None) -> list[object]:
+    """A time axis of steps: their timestamps when every step has one, else the step numbers."""
+    if times is not None:
+        parsed = pd.to_datetime(times.reindex(list(steps)).to_numpy(), errors="coerce")
+        if not pd.isna(parsed).any():
+            return list(parsed)
+    return [int(s) for s in steps]
 
 
 # ----------------------------------------------------------------------------- violations
@@ -202,7 +209,7 @@ def battery_figure(market: pd.DataFrame, batteries: pd.DataFrame, *, iteration: 
     for k, row in shown.iterrows():
         b = op[op["agent"] == row["agent"]]
         steps = b["step"].astype(int).to_list()
-        x = _labels(steps, times)
+        x = _x(steps, times)
         name = f"{row['agent']} @ {row['bus']} ({row['units']:g} SBU)"
         color = palette[int(k) % len(palette)]
         fig.add_trace(go.Scatter(x=x, y=b["soc"], name=name, legendgroup=name, line={"color": color},
@@ -217,7 +224,7 @@ def battery_figure(market: pd.DataFrame, batteries: pd.DataFrame, *, iteration: 
             continue
         seen.add(comm)
         b = op[op["agent"] == row["agent"]]
-        fig.add_trace(go.Scatter(x=_labels(b["step"].astype(int).to_list(), times), y=b["price"],
+        fig.add_trace(go.Scatter(x=_x(b["step"].astype(int).to_list(), times), y=b["price"],
                                  name=f"price of {comm}", line={"shape": "hv", "color": "black", "width": 1},
                                  hovertemplate=f"{comm}: %{{y:.4f}} {cur}/kWh<extra></extra>"), row=3, col=1)
     n_banks = op["agent"].nunique() if len(op) else 0

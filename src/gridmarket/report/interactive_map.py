@@ -122,7 +122,7 @@ def map_figure(buses: pd.DataFrame, lines: pd.DataFrame, *, agents: pd.DataFrame
         vtext = pd.Series("", index=b.index)
         if voltages is not None and len(voltages):
             v = voltages[voltages["iteration"] == it]
-            ext = v.groupby(bus_names(v["bus"]))["v_pu"].agg(["min", "max"])
+            ext = v.groupby(v["bus"].astype(str).str.lower(), sort=False)["v_pu"].agg(["min", "max"])
             ext = ext.reindex(b.index)
             vtext = pd.Series([f"V {lo:.4f} – {hi:.4f} pu" if np.isfinite(lo) else "not monitored"
                                for lo, hi in zip(ext["min"], ext["max"], strict=True)], index=b.index)
