@@ -320,3 +320,12 @@ def test_report_of_a_copied_folder_is_the_same(page: tuple[Path, str], tmp_path:
     shutil.copytree(root, copy)
     again = build_report(copy).read_text(encoding="utf-8")
     assert again == text, "the page must be reproducible (fixed figure ids, no timestamps)"
+
+
+def test_zero_annuity_without_the_summary_key_reads_as_not_costed(tmp_path: Path) -> None:
+    root = build_contract_results(tmp_path / "run", costed=False)
+    summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    del summary["battery_costed"]
+    (root / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    text = build_report(root, interactive=False).read_text(encoding="utf-8")
+    assert 'id="not-costed"' in text

@@ -75,6 +75,8 @@ def headline(data: Any) -> Headline:
     }
     s = data.summary
     costed = s.get("battery_costed")
+    if costed is None and "battery_annuity" in it.columns and it["battery_annuity"].notna().any():
+        costed = bool((it["battery_annuity"].fillna(0.0) > 0).any())  # contract: annuity 0 = not costed
     try:
         be = float(s.get("break_even_capex_per_kwh"))
     except (TypeError, ValueError):

@@ -110,7 +110,8 @@ def map_figure(buses: pd.DataFrame, lines: pd.DataFrame, *, agents: pd.DataFrame
         bad = table[table["key"].isin(bad_elems)]
         xs, ys = _segments(b, list(zip(bad["bus1"], bad["bus2"], strict=True)))
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"overloaded lines (it. {it})",
-                                 line={"color": "#d62728", "width": 4}, hoverinfo="skip", visible=vis))
+                                 line={"color": "#d62728", "width": 4}, hoverinfo="skip", visible=vis,
+                                 showlegend=bool(xs)))
         mid = bad[bad["bus1"].isin(b.index) & bad["bus2"].isin(b.index)]
         mx = [(b.at[p, "x"] + b.at[q, "x"]) / 2 for p, q in zip(mid["bus1"], mid["bus2"], strict=True)]
         my = [(b.at[p, "y"] + b.at[q, "y"]) / 2 for p, q in zip(mid["bus1"], mid["bus2"], strict=True)]
@@ -134,6 +135,7 @@ def map_figure(buses: pd.DataFrame, lines: pd.DataFrame, *, agents: pd.DataFrame
         rb = [bus for bus in bad_buses if bus in b.index]
         fig.add_trace(go.Scatter(x=b.loc[rb, "x"], y=b.loc[rb, "y"], mode="markers",
                                  name=f"violated buses (it. {it}): {len(bad_buses)}", visible=vis,
+                                 showlegend=bool(rb),
                                  text=[f"bus {bus}: violated" for bus in rb], hovertemplate="%{text}<extra></extra>",
                                  marker={"size": 16, "color": "rgba(0,0,0,0)",
                                          "line": {"color": "#d62728", "width": 2}}))
@@ -144,6 +146,7 @@ def map_figure(buses: pd.DataFrame, lines: pd.DataFrame, *, agents: pd.DataFrame
             units = units[units.index.isin(b.index)]
         fig.add_trace(go.Scatter(x=b.loc[units.index, "x"], y=b.loc[units.index, "y"], mode="markers",
                                  name=f"battery banks (it. {it}): {units.sum():g} SBU", visible=vis,
+                                 showlegend=bool(len(units)),
                                  text=[f"battery at {bus}: {u:g} SBU" for bus, u in units.items()],
                                  hovertemplate="%{text}<extra></extra>",
                                  marker={"symbol": "square", "color": "#ffd92f", "line": {"color": "black", "width": 1},
