@@ -123,7 +123,7 @@ def png_jobs(data: Any, view: ResultsView | None = None) -> tuple[list[FigureJob
                                   partial(balance, it, label)))
     if view.long_run:
         jobs.append(FigureJob("voltage_duration", "Voltage duration curves", lambda: (
-            plot_duration_curves(data.voltages, before=base, after=after, vmin_pu=vmin, vmax_pu=vmax),
+            plot_duration_curves(view.extremes(data.voltages), before=base, after=after, vmin_pu=vmin, vmax_pu=vmax),
             f"Lowest and highest bus voltage of each step, sorted, before (iteration {base}, dotted) "
             f"and after batteries (iteration {after}, solid); limits {vmin:g}/{vmax:g} pu.")))
     else:

@@ -192,7 +192,8 @@ def interactive_jobs(data: Any, view: ResultsView) -> tuple[list[InteractiveFigu
     if view.long_run:
         jobs.append(InteractiveFigure(
             "duration", "Voltage duration curves", "Lowest and highest bus voltage of each step, sorted.",
-            lambda: duration_figure(data.voltages, before=base, after=after, vmin_pu=vmin, vmax_pu=vmax)))
+            lambda: duration_figure(view.extremes(data.voltages), before=base, after=after, vmin_pu=vmin,
+                                    vmax_pu=vmax)))
         jobs.append(InteractiveFigure(
             "monthly", "Energy per month", f"Iteration {after}.",
             lambda: monthly_figure(data.market, iteration=after, step_hours=view.step_hours)))

@@ -109,6 +109,14 @@ class ResultsView:
     step_hours: float  #: Δt [h]
     long_run: bool  #: more than LONG_RUN_STEPS steps
 
+    def extremes(self, voltages: pd.DataFrame) -> pd.DataFrame:
+        """``steps.parquet`` when it gives every step's voltage extremes, else ``voltages``
+        (for :func:`duration_curves`)."""
+        st = self.steps_table
+        if st is not None and {"v_min_pu", "v_max_pu"} <= set(st.columns) and st["v_min_pu"].notna().any():
+            return st
+        return voltages
+
     @classmethod
     def of(cls, data: Any) -> ResultsView:
         breakdown = optional_table(data, "welfare_breakdown.csv", columns=("iteration", "part", "value"))
@@ -291,11 +299,17 @@ def top_batteries(operation: pd.DataFrame, n: int = 10, *, step_hours: float = 1
 def duration_curves(voltages: pd.DataFrame, *, iteration: int) -> pd.DataFrame:
     """Per step the lowest and highest bus voltage, each sorted (a duration curve).
 
+    ``voltages`` is ``voltages.parquet`` or ``steps.parquet`` (whose ``v_min_pu``/``v_max_pu``
+    are the same extremes, a row per step: far less to read in a year-long run).
+
     Returns ``rank`` (0 … steps−1), ``v_min_pu`` sorted ascending, ``v_max_pu`` sorted
     descending, ``share`` = rank / steps (fraction of the run).
     """
     v = voltages[voltages["iteration"] == iteration]
-    ext = v.groupby("step")["v_pu"].agg(["min", "max"])
+    if "v_min_pu" in v.columns:
+        ext = pd.DataFrame({"min": v["v_min_pu"].to_numpy(dtype=float), "max": v["v_max_pu"].to_numpy(dtype=float)})
+    else:
+        ext = v.groupby("step")["v_pu"].agg(["min", "max"])
     n = len(ext)
     return pd.DataFrame({"rank": np.arange(n), "share": np.arange(n) / max(n, 1),
                          "v_min_pu": np.sort(ext["min"].to_numpy()),
