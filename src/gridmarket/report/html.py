@@ -32,6 +32,7 @@ from gridmarket.report.interactive import (
     monthly_figure,
     plotly_script,
     profile_figure,
+    voltage_time_figure,
 )
 from gridmarket.report.interactive_map import map_figure
 from gridmarket.report.network_map import has_coordinates
@@ -162,6 +163,15 @@ def interactive_jobs(data: Any, view: ResultsView) -> tuple[list[InteractiveFigu
              "count for its downstream bus)."),
             lambda: heatmap_figure(data.violations, data.lines, before=base, after=after, times=times,
                                    long_run=view.long_run, step_hours=view.step_hours)))
+    if not view.long_run and len(data.voltages):
+        shown = list(dict.fromkeys([base, after]))
+        vlabels = {base: "before", after: "after"} if after != base else {base: "before = after"}
+        jobs.append(InteractiveFigure(
+            "voltages", "Bus-phase voltages over the run",
+            "The lowest and highest voltage of each step (bold) and the bus-phases that come closest to a limit "
+            "(thin; hover for the bus and phase), before and after batteries (buttons).",
+            lambda: voltage_time_figure(data.voltages, iterations=shown, vmin_pu=vmin, vmax_pu=vmax, times=times,
+                                        labels=vlabels)))
     worst = worst_step(data.voltages, data.violations, iteration=base, vmin_pu=vmin, vmax_pu=vmax)
     if has_distances(data.buses) and worst is not None:
         label = ""

@@ -42,6 +42,7 @@ __all__ = [
     "monthly_figure",
     "plotly_script",
     "profile_figure",
+    "voltage_time_figure",
 ]
 
 #: buses shown in the bus × step heat map (the most violated ones)
@@ -266,4 +267,49 @@ def monthly_figure(market: pd.DataFrame, *, iteration: int, step_hours: float = 
             fig.add_trace(go.Bar(x=list(m.index), y=m[col], name=name))
     fig.update_layout(template=_TEMPLATE, height=400, barmode="group",
                       title=f"Energy per month, iteration {iteration}", yaxis_title="Energy [kWh]")
+    return fig
+
+
+# ----------------------------------------------------------------------------- time series
+#: bus-phase voltage lines drawn per iteration (those that come closest to a limit)
+MAX_VOLTAGE_LINES = 300
+
+
+def voltage_time_figure(voltages: pd.DataFrame, *, iterations: Sequence[int], vmin_pu: float, vmax_pu: float,
+                        times: pd.Series | None = None, labels: dict[int, str] | None = None) -> go.Figure:
+    """Bus-phase voltages over the steps, one switchable view per iteration: the lowest and
+    highest voltage of each step, and the :data:`MAX_VOLTAGE_LINES` bus-phases that come
+    closest to (or beyond) a limit as thin lines named ``bus.phase`` in the hover."""
+    labels = labels or {}
+    fig = go.Figure()
+    per_it = []
+    for k, it in enumerate(iterations):
+        v = voltages[voltages["iteration"] == it]
+        wide = v.pivot_table(index="step", columns=["bus", "phase"], values="v_pu", aggfunc="mean").sort_index()
+        x = _x(list(wide.index.astype(int)), times)
+        margin = np.minimum(wide.min() - vmin_pu, vmax_pu - wide.max())
+        keep = margin.sort_values(kind="stable").index[:MAX_VOLTAGE_LINES]
+        start = len(fig.data)
+        vis = k == len(iterations) - 1
+        for bus, phase in keep:
+            fig.add_trace(go.Scattergl(x=x, y=wide[(bus, phase)], mode="lines", name=f"{bus}.{phase}",
+                                       line={"width": 0.7, "color": "rgba(76,114,176,0.35)"}, showlegend=False,
+                                       hovertemplate=f"{bus}.{phase}: %{{y:.4f}} pu<extra></extra>", visible=vis))
+        for name, series, color in (("lowest", wide.min(axis=1), "#1f3b73"), ("highest", wide.max(axis=1), "#c44e52")):
+            fig.add_trace(go.Scatter(x=x, y=series, mode="lines", name=f"{name} (it. {it})", visible=vis,
+                                     line={"width": 2, "color": color}))
+        per_it.append((start, len(fig.data)))
+    n = len(fig.data)
+    buttons = []
+    for it, (a, b) in zip(iterations, per_it, strict=True):
+        mask = [a <= j < b for j in range(n)]
+        buttons.append({"label": f"iteration {it}" + (f" ({labels[it]})" if labels.get(it) else ""),
+                        "method": "update", "args": [{"visible": mask}]})
+    for lim in (vmin_pu, vmax_pu):
+        fig.add_hline(y=lim, line={"color": "#c44e52", "dash": "dash", "width": 1})
+    fig.update_layout(template=_TEMPLATE, height=460, hovermode="closest", yaxis_title="Voltage [pu]",
+                      title=f"Bus-phase voltages against the limits {vmin_pu:g}/{vmax_pu:g} pu",
+                      updatemenus=[{"type": "buttons", "direction": "right", "buttons": buttons,
+                                    "active": len(buttons) - 1, "x": 0.0, "y": 1.12, "xanchor": "left",
+                                    "yanchor": "bottom"}], margin={"t": 100})
     return fig
