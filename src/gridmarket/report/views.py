@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from gridmarket.errors import ResultsError
+from gridmarket.report._load import finite_or
 from gridmarket.report.elements import bus_names, line_table, violation_pairs
 
 __all__ = [
@@ -344,43 +345,27 @@ def monthly_energy(market: pd.DataFrame, *, iteration: int, step_hours: float = 
 
 
 # ----------------------------------------------------------------------------- settings
+# thin readers over ResultsData (gridmarket.report._load), the one home of these rules
 def setting(data: Any, key: str, default: Any) -> Any:
     """A key of ``summary.json``, or ``default`` when it is absent or null."""
-    value = data.summary.get(key)
-    return default if value is None else value
+    return data.setting(key, default)
 
 
 def finite_setting(data: Any, key: str, default: float) -> float:
     """A numeric key of ``summary.json`` when finite, else ``default``."""
-    try:
-        out = float(data.summary.get(key))
-    except (TypeError, ValueError):
-        return default
-    return out if np.isfinite(out) else default
+    return finite_or(data.summary.get(key), default)
 
 
 def best_iteration(data: Any) -> int:
     """``summary.json``'s best iteration, else fewest violations, ties by higher welfare."""
-    best = data.summary.get("best_iteration")
-    if best is not None:
-        return int(best)
-    it = data.iterations.sort_values(["violations", "welfare", "iteration"], ascending=[True, False, True])
-    return int(it["iteration"].iloc[0]) if len(it) else 0
+    return int(data.best_iteration)
 
 
 def base_iteration(data: Any) -> int:
     """The first iteration (no placed batteries): 0 in every study run."""
-    its = data.iterations["iteration"]
-    return int(its.min()) if len(its) else 0
+    return int(data.base_iteration)
 
 
 def after_iteration(data: Any) -> int:
-    """The iteration shown "after batteries": the best one if it has batteries, else the best of
-    those with batteries (fewest violations, ties by higher welfare); the base iteration when
-    there is no other."""
-    base, best = base_iteration(data), best_iteration(data)
-    if best != base or len(data.iterations) < 2:
-        return best
-    later = data.iterations[data.iterations["iteration"] != base]
-    later = later.sort_values(["violations", "welfare", "iteration"], ascending=[True, False, True])
-    return int(later["iteration"].iloc[0])
+    """The iteration shown "after batteries" (:attr:`ResultsData.after_iteration`)."""
+    return int(data.after_iteration)
