@@ -22,7 +22,6 @@ from _results_fixture import (
 from gridmarket import report
 from gridmarket.errors import ResultsError
 from gridmarket.report import (
-    _style,
     bank_summary,
     build_report,
     format_iteration_table,
@@ -33,6 +32,7 @@ from gridmarket.report import (
     plot_network_map,
     plot_voltages,
     save_figures,
+    style,
     to_markdown,
 )
 from gridmarket.report._load import REQUIRED_FILES
@@ -99,7 +99,7 @@ def test_save_figures_is_deterministic(built: tuple[Path, Path], tmp_path: Path)
 @pytest.fixture
 def fast_png(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip the (slow) rasterising where a test only checks which figures are made."""
-    monkeypatch.setattr(_style, "figure_png", lambda fig: b"\x89PNG-stub-" + fig.get_label().encode())
+    monkeypatch.setattr(style, "figure_png", lambda fig: b"\x89PNG-stub-" + fig.get_label().encode())
 
 
 @pytest.mark.usefixtures("fast_png")
@@ -331,14 +331,14 @@ def test_network_map_one_panel_per_lv_area(tmp_path: Path) -> None:
     assert "transformer b4" in panels["lv_area_2"].get_title()
     # the overview holds the whole feeder and boxes both areas
     overview = panels["overview"]
-    png = _style.figure_png(fig)  # draws: the overview's limits are final after the aspect is applied
+    png = style.figure_png(fig)  # draws: the overview's limits are final after the aspect is applied
     assert _buses_in_view(overview, buses) == set(buses["bus"])
     assert len(overview.patches) == 2
     # one shared legend with both levels and both communities
     assert len(fig.legends) == 1
     labels = {t.get_text() for t in fig.legends[0].get_texts()}
     assert {"MV line", "LV line", "Community C1", "Community C2"} <= labels
-    assert png == _style.figure_png(plot_network_map(data.buses, data.lines, data.agents,
+    assert png == style.figure_png(plot_network_map(data.buses, data.lines, data.agents,
                                               data.batteries, data.violations, iteration=2))
 
 

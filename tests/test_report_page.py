@@ -23,7 +23,7 @@ from _report_fixture import (
     build_long_results,
 )
 from casefactory import replace_in, write_tiny_case
-from gridmarket.report import _style, build_report, load_results
+from gridmarket.report import build_report, load_results, style
 from gridmarket.report.elements import element_key, violated_elements, violation_pairs
 from gridmarket.report.format import parse_number
 from gridmarket.report.interactive_map import MAP_TRACES_PER_ITERATION, map_figure
@@ -184,7 +184,7 @@ def test_light_page_has_no_script_and_no_url(tmp_path: Path) -> None:
 
 
 def test_progress_reports_every_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_style, "figure_png", lambda fig: b"\x89PNG-stub")
+    monkeypatch.setattr(style, "figure_png", lambda fig: b"\x89PNG-stub")
     root = build_contract_results(tmp_path / "run")
     calls: list[tuple[str, int, int]] = []
     build_report(root, progress=lambda label, done, total: calls.append((label, done, total)))
@@ -280,7 +280,7 @@ def test_real_run_marks_the_overloaded_line(real_run: Path) -> None:
 
 # ----------------------------------------------------------------------------- long runs
 def test_long_run_gets_figures_that_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_style, "figure_png", lambda fig: b"\x89PNG-stub")
+    monkeypatch.setattr(style, "figure_png", lambda fig: b"\x89PNG-stub")
     root = build_long_results(tmp_path / "run", days=10)
     text = build_report(root).read_text(encoding="utf-8")
     pngs = {p.name for p in root.glob("*.png")}

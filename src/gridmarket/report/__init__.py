@@ -7,7 +7,8 @@ and the PNGs, :func:`save_figures` for the PNGs only, or :func:`load_results` pl
 
 Modules: ``headline`` (base → best, from the files), ``tables``, ``elements`` (element names,
 the one violation count), ``views`` (derived frames), ``plots`` / ``grid_plots`` /
-``network_map`` (matplotlib PNGs), ``interactive`` / ``interactive_map`` (plotly), ``figures``
+``network_map`` (matplotlib PNGs; ``style`` their shared look), ``interactive`` / ``interactive_map``
+(plotly), ``figures``
 (which PNGs, rendering), ``html`` (the page).
 """
 

@@ -16,9 +16,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from gridmarket.report import _style
+from gridmarket.report import style
 from gridmarket.report._load import load_results
-from gridmarket.report._style import step_times
 from gridmarket.report.grid_plots import (
     plot_breakdown,
     plot_duration_curves,
@@ -28,6 +27,7 @@ from gridmarket.report.grid_plots import (
 )
 from gridmarket.report.network_map import has_coordinates, plot_network_map
 from gridmarket.report.plots import plot_energy_balance, plot_iterations, plot_voltages
+from gridmarket.report.style import step_times
 from gridmarket.report.views import (
     ResultsView,
     after_iteration,
@@ -169,7 +169,7 @@ def png_jobs(data: Any, view: ResultsView | None = None) -> tuple[list[FigureJob
 def run_job(job: FigureJob) -> FigureSpec:
     """Draw one figure and rasterise it."""
     fig, caption = job.draw()
-    return FigureSpec(job.stem, job.title, caption, _style.figure_png(fig))
+    return FigureSpec(job.stem, job.title, caption, style.figure_png(fig))
 
 
 def render_figures(data: Any, *, progress: Progress | None = None) -> tuple[list[FigureSpec], list[str]]:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from gridmarket.report._style import RC, STYLE, new_figure
+from gridmarket.report.style import RC, STYLE, new_figure
 from gridmarket.report.views import (
     bus_step_violations,
     day_hour_violations,

@@ -18,7 +18,6 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from gridmarket.report._load import load_results
-from gridmarket.report._style import step_times
 from gridmarket.report.figures import FigureSpec, Progress, png_jobs, run_job, write_figures
 from gridmarket.report.format import number
 from gridmarket.report.headline import headline, headline_html, run_parameters
@@ -36,6 +35,7 @@ from gridmarket.report.interactive import (
 )
 from gridmarket.report.interactive_map import map_figure
 from gridmarket.report.network_map import has_coordinates
+from gridmarket.report.style import step_times
 from gridmarket.report.tables import (
     MAX_LISTED,
     community_table,

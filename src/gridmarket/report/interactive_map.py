@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from gridmarket.report._style import community_colors
 from gridmarket.report.elements import bus_names, line_table, violated_elements, violation_pairs
+from gridmarket.report.style import community_colors
 
 __all__ = ["map_figure", "MAP_TRACES_PER_ITERATION"]
 

@@ -23,8 +23,8 @@ from matplotlib.patches import Rectangle
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 from scipy.spatial import cKDTree
 
-from gridmarket.report._style import RC, STYLE, community_colors, new_figure
 from gridmarket.report.elements import bus_names, line_table, violated_elements
+from gridmarket.report.style import RC, STYLE, community_colors, new_figure
 
 __all__ = ["LV_KV_MAX", "has_coordinates", "lv_areas", "plot_network_map"]
 

@@ -23,7 +23,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from gridmarket.report._style import RC, STYLE, community_colors, new_figure, step_axis, step_times
+from gridmarket.report.style import RC, STYLE, community_colors, new_figure, step_axis, step_times
 
 __all__ = [
     "energy_balance",

@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from gridmarket.report._style import DPI, figure_png
+from gridmarket.report.style import DPI, figure_png
 from gridmarket.results import write_bytes_atomic
 from gridmarket.sweep.columns import MONEY_COLUMNS, RESULT_COLUMNS
 
