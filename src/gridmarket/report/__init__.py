@@ -5,11 +5,11 @@ Everything reads a results folder (shared CASE_FORMAT.md, *Results*): use
 and the PNGs, :func:`save_figures` for the PNGs only, or :func:`load_results` plus the
 ``plot_*``, ``*_figure`` and table functions for single pieces.
 
-Modules: ``headline`` (base → best, from the files), ``tables``, ``elements`` (element names,
-the one violation count), ``views`` (derived frames), ``plots`` / ``grid_plots`` /
-``network_map`` (matplotlib PNGs; ``style`` their shared look), ``interactive`` / ``interactive_map``
-(plotly), ``figures``
-(which PNGs, rendering), ``html`` (the page).
+Modules: ``headline`` (base → best, from the files), ``tables``, ``format`` (one number
+format), ``elements`` (element names, the one violation count), ``views`` (derived frames),
+``plots`` / ``grid_plots`` / ``network_map`` (matplotlib PNGs; ``style`` their shared look),
+``interactive`` / ``interactive_map`` (plotly), ``figures`` (which PNGs, rendering), ``html``
+(the page).
 """
 
 from gridmarket.report._load import ResultsData, load_results
