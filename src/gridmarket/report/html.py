@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +89,14 @@ _DEFINITION = ("A violation is one (bus, line or transformer, step) pair out of 
                "production negative, battery power positive when charging.")
 
 
+@dataclass(frozen=True)
 class InteractiveFigure:
     """An interactive figure still to draw: ``draw()`` returns the plotly figure."""
 
-    def __init__(self, key: str, title: str, caption: str, draw: Callable[[], go.Figure]) -> None:
-        self.key, self.title, self.caption, self.draw = key, title, caption, draw
+    key: str  #: id of its ``<figure>`` (``ifig-<key>``) and plot ``<div>`` (``plot-<key>``)
+    title: str
+    caption: str
+    draw: Callable[[], go.Figure]
 
 
 def _kv_table(rows: list[tuple[str, Any]], *, table_id: str = "") -> str:
