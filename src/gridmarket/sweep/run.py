@@ -200,9 +200,12 @@ def _execute(todo: Sequence[Scenario], case_dir: Path, out: Path, *, scheduler: 
                 raise GridmarketError(msg)
             # the scheduler always serves HTTP: ":0" takes a free port, so that clusters started
             # side by side never collide on 8787 (which distributed reports as a UserWarning)
-            cluster = stack.enter_context(LocalCluster(
-                n_workers=min(n, len(todo)), threads_per_worker=1, processes=True,
-                dashboard_address=":0", silence_logs=logging.CRITICAL))
+            from gridmarket.outdir import children_ignore_interrupts
+
+            with children_ignore_interrupts():  # Ctrl-C stops the sweep here, without a traceback per worker
+                cluster = stack.enter_context(LocalCluster(
+                    n_workers=min(n, len(todo)), threads_per_worker=1, processes=True,
+                    dashboard_address=":0", silence_logs=logging.CRITICAL))
             client = stack.enter_context(Client(cluster))
         else:
             try:
