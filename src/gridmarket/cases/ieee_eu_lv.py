@@ -33,10 +33,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gridmarket.case.model import BatterySpec
 from gridmarket.cases._licences import EPRI_DSS_EXTENSIONS_BSD, TEAM_NANDO_BSD3
 from gridmarket.cases.profiles import ausnet_days, clearest_day, consecutive_runs, read_column_file, to_hourly
 from gridmarket.cases.shared import find_shared_data
-from gridmarket.cases.writer import Key, Section, render_toml, write_case
+from gridmarket.cases.writer import Cell, Key, Section, render_toml, write_case
 from gridmarket.errors import GridmarketError
 
 __all__ = [
@@ -325,7 +326,7 @@ def build_case(
              round(float(pv_pu[h]), 6)] for h, t in enumerate(times)]
 
     # --- agents --------------------------------------------------------------------------
-    agents = []
+    agents: list[dict[str, Cell]] = []
     for ld in loads:
         com = f"C{groups[ld.name] + 1}"
         agents.append({"name": ld.name, "kind": "consumer", "community": com, "element": f"Load.{ld.name}",
@@ -355,7 +356,7 @@ def build_case(
         "load_buses": sorted({ld.bus for ld in loads}, key=lambda b: (len(b), b)),
     }
 
-    network = {name: (feeder / name).read_bytes() for name in COPIED}
+    network: dict[str, str | bytes] = {name: (feeder / name).read_bytes() for name in COPIED}
     network["Loads.txt"] = _loads_dss(feeder / "Loads.txt")
     network["PVSystems.dss"] = _pv_dss(loads)
     network["Master.dss"] = MASTER.format(source_pu=source_pu)
@@ -371,8 +372,14 @@ def _hours(hours: Sequence[int]) -> str:
     return ", ".join(f"{a:02d}:00-{b + 1:02d}:00" for a, b in runs) if runs else "none"
 
 
+#: [battery] keys written to the default case; their values are the schema's defaults (BatterySpec())
+_SBU_KEYS = ("unit_kw", "unit_kwh", "soc_min", "soc_max", "soc_init", "eff_charge", "eff_discharge", "rate_charge",
+             "rate_discharge", "self_discharge", "value", "degradation_cost", "a")
+
+
 def _case_toml(f: dict) -> str:
     sizes = ", ".join(f"{c} {len(m)}" for c, m in f["members"].items())
+    sbu = BatterySpec()  # the study's SBU: defaults live once, in gridmarket.case.schema
     sections = [
         Section("case", [Key("name", "ieee-eu-lv-pv"), Key("currency", "R$")]),
         Section("network", [
@@ -404,12 +411,8 @@ def _case_toml(f: dict) -> str:
         Section("communities", [Key("links", "all")], comment=(
             f"Three communities by feeder branch ({sizes} houses; C1 = trunk near the transformer,\n"
             "C2 and C3 = the two large branches); each house's PV is in its load's community.")),
-        Section("battery", [
-            Key("unit_kw", 2.56), Key("unit_kwh", 10.24), Key("soc_min", 0.2), Key("soc_max", 0.8),
-            Key("soc_init", 0.5), Key("eff_charge", 0.96), Key("eff_discharge", 0.96),
-            Key("rate_charge", 0.25), Key("rate_discharge", 0.9375), Key("self_discharge", 1.72e-5),
-            Key("value", "mean-price"), Key("degradation_cost", 0.0), Key("a", 0.0),
-        ], comment="The study's Standard Battery Unit (Table III)."),
+        Section("battery", [Key(k, getattr(sbu, k)) for k in _SBU_KEYS],
+                comment="The study's Standard Battery Unit (Table III)."),
         Section("placement", [Key("ladder", [1, 3, 5]), Key("max_iterations", 10), Key("stop_when_worse", True)]),
     ]
     head = ("gridmarket default case, written by scripts/build_default_case.py (gridmarket.cases.ieee_eu_lv);\n"
