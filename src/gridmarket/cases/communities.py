@@ -185,22 +185,33 @@ def _by_knn(info: FeederInfo, members: Mapping[str, str], k: int) -> dict[str, s
     else:
         hops = _hops_from(info, info.source_bus, adj)
         far = np.array([hops.get(members[n], -1) for n in names], dtype=float)
-    free = list(range(len(names)))
-    out: dict[str, str] = {}
-    group = 0
-    while free:
-        group += 1
-        seed = max(free, key=lambda i: (far[i], -i))
+
+    def distances(seed: int, among: list[int]) -> dict[int, float]:
         if use_xy:
-            d = {i: float(np.hypot(*(xy[i] - xy[seed]))) for i in free}
-        else:
-            hs = _hops_from(info, members[names[seed]], adj)
-            d = {i: float(hs.get(members[names[i]], math.inf)) for i in free}
+            return {i: float(np.hypot(*(xy[i] - xy[seed]))) for i in among}
+        hs = _hops_from(info, members[names[seed]], adj)
+        return {i: float(hs.get(members[names[i]], math.inf)) for i in among}
+
+    free = list(range(len(names)))
+    group_of: dict[int, int] = {}
+    groups = 0
+    while len(free) >= k or (free and groups == 0):
+        seed = max(free, key=lambda i: (far[i], -i))
+        d = distances(seed, free)
         chosen = sorted(free, key=lambda i: (d[i], i))[:k]
         for i in chosen:
-            out[names[i]] = f"group {group}"
+            group_of[i] = groups
+        groups += 1
         free = [i for i in free if i not in chosen]
-    return out
+    # a remainder of fewer than k joins, one by one, the group of its nearest grouped household
+    for i in free:
+        d = distances(i, list(group_of))
+        group_of[i] = group_of[min(group_of, key=lambda j: (d[j], j))]
+    # number the groups by their first household in feeder order, so "group g" becomes Cg
+    number: dict[int, int] = {}
+    for i in range(len(names)):
+        number.setdefault(group_of[i], len(number) + 1)
+    return {names[i]: f"group {number[group_of[i]]}" for i in range(len(names))}
 
 
 def _raw_communities(info: FeederInfo, members: Mapping[str, str], rule: CommunityRule

@@ -38,9 +38,23 @@ load (its distribution transformer); ``"branch"`` — by feeder branch (the rule
 :func:`gridmarket.cases.ieee_eu_lv.feeder_branches`, from the source bus, 20 % share);
 ``"knn:<k>"`` — groups of ``k`` households: the unassigned load farthest from the source starts
 a group with its ``k − 1`` nearest unassigned loads (Euclidean on bus coordinates; electrical hops
-when any load bus has no coordinates); a CSV path — columns ``load`` (or ``agent``/``name``) and
-``community``, an empty community making the load a passive agent (no market, no PV).
-Communities are named ``C1``, ``C2``, ... in the order of their first load in the feeder.
+when any load bus has no coordinates), and a remainder of fewer than ``k`` joins the groups of its
+nearest grouped households (no group is smaller than ``k``); a CSV path — columns ``load`` (or
+``agent``/``name``) and ``community``, an empty community making the load a passive agent (no
+market, no PV). Communities are named ``C1``, ``C2``, ... in the order of their first load in the
+feeder (rules and details: :mod:`gridmarket.cases.communities`). A rule that yields a single
+community (``"transformer"`` on a feeder with one transformer) is a :class:`CaseWarning`.
+
+**Network.** ``[network] monitored_buses = "customers"`` (the voltage limits apply where agents
+connect, and placement only considers those buses) unless the template says otherwise;
+``source_pu`` sets ``[network] source_pu`` (the source voltage applied after the feeder is
+compiled [pu]). :func:`gridmarket.cases.sanity.case_sanity` checks the written case (no-load and
+peak-load power flows) and ``gridmarket new-case`` prints its warnings.
+
+**Time.** ``start`` (ISO) labels step 0 and ``start_hour`` is the hour of the loadshapes' clock at
+which step 0 begins; they must agree: a date-only ``start`` gets the time of day
+``start_hour mod 24``, a ``start`` without ``start_hour`` sets ``start_hour`` to its time of day,
+and a ``start`` whose time of day differs from ``start_hour mod 24`` is an error.
 
 **Economics** come from the arguments, then a template TOML, then the defaults below. The template
 holds any case.toml section except ``[network].master`` (``[case]``, ``[network]``, ``[time]``,
@@ -53,6 +67,9 @@ sequence of their position (:func:`gridmarket.cases.profiles.spread`).
 from __future__ import annotations
 
 import math
+import os
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +78,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gridmarket.case import CaseWarning
 from gridmarket.cases.communities import (
     CommunityRule,
     assign_communities,
@@ -92,6 +110,7 @@ __all__ = [
     "load_profiles",
     "new_case",
     "parse_rule",
+    "reconcile_start",
     "shape_step_means",
 ]
 
@@ -124,6 +143,57 @@ def _unique_name(base: str, taken: set[str]) -> str:
     return name
 
 
+def reconcile_start(start: object, start_hour: float | None) -> tuple[str | None, float]:
+    """``[time].start`` and the loadshapes' start hour [h] of a new case, made to agree.
+
+    Parameters
+    ----------
+    start : str, datetime, date or None
+        The timestamp of step 0 (only labels the steps).
+    start_hour : float or None
+        Hour of the loadshapes' clock at which step 0 begins [h].
+
+    Returns
+    -------
+    tuple
+        ``(start, start_hour)``: ``start`` as ``YYYY-MM-DDTHH:MM`` (seconds when needed) whose
+        time of day is ``start_hour mod 24``, or None without a start.
+
+    Raises
+    ------
+    GridmarketError
+        ``start`` is not a timestamp, or its time of day is not ``start_hour mod 24``.
+    """
+    if start_hour is not None and not math.isfinite(float(start_hour)):
+        msg = f"start_hour must be a finite number of hours, got {start_hour!r}"
+        raise GridmarketError(msg)
+    if start is None or (isinstance(start, str) and not start.strip()):
+        return None, float(start_hour or 0.0)
+    text = start.isoformat() if hasattr(start, "isoformat") else str(start)
+    try:
+        ts = pd.Timestamp(text)
+    except ValueError as exc:
+        msg = f"start must be an ISO timestamp, got {text!r}"
+        raise GridmarketError(msg) from exc
+    has_time = re.search(r"[T ]\d", text.strip()) is not None
+    tod = (ts - ts.normalize()) / pd.Timedelta(hours=1)
+    if start_hour is None:
+        hour = float(tod)
+    elif not has_time:
+        hour = float(start_hour)
+        ts = ts.normalize() + pd.Timedelta(hours=hour % 24.0)
+    else:
+        hour = float(start_hour)
+        gap = (hour - tod) % 24.0
+        if min(gap, 24.0 - gap) > 1e-9:
+            msg = (f"start {text!r} puts step 0 at {ts:%H:%M} but start_hour {hour:g} starts the loadshapes at"
+                   f" {int(hour % 24):02d}:{round((hour % 1) * 60):02d}; give a start at that time of day, or a"
+                   " date only")
+            raise GridmarketError(msg)
+    fmt = "%Y-%m-%dT%H:%M" if ts.second == 0 and ts.microsecond == 0 else "%Y-%m-%dT%H:%M:%S"
+    return ts.strftime(fmt), hour
+
+
 def new_case(
     feeder_master: Path | str,
     out: Path | str,
@@ -138,11 +208,12 @@ def new_case(
     steps: int | None = None,
     step_hours: float | None = None,
     start: str | None = None,
-    start_hour: float = 0.0,
+    start_hour: float | None = None,
     loadshape: str = "auto",
     pv_shape: Sequence[float] | None = None,
     name: str | None = None,
     overwrite: bool = False,
+    source_pu: float | None = None,
 ) -> Path:
     """Write a case folder for any OpenDSS feeder (rules in the module docstring).
 
@@ -169,7 +240,7 @@ def new_case(
         Number of steps and their length [h] (default: the template's, else 24 and 1).
     start : str, optional
         ISO timestamp of step 0 (only labels the steps); without it steps are numbered.
-    start_hour : float
+    start_hour : float, optional
         Hour of the feeder's loadshapes (and of the PV day clock, modulo 24) at which step 0
         begins [h].
     loadshape : str
@@ -193,7 +264,8 @@ def new_case(
     GridmarketError
         Bad arguments, a feeder that cannot be read, or a rule that does not apply.
     """
-    master = Path(feeder_master).expanduser().resolve()
+    # absolute, as given: a symlinked data folder stays the path the user named
+    master = Path(os.path.abspath(Path(feeder_master).expanduser()))
     if pv_kwp is not None and pv_percent_of_peak is not None:
         msg = "give pv_kwp or pv_percent_of_peak, not both"
         raise GridmarketError(msg)
@@ -203,9 +275,12 @@ def new_case(
             raise GridmarketError(msg)
     rule = parse_rule(communities)
     tree, cons, prod = case_settings(master, template=template, settings=settings, import_price=import_price,
-                                      export_price=export_price, steps=steps, step_hours=step_hours, start=start,
-                                      name=name)
+                                     export_price=export_price, steps=steps, step_hours=step_hours, start=start,
+                                     name=name, source_pu=source_pu)
     n_steps, dt = int(tree["time"]["steps"]), float(tree["time"]["step_hours"])
+    tree["time"]["start"], start_hour = reconcile_start(tree["time"].get("start"), start_hour)
+    if tree["time"]["start"] is None:
+        del tree["time"]["start"]
     kva_ratio = float(prod.get("kva_ratio", 1.1))
     if not kva_ratio >= 1:
         msg = f"[producers].kva_ratio must be >= 1 (inverter kVA per kWp), got {kva_ratio}"
@@ -228,6 +303,11 @@ def new_case(
     if all(c is None for c in com.values()):
         msg = "every load is passive (empty community in the CSV): a case needs at least one community"
         raise GridmarketError(msg)
+    n_com = len({c for c in com.values() if c is not None})
+    if n_com == 1 and rule.kind in ("transformer", "branch"):
+        warnings.warn(CaseWarning(
+            f"community rule {str(rule)!r} gives one community for all {len(com)} households of"
+            f" {master.name} ({next(iter(labels.values()), '')}); use 'knn:<k>' or a CSV for several"), stacklevel=2)
 
     b = _Build(info=info, com=com, cons=cons, prod=prod, kva_ratio=kva_ratio,
                position={ld.name: k for k, ld in enumerate(info.loads, start=1)})

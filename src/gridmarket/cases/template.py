@@ -119,9 +119,9 @@ def coefficient(value: Any, k: int, offset: float, what: str) -> float:
 
 
 def case_settings(master: Path, *, template: Path | str | None, settings: Mapping[str, Any] | None,
-                   import_price: float | None, export_price: float | None, steps: int | None,
-                   step_hours: float | None, start: str | None, name: str | None
-                   ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
+                  import_price: float | None, export_price: float | None, steps: int | None,
+                  step_hours: float | None, start: str | None, name: str | None, source_pu: float | None = None
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """case.toml sections, consumer and producer coefficients: defaults < template < settings <
     arguments."""
     tree: dict[str, dict[str, Any]] = {s: dict(v) for s, v in AGENT_DEFAULTS.items()}
@@ -157,7 +157,9 @@ def case_settings(master: Path, *, template: Path | str | None, settings: Mappin
         raise GridmarketError(msg)
     net = tree.setdefault("network", {})
     net["master"] = "network/Master.dss"
-    net.setdefault("monitored_buses", "lv")
+    net.setdefault("monitored_buses", "customers")
+    if source_pu is not None:
+        net["source_pu"] = float(source_pu)
     case_sec = tree.setdefault("case", {})
     case_sec.setdefault("name", master.parent.name if master.stem.lower() == "master" else master.stem)
     if name is not None:
