@@ -305,7 +305,7 @@ def test_community_csv_must_cover_the_loads(mixed: Path, tmp_path: Path) -> None
 
 
 def test_new_case_command(mixed: Path, tmp_path: Path) -> None:
-    from gridmarket.sweep.cli import new_case_command
+    from gridmarket.cli_cases import new_case_command
 
     res = new_case_command(str(mixed), tmp_path / "c", pv_kwp=1.0, communities="knn:5", pv_percent_of_peak=None,
                            settings=["grid.import_price=0.65", 'case.currency="EUR"'])

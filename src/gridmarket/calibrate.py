@@ -23,10 +23,11 @@ power; measurements from a feeder without the case's added PV should not see it)
 **Fit.** ``x = [source_pu, tap_1, ...]`` minimises ``Σ (v_sim(x) − v_meas)²`` over all
 meter-steps (:func:`scipy.optimize.least_squares`, trust-region reflective, finite-difference
 Jacobian on real OpenDSS solves; source bounded to [0.85, 1.15] pu, taps to [0.9, 1.1]). A tap is
-the per-unit tap of the transformer's winding 2 (``Edit Transformer.<name> wdg=2 tap=...``). Fit
-a tap only for a transformer whose meters are not the only evidence of the source: with a tap
-for every metered transformer, the source and the taps trade off (the fit then keeps the source
-near its start).
+the per-unit tap of the transformer's winding 1, its primary (``Edit Transformer.<name> wdg=1 tap=...``;
+a tap above 1 lowers the secondary voltage). Source and
+taps would trade off when every meter hangs below a fitted transformer, so each tap carries a weak
+pull toward its feeder value (residual ``TAP_PRIOR · √n · (tap − tap₀)``, n fitted points): the
+source takes the shift all meters share, a tap what its own meters add.
 
 **Errors** are simulated − measured: ``bias`` (mean) and ``rmse`` [pu], per meter and overall,
 before (the case as it is) and after the fit. ``--write`` (:func:`write_source_pu`) changes only
@@ -54,6 +55,7 @@ __all__ = ["CalibrationResult", "Measurements", "calibrate", "read_measurements"
 
 SOURCE_BOUNDS = (0.85, 1.15)  #: [pu] search range of the source voltage
 TAP_BOUNDS = (0.9, 1.1)  #: [pu] search range of a tap
+TAP_PRIOR = 0.1  #: weight of a tap's pull toward its feeder value, per square root of the fitted points
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ class CalibrationResult:
                  f" ({self.points} meter-steps of {self.per_meter.shape[0]} meters; {self.dropped} rows dropped;"
                  f" {self.evaluations} power-flow series)"]
         for name, before in self.taps_before.items():
-            lines.append(f"tap of {name} (winding 2): {before:.4f} -> {self.taps[name]:.4f} pu")
+            lines.append(f"tap of {name} (winding 1): {before:.4f} -> {self.taps[name]:.4f} pu")
         lines.append(f"overall bias {self.bias_before:+.4f} -> {self.bias_after:+.4f} pu,"
                      f" RMSE {self.rmse_before:.4f} -> {self.rmse_after:.4f} pu (simulated minus measured)")
         worst = self.per_meter.reindex(self.per_meter["rmse_after"].abs().sort_values(ascending=False).index)
@@ -218,13 +220,13 @@ def _tap_of(grid: BaseCaseGrid, name: str) -> float:
     text = grid.net.command(f"? Transformer.{name}.taps").strip()
     values = [float(x) for x in re.findall(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?", text)]
     if len(values) < 2:
-        msg = f"transformer {name!r}: cannot read the tap of its winding 2 (OpenDSS says {text!r})"
+        msg = f"transformer {name!r}: cannot read its taps (OpenDSS says {text!r})"
         raise GridmarketError(msg)
-    return values[1]
+    return values[0]
 
 
 def _set_tap(grid: BaseCaseGrid, name: str, tap: float) -> None:
-    grid.net.command(f"Edit Transformer.{name} wdg=2 tap={tap:.9g}")
+    grid.net.command(f"Edit Transformer.{name} wdg=1 tap={tap:.9g}")
 
 
 def _errors(sim: np.ndarray, meas: Measurements, meters: Sequence[str]) -> tuple[float, float, pd.DataFrame]:
@@ -296,7 +298,14 @@ def calibrate(case: Case, measured: str | Path | pd.DataFrame | Measurements, *,
     lo = [SOURCE_BOUNDS[0], *([TAP_BOUNDS[0]] * len(tap_names))]
     hi = [SOURCE_BOUNDS[1], *([TAP_BOUNDS[1]] * len(tap_names))]
     start = np.clip(x0, lo, hi)
-    fit = least_squares(lambda x: simulate(x) - meas.v_pu, start, bounds=(lo, hi), method="trf",
+    # taps are pulled weakly toward the feeder's own values, so the source takes the shift that all
+    # meters share and a tap only what its own meters add (without it, source and taps trade off)
+    prior = TAP_PRIOR * math.sqrt(len(meas.v_pu))
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([simulate(x) - meas.v_pu, prior * (x[1:] - np.asarray(tap0))])
+
+    fit = least_squares(residuals, start, bounds=(lo, hi), method="trf",
                         diff_step=1e-4, x_scale=0.01, xtol=1e-10, ftol=1e-12, gtol=1e-12, max_nfev=60)
     after = simulate(fit.x)
     b0, r0, per0 = _errors(before, meas, meters)
