@@ -319,7 +319,8 @@ def calibrate(
     measured: Annotated[Path, typer.Argument(metavar="MEASURED.csv", help="Measured voltages: columns meter"
                                              " (agent or bus), time (ISO) or step, and v_pu or volts + v_base.")],
     taps: Annotated[list[str] | None, typer.Option(
-        "--tap", metavar="TRANSFORMER", help="Also fit the primary (winding 1) tap of this transformer (repeatable).")] = None,
+        "--tap", metavar="TRANSFORMER", help="Also fit the primary (winding 1) tap of this transformer"
+        " (repeatable).")] = None,
     with_pv: Annotated[bool, typer.Option(
         "--with-pv", help="Simulate producers at their profiles (default: off, as a feeder measured without"
         " the case's PV).")] = False,
