@@ -24,7 +24,7 @@ Three iterations of the placement loop, four hourly steps (10:00-13:00):
 
 Consistency kept by construction: every market agent balances
 ``P + S + phi - alpha + beta = 0``, each community's ``phi`` sums to zero per step,
-``communities.csv`` imports/exports are the sums of the agents' alpha/beta, violations are
+``communities.parquet`` imports/exports are the sums of the agents' alpha/beta, violations are
 exactly the out-of-limit voltages (plus the one current violation), and the counts of
 ``iterations.csv`` and ``summary.json`` are computed from them.
 """
@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gridmarket import contract
+
 STEPS = 4
 TIMES = [f"2024-03-01T{10 + t:02d}:00" for t in range(STEPS)]
 WELFARE = [83.3, 109.2, 119.2]  # the study's Case 1 welfare per iteration
@@ -48,8 +50,10 @@ BUSES = pd.DataFrame({
     "y": [0.0, 10.0, 0.0, 20.0, 45.0],
     "kv_base": [0.22] * 5,
 })
-LINES = pd.DataFrame({"line": ["l12", "l23", "l34", "l45"],
-                      "bus1": ["b1", "b2", "b3", "b4"], "bus2": ["b2", "b3", "b4", "b5"]})
+#: lines by their element name (gridmarket.contract's one naming rule: what the study writes)
+LINES = pd.DataFrame({"element": ["line.l12", "line.l23", "line.l34", "line.l45"],
+                      "bus1": ["b1", "b2", "b3", "b4"], "bus2": ["b2", "b3", "b4", "b5"],
+                      "downstream_bus": ["b2", "b3", "b4", "b5"], "kind": "line"})
 #: the two-area network: LV area A = b1-b3 (its transformer at t1), area B = b4-b5 (at t2)
 TWO_AREA_BUSES = pd.DataFrame({
     "bus": ["m0", "t1", "t2", "b1", "b2", "b3", "b4", "b5"],
@@ -57,9 +61,10 @@ TWO_AREA_BUSES = pd.DataFrame({
     "y": [600.0, 0.0, 800.0, 0.0, 10.0, 0.0, 800.0, 845.0],
     "kv_base": [19.92, 19.92, 19.92, 0.12, 0.12, 0.12, 0.12, 0.12],
 })
-TWO_AREA_LINES = pd.DataFrame({"line": ["lmv1", "lmv2", "l12", "l23", "l45"],
+TWO_AREA_LINES = pd.DataFrame({"element": ["line.lmv1", "line.lmv2", "line.l12", "line.l23", "line.l45"],
                                "bus1": ["m0", "t1", "b1", "b2", "b4"],
-                               "bus2": ["t1", "t2", "b2", "b3", "b5"]})
+                               "bus2": ["t1", "t2", "b2", "b3", "b5"],
+                               "downstream_bus": ["t1", "t2", "b2", "b3", "b5"], "kind": "line"})
 PHASES = {"b1": [1, 2, 3], "b2": [1, 2, 3], "b3": [1, 2, 3], "b4": [1], "b5": [1]}
 
 AGENTS = pd.DataFrame({
@@ -212,8 +217,8 @@ def build_results(root: Path, *, iterations: int = 3, coordinates: bool = True,
         volt = v[v["kind"] == "voltage"]
         cur = v[v["kind"] == "current"]
         buses = set(volt["element"].str.split(".").str[0])
-        lines = set(cur["element"].str.split(".").str[1])
-        buses |= set(LINES.set_index("line").loc[sorted(lines), "bus2"])
+        lines = set(cur["element"].str.rsplit(".", n=1).str[0])
+        buses |= set(LINES.set_index("element").loc[sorted(lines), "downstream_bus"])
         it_rows.append({"iteration": i, "welfare": WELFARE[i], "violations": len(v),
                         "voltage_violations": len(volt), "current_violations": len(cur),
                         "buses_violated": len(buses), "lines_violated": len(lines),
@@ -231,17 +236,14 @@ def build_results(root: Path, *, iterations: int = 3, coordinates: bool = True,
                "runtime_s": 1.25, "currency": "R$", "vmin_pu": VMIN, "vmax_pu": VMAX,
                "step_hours": 1.0}
     (root / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    iteration_frame.to_csv(root / "iterations.csv", index=False)
-    market.to_csv(root / "market.csv", index=False)
-    communities.to_csv(root / "communities.csv", index=False)
-    viol.to_csv(root / "violations.csv", index=False)
-    voltages.to_parquet(root / "voltages.parquet", index=False)
-    batteries.to_csv(root / "batteries.csv", index=False)
-    AGENTS.to_csv(root / "agents.csv", index=False)
     buses = net_buses.copy()
     if not coordinates:
         buses["x"] = np.nan
         buses["y"] = np.nan
-    buses.to_csv(root / "network_buses.csv", index=False)
-    net_lines.to_csv(root / "network_lines.csv", index=False)
+    for name, frame in (("iterations.csv", iteration_frame), ("market.parquet", market),
+                        ("communities.parquet", communities), ("violations.parquet", viol),
+                        ("voltages.parquet", voltages), ("batteries.csv", batteries),
+                        ("agents.csv", AGENTS), ("network_buses.csv", buses),
+                        ("network_lines.csv", net_lines)):
+        contract.write_table(frame, root, name)
     return root

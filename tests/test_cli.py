@@ -22,10 +22,10 @@ import pandas as pd
 import pytest
 
 from casefactory import replace_in, write_stressed_case, write_tiny_case
-from gridmarket import __version__
+from gridmarket import __version__, contract
 from gridmarket.cli import main
 
-RESULT_FILES = ["summary.json", "iterations.csv", "market.csv", "communities.csv", "violations.csv",
+RESULT_FILES = ["summary.json", "iterations.csv", "market.parquet", "communities.parquet", "violations.parquet",
                 "voltages.parquet", "batteries.csv", "report.html"]
 
 
@@ -49,9 +49,8 @@ def test_run_writes_every_results_file(tiny_case: Path, tmp_path: Path,
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["case"] == "tiny" and summary["iterations"] == len(pd.read_csv(out / "iterations.csv"))
-    market = pd.read_csv(out / "market.csv")
-    assert list(market.columns) == ["iteration", "step", "time", "agent", "kind", "community", "P_kw", "S_kw",
-                                    "phi_kw", "alpha_kw", "beta_kw", "soc", "price", "payment"]
+    market = pd.read_parquet(out / "market.parquet")
+    assert list(market.columns) == list(contract.table("market.parquet").names)
     # a second run refuses to clobber, with exit status 2 and one readable line
     assert main(["run", str(tiny_case), "--out", str(out), "-q"]) == 2
     assert capsys.readouterr().err == f"error: results folder {out} already exists; pass --overwrite to replace it\n"

@@ -134,9 +134,9 @@ def test_missing_file_names_it(results: Path, name: str) -> None:
 
 
 def test_missing_column_names_file_and_column(results: Path) -> None:
-    frame = pd.read_csv(results / "market.csv").drop(columns=["alpha_kw"])
-    frame.to_csv(results / "market.csv", index=False)
-    with pytest.raises(ResultsError, match=r"market\.csv: missing column\(s\) 'alpha_kw'"):
+    frame = pd.read_parquet(results / "market.parquet").drop(columns=["alpha_kw"])
+    frame.to_parquet(results / "market.parquet", index=False)
+    with pytest.raises(ResultsError, match=r"market\.parquet: missing column\(s\) 'alpha_kw'"):
         load_results(results)
 
 
@@ -203,7 +203,7 @@ def test_violated_buses_maps_current_to_downstream_bus(results: Path) -> None:
     data = load_results(results)
     buses, lines = violated_buses(data.violations, data.lines, iteration=0)
     assert buses == ["b4", "b5"]
-    assert lines == ["l45"]
+    assert lines == ["line.l45"]
 
 
 # ----------------------------------------------------------------------------- plots

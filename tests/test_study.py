@@ -10,6 +10,7 @@ import opendssdirect
 import pandas as pd
 import pytest
 
+from gridmarket import contract
 from gridmarket.case import load_case
 from gridmarket.cases import default_case_path
 from gridmarket.enums import AgentKind
@@ -47,8 +48,8 @@ def test_the_default_case_has_violations_and_the_loop_places_batteries(default_s
 
 def test_batteries_only_where_the_previous_iteration_had_violations(default_results: Path,
                                                                    default_study: StudyResult) -> None:
-    bats = pd.read_csv(default_results / "batteries.csv", dtype={"bus": str})
-    viol = pd.read_csv(default_results / "violations.csv", dtype={"element": str})
+    bats = contract.read_table(default_results, "batteries.csv")
+    viol = contract.read_table(default_results, "violations.parquet")
     assert default_study.network is not None
     line_bus = default_study.network.downstream_buses()
     for k in sorted(bats["iteration"].unique()):
@@ -59,7 +60,7 @@ def test_batteries_only_where_the_previous_iteration_had_violations(default_resu
 
 
 def test_banks_only_grow_along_the_ladder(default_results: Path) -> None:
-    bats = pd.read_csv(default_results / "batteries.csv", dtype={"bus": str})
+    bats = contract.read_table(default_results, "batteries.csv")
     for _bus, g in bats.sort_values("iteration").groupby("bus"):
         units = g["units"].tolist()
         assert units[0] == LADDER[0]
@@ -70,8 +71,8 @@ def test_banks_only_grow_along_the_ladder(default_results: Path) -> None:
 
 
 def test_iteration_table_matches_the_violations_file(default_results: Path) -> None:
-    it = pd.read_csv(default_results / "iterations.csv")
-    viol = pd.read_csv(default_results / "violations.csv", dtype={"element": str})
+    it = contract.read_table(default_results, "iterations.csv")
+    viol = contract.read_table(default_results, "violations.parquet")
     viol["owner"] = viol["element"].str.rsplit(".", n=1).str[0]
     for _, row in it.iterrows():
         v = viol[viol["iteration"] == row["iteration"]]
@@ -107,9 +108,9 @@ def test_dispatch_read_back_from_opendss_equals_the_market(default_study: StudyR
 
 
 def test_independent_opendss_run_reproduces_written_voltages(default_results: Path) -> None:
-    """Apply market.csv's dispatch of iteration 0 to a fresh OpenDSS circuit, set up here by
+    """Apply market.parquet's dispatch of iteration 0 to a fresh OpenDSS circuit, set up here by
     hand (no gridmarket code), and compare with voltages.parquet."""
-    market = pd.read_csv(default_results / "market.csv")
+    market = pd.read_parquet(default_results / "market.parquet")
     volts = pd.read_parquet(default_results / "voltages.parquet")
     market = market.astype({"agent": str})
     agents = pd.read_csv(default_results / "agents.csv", keep_default_na=False)
@@ -159,4 +160,5 @@ def test_results_are_byte_identical_across_runs(tmp_path: Path) -> None:
     b = write_results(run_study(case).to_results(), tmp_path / "b")
     for f in sorted(a.glob("*.csv")):
         assert f.read_bytes() == (b / f.name).read_bytes(), f.name
-    assert pd.read_parquet(a / "voltages.parquet").equals(pd.read_parquet(b / "voltages.parquet"))
+    for f in sorted(a.glob("*.parquet")):
+        assert pd.read_parquet(f).equals(pd.read_parquet(b / f.name)), f.name

@@ -117,8 +117,8 @@ def test_each_scenario_equals_its_run_alone(swept: tuple[Path, pd.DataFrame, lis
         assert swept_it["battery_units"].tolist() == it["battery_units"].tolist()
         assert row["welfare_best"] == pytest.approx(it["welfare"].iloc[alone.best], rel=1e-9)
         assert row["violations_best"] == it["violations"].iloc[alone.best]
-        market = pd.read_csv(res / "market.csv")
-        mine = alone.to_results().tables["market.csv"]
+        market = pd.read_parquet(res / "market.parquet")
+        mine = alone.to_results().tables["market.parquet"]
         np.testing.assert_allclose(market["P_kw"], mine["P_kw"], rtol=1e-7, atol=1e-8)
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import pandas as pd
 
+from gridmarket import contract
+from gridmarket.contract import FLOAT_FORMAT
 from gridmarket.errors import ResultsError
 
 __all__ = ["FLOAT_FORMAT", "Results", "prepare_out_dir", "write_bytes_atomic", "write_results"]
@@ -29,16 +31,15 @@ __all__ = ["FLOAT_FORMAT", "Results", "prepare_out_dir", "write_bytes_atomic", "
 #: note added to a KeyboardInterrupt that arrived after the results folder was complete
 RESULTS_WRITTEN_NOTE = "the results were complete before the interrupt:"
 
-#: every float in a results CSV is written with this format (reproducible bytes)
-FLOAT_FORMAT = "%.10g"
-
 
 @dataclass
 class Results:
     """Everything a run produces, as tidy frames (columns as in CASE_FORMAT.md).
 
-    ``tables`` maps a file name (``market.csv``, ``voltages.parquet``...) to its frame;
-    ``summary`` is written to ``summary.json``.
+    ``tables`` maps a file name (``market.parquet``, ``iterations.csv``...) to its frame;
+    ``summary`` is written to ``summary.json``. Files of the results contract
+    (:data:`gridmarket.contract.TABLES`) are written through :func:`gridmarket.contract.write_table`
+    (their columns and types checked); any other file as plain CSV or Parquet.
     """
 
     summary: dict[str, Any]
@@ -71,7 +72,9 @@ def prepare_out_dir(out: Path, *, overwrite: bool) -> Path:
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> None:
-    if path.suffix == ".parquet":
+    if path.name in contract.TABLES:
+        contract.write_table(df, path.parent, path.name)
+    elif path.suffix == ".parquet":
         df.to_parquet(path, index=False)
     else:
         df.to_csv(path, index=False, float_format=FLOAT_FORMAT, lineterminator="\n")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import opendssdirect as _odd
 import pandas as pd
 
 from gridmarket.errors import NetworkError
+from gridmarket.topology import Edge, Topology
 
 __all__ = [
     "BusInfo",
@@ -145,6 +147,8 @@ class SeriesElement:
 
     name: str  #: ``"Class.name"``, class as OpenDSS spells it, e.g. ``"Transformer.tr1"``
     buses: tuple[str, ...]  #: distinct buses of its terminals, without nodes
+    length_km: float = 0.0  #: a line's length [km]; 0 for other elements
+    kind: str = "line"  #: ``"line"``, ``"transformer"`` or ``"switch"`` (a ``switch=yes`` line)
 
     @property
     def is_transformer(self) -> bool:
@@ -189,6 +193,18 @@ class FeederInfo:
             for a in el.buses:
                 adj.setdefault(a, set()).update(b for b in el.buses if b != a)
         return adj
+
+    @cached_property
+    def topology(self) -> Topology:
+        """The bus graph as a :class:`~gridmarket.topology.Topology` seen from :attr:`source_bus`
+        (hops, km along the feeder, downstream buses, LV areas, nearest customers). Element
+        names are lower case, ``"transformer.tr1"``."""
+        edges: list[Edge] = []
+        for el in self.series:
+            km = el.length_km if len(el.buses) == 2 else 0.0  # a multi-winding transformer: 0 km
+            edges.extend(Edge(el.name.lower(), a, b, km, el.kind)
+                         for i, a in enumerate(el.buses) for b in el.buses[i + 1:])
+        return Topology(edges, self.source_bus, buses=self.buses)
 
 
 def _bus_of(spec: str) -> str:
@@ -311,6 +327,7 @@ def _pvsystems(d: Any) -> tuple[PVInfo, ...]:
 
 def _series(d: Any) -> tuple[SeriesElement, ...]:
     pde, el = d.PDElements, d.CktElement
+    lengths = _line_lengths(d)
     out = []
     i = pde.First()
     while i:
@@ -318,9 +335,27 @@ def _series(d: Any) -> tuple[SeriesElement, ...]:
             buses = tuple(dict.fromkeys(_bus_of(b) for b in el.BusNames()))
             if len(buses) >= 2:
                 cls, _, nm = str(el.Name()).partition(".")
-                out.append(SeriesElement(name=f"{cls}.{nm.lower()}", buses=buses))
+                km, kind = lengths.get(nm.lower(), (0.0, "line")) if cls.lower() == "line" else (
+                    0.0, "transformer" if cls.lower() == "transformer" else "line")
+                out.append(SeriesElement(name=f"{cls}.{nm.lower()}", buses=buses, length_km=km, kind=kind))
         i = pde.Next()
     return tuple(out)
+
+
+#: OpenDSS line length units (``Lines.Units``) -> km; 0 ("none") is read as km
+KM_PER_LINE_UNIT = {0: 1.0, 1: 1.609344, 2: 0.3048, 3: 1.0, 4: 1e-3, 5: 0.3048e-3, 6: 0.0254e-3, 7: 1e-5, 8: 1e-6}
+
+
+def _line_lengths(d: Any) -> dict[str, tuple[float, str]]:
+    """Line name -> (length [km], ``"switch"`` or ``"line"``)."""
+    lines = d.Lines
+    out = {}
+    i = lines.First()
+    while i:
+        km = float(lines.Length()) * KM_PER_LINE_UNIT.get(int(lines.Units()), 1.0)
+        out[lines.Name().lower()] = (max(km, 0.0), "switch" if lines.IsSwitch() else "line")
+        i = lines.Next()
+    return out
 
 
 def _buses(d: Any) -> dict[str, BusInfo]:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,6 +52,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from gridmarket.errors import NetworkError, PowerFlowError
+from gridmarket.network.inspect import KM_PER_LINE_UNIT
+from gridmarket.topology import Edge, Topology
 
 __all__ = ["SUPPORTED_CLASSES", "ElementSet", "OpenDSSNetwork", "PowerFlowResult", "ShapeSession"]
 
@@ -1150,11 +1151,13 @@ class OpenDSSNetwork:
             i = lines.First()
             while i:
                 if self._dss.CktElement.Enabled():
+                    km = float(lines.Length()) * KM_PER_LINE_UNIT.get(int(lines.Units()), 1.0)
                     rows.append((f"line.{lines.Name().lower()}", _bus_of(lines.Bus1()),
                                  _bus_of(lines.Bus2()), int(lines.Phases()),
-                                 float(lines.NormAmps()), float(lines.EmergAmps())))
+                                 float(lines.NormAmps()), float(lines.EmergAmps()), max(km, 0.0),
+                                 bool(lines.IsSwitch())))
                 i = lines.Next()
-        cols = ["line", "bus1", "bus2", "phases", "norm_amps", "emerg_amps"]
+        cols = ["line", "bus1", "bus2", "phases", "norm_amps", "emerg_amps", "length_km", "switch"]
         return pd.DataFrame(rows, columns=cols).set_index("line")
 
     @property
@@ -1166,24 +1169,33 @@ class OpenDSSNetwork:
 
     # ----------------------------------------------------------------- topology
 
-    def _graph(self) -> dict[str, set[str]]:
-        """Bus adjacency through enabled power-delivery elements (lines, transformers...)."""
-        graph: dict[str, set[str]] = self._cached("graph", self._read_graph, topology=True)
-        return graph
+    @property
+    def topology(self) -> Topology:
+        """The bus graph of the enabled series elements (:class:`~gridmarket.topology.Topology`):
+        lines (with their length [km]; ``switch=yes`` lines as switches), transformers and other
+        power-delivery elements (0 km), seen from :attr:`source_bus`."""
+        topo: Topology = self._cached("topology", self._read_topology, topology=True)
+        return topo
 
-    def _read_graph(self) -> dict[str, set[str]]:
-        adj: dict[str, set[str]] = {b: set() for b in self.buses.index}
+    def _read_topology(self) -> Topology:
+        lines = self._cached("lines", self._read_lines, topology=True)
+        edges = [Edge(str(name), b1, b2, float(km), "switch" if sw else "line")
+                 for name, b1, b2, km, sw in zip(lines.index, lines["bus1"], lines["bus2"],
+                                                 lines["length_km"], lines["switch"], strict=True)]
         with _dss_errors("cannot read the circuit topology"):
             pde = self._dss.PDElements
             i = pde.First()
             while i:
                 el = self._dss.CktElement
-                if el.Enabled() and el.NumTerminals() >= 2:
-                    ends = sorted({_bus_of(b) for b in el.BusNames()})
-                    for a in ends:
-                        adj.setdefault(a, set()).update(b for b in ends if b != a)
+                cls, _, nm = str(el.Name()).partition(".")
+                if cls.lower() != "line" and el.Enabled() and el.NumTerminals() >= 2:
+                    ends = list(dict.fromkeys(_bus_of(b) for b in el.BusNames()))
+                    kind = "transformer" if cls.lower() == "transformer" else "line"
+                    name = f"{cls.lower()}.{nm.lower()}"
+                    edges.extend(Edge(name, a, b, 0.0, kind)
+                                 for k, a in enumerate(ends) for b in ends[k + 1:])
                 i = pde.Next()
-        return adj
+        return Topology(edges, self.source_bus, buses=self.buses.index)
 
     def bus_distance(self, src: str) -> dict[str, int]:
         """Hops (lines, transformers, other series elements) from ``src`` to every reachable bus.
@@ -1199,53 +1211,34 @@ class OpenDSSNetwork:
             Lower-case bus name -> number of series elements on the shortest path
             (``src`` itself is 0). Buses not connected to ``src`` are absent.
         """
-        adj = self._graph()
-        start = _bus_of(src)
-        if start not in adj:
+        topo = self.topology
+        if src not in topo:
             msg = f"bus {src!r} not found in {self.master.name}"
             raise NetworkError(msg)
-        dist = {start: 0}
-        queue = deque([start])
-        while queue:
-            b = queue.popleft()
-            for nb in adj[b]:
-                if nb not in dist:
-                    dist[nb] = dist[b] + 1
-                    queue.append(nb)
-        return dist
+        return topo.hops(src)
 
     def downstream_bus(self, line: str) -> str:
-        """The bus of ``line`` farther from the source.
+        """The bus of ``line`` farther from the source (:meth:`Topology.downstream_bus
+        <gridmarket.topology.Topology.downstream_bus>`: more hops, whatever order it is written in).
 
-        ``line`` may be ``"line.x"``, ``"x"`` or a conductor name from a violation table,
-        ``"line.x.2"``.
+        ``line`` may be ``"line.x"``, ``"x"``, a conductor name from a violation table,
+        ``"line.x.2"``, or another series element such as ``"transformer.tx1"`` (its
+        secondary side).
 
         Raises
         ------
         NetworkError
-            If the line does not exist.
+            If the element does not exist.
         """
-        table = self._cached("downstream", self._read_downstream, topology=True)
-        key = line.lower() if line.lower().startswith("line.") else f"line.{line.lower()}"
-        if key not in table and key.count(".") == 2:
-            key = key.rsplit(".", 1)[0]  # a conductor: "line.x.phase"
-        if key not in table:
+        try:
+            return self.topology.downstream_bus(line)
+        except KeyError:
             msg = f"line {line!r} not found in {self.master.name}"
-            raise NetworkError(msg)
-        return table[key]
+            raise NetworkError(msg) from None
 
     def downstream_buses(self) -> dict[str, str]:
         """Downstream bus of every enabled line: ``{"line.x": bus}`` (see :meth:`downstream_bus`)."""
-        return dict(self._cached("downstream", self._read_downstream, topology=True))
-
-    def _read_downstream(self) -> dict[str, str]:
-        dist = self.bus_distance(self.source_bus)
-        far = len(dist) + 1
-        out = {}
-        lines = self._cached("lines", self._read_lines, topology=True)
-        for name, b1, b2 in zip(lines.index, lines["bus1"], lines["bus2"], strict=True):
-            out[str(name)] = b1 if dist.get(b1, far) > dist.get(b2, far) else b2
-        return out
+        return {k: v for k, v in self.topology.downstream_buses().items() if k.startswith("line.")}
 
 
 def _series_result(layout: _Layout, v_volts: np.ndarray, i_amps: np.ndarray) -> PowerFlowResult:

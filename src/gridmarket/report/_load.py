@@ -14,36 +14,21 @@ from typing import Any
 
 import pandas as pd
 
+from gridmarket import contract
 from gridmarket.errors import ResultsError
 
 __all__ = ["REQUIRED_FILES", "OPTIONAL_FILES", "ResultsData", "load_results", "violated_buses"]
 
-#: file -> columns it must have. A missing file or column is a ResultsError.
-REQUIRED_FILES: dict[str, tuple[str, ...]] = {
-    "summary.json": (),
-    "iterations.csv": ("iteration", "welfare", "violations", "voltage_violations",
-                       "current_violations", "buses_violated", "lines_violated",
-                       "battery_units"),
-    "market.csv": ("iteration", "step", "time", "agent", "kind", "community", "P_kw", "S_kw",
-                   "phi_kw", "alpha_kw", "beta_kw", "soc", "price", "payment"),
-    "communities.csv": ("iteration", "step", "community", "price", "import_kwh", "export_kwh",
-                        "welfare"),
-    "violations.csv": ("iteration", "step", "time", "kind", "element", "value", "limit"),
-    "voltages.parquet": ("iteration", "step", "bus", "phase", "v_pu"),
-    "batteries.csv": ("iteration", "agent", "bus", "units", "kw", "kwh"),
-}
+#: file -> columns it must have (the contract's required tables). A missing file or column is a ResultsError.
+REQUIRED_FILES: dict[str, tuple[str, ...]] = {"summary.json": (), **{
+    t.file: tuple(c.name for c in t.columns if not c.optional) for t in contract.TABLES.values() if t.required}}
 
 #: file -> columns; without the file the figure that needs it is skipped (network map).
 OPTIONAL_FILES: dict[str, tuple[str, ...]] = {
-    "agents.csv": ("agent", "kind", "community", "element", "bus"),
-    "network_buses.csv": ("bus", "x", "y", "kv_base"),
-    "network_lines.csv": ("line", "bus1", "bus2"),
-}
+    t.file: tuple(c.name for c in t.columns if not c.optional) for t in contract.TABLES.values() if not t.required}
 
-# Columns read as text (bus "1" must stay "1", an empty community must stay "").
-_TEXT = ("time", "agent", "kind", "community", "element", "bus", "bus1", "bus2", "line")
 # Columns whose names are lower-cased (OpenDSS names are case-insensitive).
-_LOWER = ("bus", "bus1", "bus2", "line", "element")
+_LOWER = ("bus", "bus1", "bus2", "element", "downstream_bus")
 
 
 @dataclass(frozen=True)
@@ -66,6 +51,8 @@ class ResultsData:
     agents: pd.DataFrame | None = None
     buses: pd.DataFrame | None = None
     lines: pd.DataFrame | None = None
+    steps: pd.DataFrame | None = None  #: steps.parquet
+    breakdown: pd.DataFrame | None = None  #: welfare_breakdown.csv
 
     @property
     def base_iteration(self) -> int:
@@ -101,38 +88,14 @@ class ResultsData:
         return default if value is None else value
 
 
-def _check_columns(frame: pd.DataFrame, name: str, columns: tuple[str, ...]) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        msg = (f"{name}: missing column(s) {', '.join(repr(c) for c in missing)}; "
-               f"found {', '.join(repr(c) for c in frame.columns) or 'none'}")
-        raise ResultsError(msg)
-
-
-def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
-    for col in _TEXT:
+def _read_table(path: Path, name: str) -> pd.DataFrame:
+    frame = contract.read_table(path, name)
+    for col in _LOWER:
         if col in frame.columns:
-            frame[col] = frame[col].fillna("").astype(str).str.strip()
-            if col in _LOWER:
-                frame[col] = frame[col].str.lower()
+            frame[col] = frame[col].str.strip().str.lower()
+    if name == "network_lines.csv":
+        frame["line"] = frame["element"]  # the element name ("line.x"): what violations name without the phase
     return frame
-
-
-def _read_table(path: Path, name: str, columns: tuple[str, ...]) -> pd.DataFrame:
-    try:
-        if name.endswith(".parquet"):
-            frame = pd.read_parquet(path)
-        else:
-            dtypes = {c: str for c in _TEXT}
-            frame = pd.read_csv(path, dtype=dtypes)
-    except pd.errors.EmptyDataError:
-        msg = f"{name}: the file is empty (it needs at least a header row: {', '.join(columns)})"
-        raise ResultsError(msg) from None
-    except (OSError, ValueError) as exc:
-        msg = f"{name}: cannot be read: {exc}"
-        raise ResultsError(msg) from exc
-    _check_columns(frame, name, columns)
-    return _tidy(frame)
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
@@ -174,64 +137,51 @@ def load_results(results_dir: str | Path) -> ResultsData:
         msg = (f"results folder {str(root)!r} lacks required file(s): {', '.join(missing)}")
         raise ResultsError(msg)
     summary = _read_summary(root / "summary.json")
-    frames = {name: _read_table(root / name, name, cols)
-              for name, cols in REQUIRED_FILES.items() if name != "summary.json"}
-    optional = {name: (_read_table(root / name, name, cols) if (root / name).is_file() else None)
-                for name, cols in OPTIONAL_FILES.items()}
-    for name in ("network_buses.csv",):
-        buses = optional[name]
-        if buses is not None:
-            for col in ("x", "y"):
-                buses[col] = pd.to_numeric(buses[col], errors="coerce")
+    frames = {name: _read_table(root, name) for name in REQUIRED_FILES if name != "summary.json"}
+    optional = {name: (_read_table(root, name) if (root / name).is_file() else None) for name in OPTIONAL_FILES}
     return ResultsData(
         path=root,
         summary=summary,
         iterations=frames["iterations.csv"].sort_values("iteration", kind="stable")
         .reset_index(drop=True),
-        market=frames["market.csv"],
-        communities=frames["communities.csv"],
-        violations=frames["violations.csv"],
+        market=frames["market.parquet"],
+        communities=frames["communities.parquet"],
+        violations=frames["violations.parquet"],
         voltages=frames["voltages.parquet"],
         batteries=frames["batteries.csv"],
         agents=optional["agents.csv"],
         buses=optional["network_buses.csv"],
         lines=optional["network_lines.csv"],
+        steps=optional["steps.parquet"],
+        breakdown=optional["welfare_breakdown.csv"],
     )
-
-
-def _line_name(element: str) -> str:
-    """``"line.l1.2"`` / ``"line.l1"`` / ``"l1"`` -> ``"l1"``."""
-    parts = element.lower().split(".")
-    if len(parts) > 1 and parts[0] == "line":
-        parts = parts[1:]
-    if len(parts) > 1 and parts[-1].isdigit():
-        parts = parts[:-1]
-    return ".".join(parts)
 
 
 def violated_buses(violations: pd.DataFrame, lines: pd.DataFrame | None = None, *,
                    iteration: int) -> tuple[list[str], list[str]]:
     """Buses and lines with at least one violation in ``iteration``.
 
-    A voltage violation's element is ``bus.phase``; a current violation's is
-    ``line.name.phase`` (or the line name) and, as in placement (shared MODEL.md), counts for
-    the line's downstream bus ``bus2`` when ``lines`` is given.
+    A voltage violation's element is ``bus.phase``; a current violation's is the conductor
+    ``line.name.phase`` (:func:`gridmarket.contract.violation_owner`). A line violation counts,
+    as in placement (shared MODEL.md), for the line's ``downstream_bus`` in network_lines.csv
+    (``bus2`` in a file without that column) when ``lines`` is given.
 
     Returns
     -------
-    (buses, lines) : sorted lists of lower-case names
+    (buses, lines) : sorted lists of lower-case names; lines by element name (``"line.l45"``,
+    network_lines.csv's ``element``)
     """
     viol = violations[violations["iteration"] == iteration]
-    buses: set[str] = set()
-    line_names: set[str] = set()
-    for kind, element in zip(viol["kind"].astype(str).str.lower(), viol["element"], strict=True):
-        if kind == "voltage":
-            buses.add(str(element).lower().split(".")[0])
-        elif kind == "current":
-            line_names.add(_line_name(str(element)))
+    kind = viol["kind"].astype(str).str.lower().to_numpy()
+    owner = contract.violation_owner(kind, viol["element"].astype(str).to_numpy())
+    buses = set(owner[kind == "voltage"].tolist())
+    line_names = set(owner[kind == "current"].tolist())
     if lines is not None and line_names:
-        down = dict(zip(lines["line"], lines["bus2"].str.split(".").str[0], strict=True))
-        buses.update(down[name] for name in line_names if name in down)
+        names = lines["element"] if "element" in lines.columns else lines["line"]
+        down_col = "downstream_bus" if "downstream_bus" in lines.columns else "bus2"
+        down = lines[down_col].where(lines[down_col].astype(str) != "", lines["bus2"]).astype(str)
+        table = dict(zip(names.astype(str).str.lower(), down.str.split(".").str[0].str.lower(), strict=True))
+        buses.update(table[name] for name in line_names if name in table)
     return sorted(buses), sorted(line_names)
 
 

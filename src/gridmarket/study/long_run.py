@@ -58,9 +58,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from gridmarket import __version__
+from gridmarket import __version__, contract
 from gridmarket.case.model import Case, GridPrices
 from gridmarket.enums import AgentKind
 from gridmarket.errors import PowerFlowError
@@ -85,36 +84,11 @@ LONG_RUN_FILES = ("summary.json", "market.parquet", "communities.parquet", "volt
 
 Progress = Callable[[str, int, int], None]
 
-_TIME_FMT = "%Y-%m-%dT%H:%M"
-
-_TEXT = pa.dictionary(pa.int32(), pa.string())  #: repeated names: dictionary-encoded text
-
-_MARKET_SCHEMA = pa.schema([
-    ("iteration", pa.int32()), ("step", pa.int64()), ("time", _TEXT), ("agent", _TEXT),
-    ("kind", _TEXT), ("community", _TEXT), ("P_kw", pa.float64()), ("S_kw", pa.float64()),
-    ("phi_kw", pa.float64()), ("alpha_kw", pa.float64()), ("beta_kw", pa.float64()), ("soc", pa.float64()),
-    ("price", pa.float64()), ("payment", pa.float64()),
-])
-_COMMUNITY_SCHEMA = pa.schema([
-    ("iteration", pa.int32()), ("step", pa.int64()), ("community", _TEXT), ("price", pa.float64()),
-    ("import_kwh", pa.float64()), ("export_kwh", pa.float64()), ("welfare", pa.float64()),
-])
-_VOLTAGE_SCHEMA = pa.schema([
-    ("iteration", pa.int32()), ("step", pa.int32()), ("bus", _TEXT), ("phase", pa.int16()),
-    ("v_pu", pa.float64()),
-])
-_VIOLATION_SCHEMA = pa.schema([
-    ("iteration", pa.int32()), ("step", pa.int64()), ("time", pa.string()), ("kind", _TEXT),
-    ("element", _TEXT), ("value", pa.float64()), ("limit", pa.float64()),
-])
-_STEP_SCHEMA = pa.schema([
-    ("step", pa.int64()), ("time", pa.string()), ("welfare", pa.float64()), ("v_min_pu", pa.float64()),
-    ("v_max_pu", pa.float64()), ("loading_max", pa.float64()), ("voltage_violations", pa.int32()),
-    ("current_violations", pa.int32()),
-])
-assert tuple(_MARKET_SCHEMA.names[1:]) == MARKET_COLUMNS
-assert tuple(_COMMUNITY_SCHEMA.names[1:]) == COMMUNITY_COLUMNS
-assert tuple(_VIOLATION_SCHEMA.names[1:]) == tuple(VIOLATION_COLUMNS)
+_MARKET_FIELDS = contract.table("market.parquet").names
+_COMMUNITY_FIELDS = contract.table("communities.parquet").names
+assert set(MARKET_COLUMNS) <= set(_MARKET_FIELDS)
+assert set(COMMUNITY_COLUMNS) <= set(_COMMUNITY_FIELDS)
+assert set(VIOLATION_COLUMNS) <= set(contract.table("violations.parquet").names)
 
 
 @dataclass(frozen=True)
@@ -319,21 +293,18 @@ def _worker(case: Case, power_flow: str, inbox: Any, outbox: Any) -> None:
 # ---------------------------------------------------------------------------- writers
 
 class _Writers:
-    """One ParquetWriter per table, opened lazily in the temporary folder."""
+    """One :class:`gridmarket.contract.ParquetStream` per table, opened lazily in the temporary folder."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._w: dict[str, pq.ParquetWriter] = {}
+        self._w: dict[str, contract.ParquetStream] = {}
         self.seconds = 0.0
 
-    def write(self, name: str, schema: pa.Schema, columns: dict[str, Any]) -> None:
+    def write(self, name: str, columns: dict[str, Any]) -> None:
         t0 = time.perf_counter()
-        table = pa.Table.from_arrays([columns[k] for k in schema.names], schema=schema)
         if name not in self._w:
-            # dictionary pages only where they pay (text, small integers); not on the floats
-            small = [f.name for f in schema if pa.types.is_dictionary(f.type) or pa.types.is_integer(f.type)]
-            self._w[name] = pq.ParquetWriter(self.folder / name, schema, compression="snappy", use_dictionary=small)
-        self._w[name].write_table(table)
+            self._w[name] = contract.ParquetStream(self.folder, name)
+        self._w[name].write(columns)
         self.seconds += time.perf_counter() - t0
 
     def close(self) -> None:
@@ -380,11 +351,11 @@ class _Labels:
         """Columns of market.parquet for one chunk's market frame (step-major, agents in case order)."""
         n, steps = len(self.agents), len(times)
         _check_order(df, "agent", self.agents, steps)
-        cols: dict[str, Any] = {c: df[c].to_numpy() for c in _MARKET_SCHEMA.names[6:]}
+        cols: dict[str, Any] = {c: df[c].to_numpy() for c in MARKET_COLUMNS[5:] if c in _MARKET_FIELDS}
         cols.update({
             "iteration": np.zeros(n * steps, dtype=np.int32),
             "step": df["step"].to_numpy(dtype=np.int64) + s0,
-            "time": _text(np.repeat(np.arange(steps), n), times),
+            "time": np.repeat(times, n),
             "agent": _text(np.tile(np.arange(n), steps), self.agents),
             "kind": _text(np.tile(self.kind_codes, steps), self.kind_words),
             "community": _text(np.tile(self.comm_codes, steps), self.comm_words),
@@ -396,7 +367,7 @@ class _Labels:
         nc = len(self.communities)
         _check_order(df, "community", self.communities, steps)
         codes = np.array([self.comm_words.index(c) for c in self.communities])
-        cols: dict[str, Any] = {c: df[c].to_numpy() for c in _COMMUNITY_SCHEMA.names[3:]}
+        cols: dict[str, Any] = {c: df[c].to_numpy() for c in COMMUNITY_COLUMNS[2:]}
         cols.update({"iteration": np.zeros(nc * steps, dtype=np.int32),
                      "step": df["step"].to_numpy(dtype=np.int64) + s0,
                      "community": _text(np.tile(codes, steps), self.comm_words)})
@@ -412,10 +383,11 @@ def _check_order(df: pd.DataFrame, column: str, names: list[str], steps: int) ->
 
 
 def _time_text(case: Case) -> np.ndarray:
+    """The steps' start times (``datetime64[ns]``; NaT when the case has no start)."""
     idx = case.time.index
     if isinstance(idx, pd.DatetimeIndex):
-        return np.asarray(idx.strftime(_TIME_FMT), dtype=object)
-    return np.asarray([str(i) for i in idx], dtype=object)
+        return np.asarray(idx, dtype="datetime64[ns]")
+    return np.full(len(idx), np.datetime64("NaT"), dtype="datetime64[ns]")
 
 
 # ---------------------------------------------------------------------------- the run
@@ -562,22 +534,25 @@ def _stream(case: Case, tmp: Path, out: Path, writers: _Writers, *, chunk_steps:
         L = chunk.time.steps
         v = net_out["v"]
         n_nodes = v.shape[1]
-        writers.write("voltages.parquet", _VOLTAGE_SCHEMA, {
+        writers.write("voltages.parquet", {
             "iteration": np.zeros(L * n_nodes, dtype=np.int32),
             "step": np.repeat(np.arange(s0, s0 + L, dtype=np.int32), n_nodes),
+            "time": np.repeat(times, n_nodes),
             "bus": _text(np.tile(bus_codes, L), bus_words), "phase": np.tile(mask_phase, L),
             "v_pu": v.reshape(-1)})
         viol = net_out["viol"]
         vs = viol["step"].to_numpy(dtype=np.int64)
-        writers.write("violations.parquet", _VIOLATION_SCHEMA, {
+        writers.write("violations.parquet", {
             "iteration": np.zeros(len(viol), dtype=np.int32), "step": vs + s0,
-            "time": times[vs] if len(viol) else np.array([], dtype=object),
+            "time": times[vs],
             "kind": _dict_text(viol["kind"]), "element": _dict_text(viol["element"]),
             "value": viol["value"].to_numpy(dtype=float), "limit": viol["limit"].to_numpy(dtype=float)})
         ps = net_out["per_step"]
         w = res.welfare.to_numpy(dtype=float)
-        writers.write("steps.parquet", _STEP_SCHEMA, {
-            "step": np.arange(s0, s0 + L, dtype=np.int64), "time": times, "welfare": w, **ps})
+        writers.write("steps.parquet", {
+            "iteration": np.zeros(L, dtype=np.int32), "step": np.arange(s0, s0 + L, dtype=np.int64), "time": times,
+            "welfare": w, "v_min_pu": ps["v_min_pu"], "v_max_pu": ps["v_max_pu"], "loading_max": ps["loading_max"],
+            "violations": ps["voltage_violations"] + ps["current_violations"]})
         welfare += float(w.sum())
         c = net_out["counts"]
         for k in totals:
@@ -602,9 +577,8 @@ def _stream(case: Case, tmp: Path, out: Path, writers: _Writers, *, chunk_steps:
         kw = dispatch_kw(chunk, res)
         t_market += time.perf_counter() - t0
         times = _time_text(chunk)
-        writers.write("market.parquet", _MARKET_SCHEMA, labels.market(res.market, s0, times))
-        writers.write("communities.parquet", _COMMUNITY_SCHEMA,
-                      labels.communities_frame(res.communities, s0, chunk.time.steps))
+        writers.write("market.parquet", labels.market(res.market, s0, times))
+        writers.write("communities.parquet", labels.communities_frame(res.communities, s0, chunk.time.steps))
         if stage is not None:
             finish(s0, chunk, res, stage.run(s0, kw))
             continue
@@ -650,11 +624,9 @@ def _stream(case: Case, tmp: Path, out: Path, writers: _Writers, *, chunk_steps:
         "files": list(LONG_RUN_FILES),
     }
     (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    for name, schema in (("market.parquet", _MARKET_SCHEMA), ("communities.parquet", _COMMUNITY_SCHEMA),
-                         ("voltages.parquet", _VOLTAGE_SCHEMA), ("violations.parquet", _VIOLATION_SCHEMA),
-                         ("steps.parquet", _STEP_SCHEMA)):
+    for name in LONG_RUN_FILES[1:]:
         if not (tmp / name).exists():  # a horizon of no steps still gets every file
-            pq.write_table(schema.empty_table(), tmp / name)
+            contract.ParquetStream(tmp, name).close()
     return LongRunResult(out_dir=out, steps=steps, chunks=n_chunks, welfare=welfare, counts=counts,
                          runtime_s=runtime, stage_s=stage_s)
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gridmarket import __version__
+from gridmarket import __version__, contract
 from gridmarket.case.model import Agent, Case
 from gridmarket.enums import AgentKind
 from gridmarket.errors import CaseError, GridmarketError, NetworkError, Problem, in_iteration
@@ -65,8 +65,8 @@ class StudyResult:
     best: int
     stop_reason: str
     runtime_s: float
-    buses: pd.DataFrame  #: network buses (bus, x, y, kv_base)
-    lines: pd.DataFrame  #: network lines (line, bus1, bus2)
+    buses: pd.DataFrame  #: network buses (bus, x, y, kv_base), as network_buses.csv
+    lines: pd.DataFrame  #: network lines (element, bus1, bus2, downstream_bus, kind), as network_lines.csv
     agent_buses: dict[str, str] = field(default_factory=dict)  #: agent -> bus
     agent_elements: dict[str, str] = field(default_factory=dict)  #: agent -> OpenDSS element
     network: OpenDSSNetwork | None = None  #: the engine, left at the last step solved
@@ -86,13 +86,13 @@ class StudyResult:
         return pd.DataFrame(rows)
 
     def to_results(self) -> Results:
-        """The CASE_FORMAT.md results tables and summary."""
+        """The results tables (:data:`gridmarket.contract.TABLES`) and summary."""
         case = self.case
-        times = case.time.index
         market, comms, viols, volts, bats = [], [], [], [], []
         for it in self.iterations:
             m = it.market.market.copy()
             m.insert(0, "iteration", it.index)
+            m["bus"] = m["agent"].map(self.agent_buses).fillna("")
             market.append(m)
             cm = it.market.communities.copy()
             cm.insert(0, "iteration", it.index)
@@ -105,9 +105,9 @@ class StudyResult:
                 units = agent.units
                 bats.append({"iteration": it.index, "agent": agent.name,
                              "bus": self.agent_buses.get(agent.name, agent.bus or ""),
+                             "community": agent.community or "",
                              "units": units, "kw": units * case.battery.unit_kw,
                              "kwh": units * case.battery.unit_kwh})
-        del times
         agents_rows = []
         last = self.iterations[-1].case
         for a in last.agents:
@@ -124,17 +124,19 @@ class StudyResult:
             "violations": [int(v) for v in table["violations"]],
             "runtime_s": round(self.runtime_s, 3),
         }
-        viol_cols = ["iteration", "step", "time", "kind", "element", "value", "limit"]
+        viol_cols = list(contract.table("violations.parquet").names)
+        customers = pd.Series(list(self.agent_buses.values()), dtype=object).value_counts()
+        buses = self.buses.assign(customers=self.buses["bus"].map(customers).fillna(0).astype(np.int64))
         tables = {
             "iterations.csv": table,
-            "market.csv": pd.concat(market, ignore_index=True),
-            "communities.csv": pd.concat(comms, ignore_index=True),
-            "violations.csv": (pd.concat(viols, ignore_index=True)[viol_cols] if viols
-                               else pd.DataFrame(columns=viol_cols)),
+            "market.parquet": pd.concat(market, ignore_index=True),
+            "communities.parquet": pd.concat(comms, ignore_index=True),
+            "violations.parquet": (pd.concat(viols, ignore_index=True)[viol_cols] if viols
+                                   else pd.DataFrame(columns=viol_cols)),
             "voltages.parquet": pd.concat(volts, ignore_index=True),
-            "batteries.csv": pd.DataFrame(bats, columns=["iteration", "agent", "bus", "units", "kw", "kwh"]),
-            "agents.csv": pd.DataFrame(agents_rows),
-            "network_buses.csv": self.buses,
+            "batteries.csv": pd.DataFrame(bats, columns=list(contract.table("batteries.csv").names)),
+            "agents.csv": pd.DataFrame(agents_rows, columns=list(contract.table("agents.csv").names)),
+            "network_buses.csv": buses,
             "network_lines.csv": self.lines,
         }
         return Results(summary=summary, tables=tables)
@@ -335,6 +337,17 @@ def with_banks(case: Case, banks: dict[str, int], communities: dict[str, str]) -
     return replace(case, agents=case.agents + tuple(new), profile_kw=prof)
 
 
+def network_lines(net: OpenDSSNetwork) -> pd.DataFrame:
+    """network_lines.csv: every line by its element name (``"line.x"``, the name violations use
+    without the phase), its buses and the downstream bus placement uses."""
+    lines = net.lines
+    down = net.downstream_buses()
+    names = [str(n) for n in lines.index]
+    return pd.DataFrame({"element": names, "bus1": lines["bus1"].to_numpy(), "bus2": lines["bus2"].to_numpy(),
+                         "downstream_bus": [down.get(n, "") for n in names], "kind": "line"},
+                        columns=list(contract.table("network_lines.csv").names))
+
+
 # ---------------------------------------------------------------------------- the loop
 
 def run_study(case: Case, *, progress: Progress | None = None, max_iterations: int | None = None) -> StudyResult:
@@ -422,11 +435,10 @@ def run_study(case: Case, *, progress: Progress | None = None, max_iterations: i
     else:
         stop = f"reached max_iterations = {limit}"
     buses = net.buses.reset_index().rename(columns={"index": "bus"})
-    lines = net.lines.reset_index().rename(columns={"index": "line"})
     out = StudyResult(case=case, iterations=iterations, best=best, stop_reason=stop,
                       runtime_s=time.perf_counter() - t0,
                       buses=buses[[c for c in ("bus", "x", "y", "kv_base") if c in buses.columns]],
-                      lines=lines[[c for c in ("line", "bus1", "bus2") if c in lines.columns]],
+                      lines=network_lines(net),
                       agent_buses=dict(grid.agent_bus), agent_elements=dict(grid.elements), network=net)
     out._monitored = mask
     return out
