@@ -185,7 +185,7 @@ def test_synthetic_feeder(tmp_path: Path) -> None:
         assert buses[name] == bus1.split(".")[0]
 
     # (b) with a penetration: the feeder's PV is switched off and one PV per household added
-    with pytest.warns(CaseWarning, match=r"gives one community for all 12 households .*Transformer\.t1"):
+    with pytest.warns(CaseWarning, match=r"(?i)gives one community for all 12 households .*transformer\.t1"):
         new = new_case(master, tmp_path / "new", pv_kwp=2.5, communities="transformer")
     assert set(_agents(new).query("kind == 'producer'")["name"]) == {f"pv_{n}" for n in loads}
     dss = opendssdirect.NewContext()

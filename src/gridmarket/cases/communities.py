@@ -3,7 +3,8 @@ trade together.
 
 Rules (``communities=``):
 
-- ``"transformer"``: by the first transformer upstream of the load (its distribution transformer);
+- ``"transformer"``: by the transformer that feeds the load's LV area (its distribution transformer,
+  :meth:`gridmarket.topology.Topology.area_of`; loads with no transformer above them share one group);
 - ``"branch"``: by feeder branch (:func:`gridmarket.cases.ieee_eu_lv.feeder_branches`, from the
   source bus, 20 % share);
 - ``"knn:<k>"``: groups of about ``k`` households: the unassigned load farthest from the source
@@ -24,7 +25,6 @@ from __future__ import annotations
 import csv
 import difflib
 import math
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,53 +111,10 @@ def _read_community_csv(path: Path) -> dict[str, str | None]:
     return out
 
 
-def _bfs_tree(info: FeederInfo) -> dict[str, tuple[str, str] | None]:
-    """bus -> (parent bus, series element joining them), from the source; None at the source."""
-    adj: dict[str, list[tuple[str, str]]] = {}
-    for el in info.series:
-        for a in el.buses:
-            for b in el.buses:
-                if a != b:
-                    adj.setdefault(a, []).append((b, el.name))
-    parent: dict[str, tuple[str, str] | None] = {info.source_bus: None}
-    queue = deque([info.source_bus])
-    while queue:
-        u = queue.popleft()
-        for v, via in sorted(adj.get(u, [])):
-            if v not in parent:
-                parent[v] = (u, via)
-                queue.append(v)
-    return parent
-
-
-def _hops_from(info: FeederInfo, start: str, adj: dict[str, set[str]]) -> dict[str, int]:
-    dist = {start: 0}
-    queue = deque([start])
-    while queue:
-        u = queue.popleft()
-        for v in adj.get(u, ()):
-            if v not in dist:
-                dist[v] = dist[u] + 1
-                queue.append(v)
-    return dist
-
-
 def _by_transformer(info: FeederInfo, members: Mapping[str, str]) -> dict[str, str]:
-    parent = _bfs_tree(info)
-    out: dict[str, str] = {}
-    for name, bus in members.items():
-        b = bus
-        label = "(no transformer)"
-        while True:
-            up = parent.get(b)
-            if up is None:
-                break
-            b, el = up
-            if el.lower().startswith("transformer."):
-                label = el
-                break
-        out[name] = label
-    return out
+    """The transformer that feeds each household's bus (its LV area, :meth:`Topology.area_of`)."""
+    area = info.topology.area_of()
+    return {name: area.get(bus) or "(no transformer)" for name, bus in members.items()}
 
 
 def _by_branch(info: FeederInfo, members: Mapping[str, str]) -> dict[str, str]:
@@ -176,20 +133,20 @@ def _by_knn(info: FeederInfo, members: Mapping[str, str], k: int) -> dict[str, s
     names = list(members)
     xy = np.array([[info.buses[members[n]].x, info.buses[members[n]].y] for n in names], dtype=float)
     use_xy = bool(names) and bool(np.isfinite(xy).all())
-    adj = info.adjacency()
+    topo = info.topology
     if use_xy:
         src = info.buses.get(info.source_bus)
         origin = (np.array([src.x, src.y]) if src is not None and np.isfinite([src.x, src.y]).all()
                   else xy.mean(axis=0))
         far = np.hypot(*(xy - origin).T)
     else:
-        hops = _hops_from(info, info.source_bus, adj)
+        hops = topo.hops()
         far = np.array([hops.get(members[n], -1) for n in names], dtype=float)
 
     def distances(seed: int, among: list[int]) -> dict[int, float]:
         if use_xy:
             return {i: float(np.hypot(*(xy[i] - xy[seed]))) for i in among}
-        hs = _hops_from(info, members[names[seed]], adj)
+        hs = topo.hops(members[names[seed]])
         return {i: float(hs.get(members[names[i]], math.inf)) for i in among}
 
     free = list(range(len(names)))
@@ -222,8 +179,8 @@ def _raw_communities(info: FeederInfo, members: Mapping[str, str], rule: Communi
         msg = f"{len(missing)} household bus(es) not in the feeder: {missing[:5]}"
         raise GridmarketError(msg)
     if rule.kind in ("transformer", "branch", "knn"):
-        parent = _bfs_tree(info)
-        cut = [n for n, b in members.items() if b not in parent]
+        reached = info.topology.hops()
+        cut = [n for n, b in members.items() if b not in reached]
         if cut:
             msg = f"{len(cut)} load(s) are not connected to the source bus {info.source_bus!r}: {cut[:5]}"
             raise GridmarketError(msg)
@@ -304,14 +261,14 @@ def communities_and_labels(info: FeederInfo, members: Mapping[str, str], rule: C
 
 
 def nearest_household(info: FeederInfo, bus: str, households: Mapping[str, str]) -> str | None:
-    """The household at ``bus``, else the electrically nearest one (fewest series elements)."""
+    """The household at ``bus`` (the first in ``households`` order), else one at the electrically
+    nearest bus with households (fewest series elements; ties by bus name,
+    :meth:`gridmarket.topology.Topology.nearest_customer_bus`); None when none is connected."""
     at = [n for n, b in households.items() if b == bus]
     if at:
         return at[0]
-    if bus not in info.buses:
+    topo = info.topology
+    if bus not in info.buses or bus not in topo:
         return None
-    dist = _hops_from(info, bus, info.adjacency())
-    best = min(((dist[b], i, n) for i, (n, b) in enumerate(households.items()) if b in dist), default=None)
-    return None if best is None else best[2]
-
-
+    near = topo.nearest_customer_bus([bus], households.values())[bus]
+    return None if near is None else next(n for n, b in households.items() if b == near)

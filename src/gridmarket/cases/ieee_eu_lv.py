@@ -25,7 +25,7 @@ Rules (all deterministic; they are repeated in the case's ``PROVENANCE.md``):
 from __future__ import annotations
 
 import re
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ from gridmarket.cases.profiles import ausnet_days, clearest_day, consecutive_run
 from gridmarket.cases.shared import find_shared_data
 from gridmarket.cases.writer import Cell, Key, Section, render_toml, write_case
 from gridmarket.errors import GridmarketError
+from gridmarket.topology import Topology, bus_name
 
 __all__ = [
     "IeeeLoad",
@@ -172,20 +173,16 @@ def feeder_branches(
         The junction bus and, per load, its group index: 0 for the trunk, 1, 2, ... for the
         branches, ordered by the position of their first load in ``load_bus``.
     """
-    adj: dict[str, list[str]] = defaultdict(list)
-    for a, b in edges:
-        adj[a].append(b)
-        adj[b].append(a)
-    parent: dict[str, str | None] = {root: None}
-    order = [root]
-    queue = deque([root])
-    while queue:
-        u = queue.popleft()
-        for v in sorted(adj[u]):
-            if v not in parent:
-                parent[v] = u
-                order.append(v)
-                queue.append(v)
+    try:
+        tree = Topology.from_pairs(edges, root)
+    except ValueError as exc:
+        msg = f"the feeder's lines do not reach its root bus {root!r}: {exc}"
+        raise GridmarketError(msg) from exc
+    hops = tree.hops()  # the feeder is radial: one path, so one parent, per bus
+    parent: dict[str, str | None] = {b: (None if up is None else up[0]) for b, up in tree.parents().items()}
+    order = sorted(parent, key=lambda b: (hops[b], b))
+    root = tree.source
+    load_bus = {name: bus_name(b) for name, b in load_bus.items()}
     missing = sorted({b for b in load_bus.values() if b not in parent})
     if missing:
         msg = f"load buses not connected to {root!r}: {missing[:5]}"
