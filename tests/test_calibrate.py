@@ -209,3 +209,25 @@ def test_cr_mar_calibration_removes_the_bias(cr_data: Path, tmp_path: Path) -> N
     assert res.rmse_after < res.rmse_before
     assert res.source_pu == pytest.approx(source, abs=1e-4)
     assert "bias +0.01" in (out / "PROVENANCE.md").read_text()
+
+
+def test_calibrate_command_writes_on_request(synthetic: Path, tmp_path: Path) -> None:
+    import shutil
+
+    case_dir = tmp_path / "c"
+    shutil.copytree(synthetic, case_dir)
+    csv = tmp_path / "m.csv"
+    _plant(synthetic, source_pu=0.985, taps={}, steps=[4, 18]).to_csv(csv, index=False)
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        status = main(["calibrate", str(case_dir), str(csv), "--per-meter", str(tmp_path / "per.csv")])
+    assert status == 0, err.getvalue()
+    assert "case unchanged" in out.getvalue()
+    assert "source_pu" not in tomllib.loads((case_dir / "case.toml").read_text())["network"]
+    per = pd.read_csv(tmp_path / "per.csv")
+    assert list(per.columns) == ["meter", "n", "bias_before", "rmse_before", "bias_after", "rmse_after"]
+    assert len(per) == 120 and (per["n"] == 2).all()
+    with redirect_stdout(out), redirect_stderr(err):
+        status = main(["calibrate", str(case_dir), str(csv), "--write"])
+    assert status == 0, err.getvalue()
+    assert load_case(case_dir).network.source_pu == pytest.approx(0.985, abs=1e-3)
