@@ -3,7 +3,9 @@
 :func:`new_case` reads the feeder through OpenDSS (:func:`gridmarket.network.inspect.inspect_feeder`)
 and writes a case folder (shared CASE_FORMAT.md) whose ``network/Master.dss`` redirects the
 feeder's own master **by absolute path** (the feeder is never copied) and adds PV systems in
-``network/PVSystems.dss``.
+``network/PVSystems.dss``. The parts live in :mod:`gridmarket.cases.feeder_profiles` (profiles),
+:mod:`gridmarket.cases.communities` (community rules) and :mod:`gridmarket.cases.template`
+(case.toml); this module assembles the case.
 
 Rules (deterministic; each case's ``PROVENANCE.md`` repeats the ones it used)
 ------------------------------------------------------------------------------
