@@ -231,3 +231,12 @@ def test_calibrate_command_writes_on_request(synthetic: Path, tmp_path: Path) ->
         status = main(["calibrate", str(case_dir), str(csv), "--write"])
     assert status == 0, err.getvalue()
     assert load_case(case_dir).network.source_pu == pytest.approx(0.985, abs=1e-3)
+
+
+def test_auto_taps_are_the_metered_transformers(synthetic: Path) -> None:
+    # meters only below T2 (households 101-120): auto fits T2's tap, not T1's
+    meas = _plant(synthetic, source_pu=1.0, taps={"T2": 1.02}, steps=[3])
+    meas = meas[meas["meter"].str.fullmatch(r"H1[0-2]\d") & (meas["meter"] != "H100")]
+    assert len(meas) == 20
+    res = calibrate(load_case(synthetic), meas, taps="auto")
+    assert list(res.taps) == ["t2"]

@@ -1,6 +1,6 @@
 """Fit a case's source voltage (and chosen transformer taps) to measured meter voltages.
 
-``gridmarket calibrate CASE MEASURED.csv [--tap TRANSFORMER ...] [--write]``.
+``gridmarket calibrate CASE MEASURED.csv [--tap TRANSFORMER ... | --tap auto] [--write]``.
 
 **Measurements** (:func:`read_measurements`): a CSV with one row per meter and time:
 
@@ -51,7 +51,8 @@ from gridmarket.case import Case
 from gridmarket.cases.sanity import BaseCaseGrid
 from gridmarket.errors import GridmarketError
 
-__all__ = ["CalibrationResult", "Measurements", "calibrate", "read_measurements", "write_source_pu"]
+__all__ = ["CalibrationResult", "Measurements", "calibrate", "metered_transformers", "read_measurements",
+           "write_source_pu"]
 
 SOURCE_BOUNDS = (0.85, 1.15)  #: [pu] search range of the source voltage
 TAP_BOUNDS = (0.9, 1.1)  #: [pu] search range of a tap
@@ -238,7 +239,15 @@ def _errors(sim: np.ndarray, meas: Measurements, meters: Sequence[str]) -> tuple
     return float(e.mean()), float(math.sqrt(float(np.mean(e ** 2)))), per
 
 
-def calibrate(case: Case, measured: str | Path | pd.DataFrame | Measurements, *, taps: Sequence[str] = (),
+def metered_transformers(grid: BaseCaseGrid, meter_columns: dict[str, np.ndarray]) -> list[str]:
+    """Transformers whose LV area (:meth:`gridmarket.topology.Topology.lv_areas`) holds a meter
+    (names without ``Transformer.``, sorted): the taps ``taps="auto"`` fits."""
+    metered = {grid.node_names[int(c)].rsplit(".", 1)[0] for cols in meter_columns.values() for c in cols}
+    areas = grid.net.topology.lv_areas()
+    return sorted(name.split(".", 1)[-1] for name, buses in areas.items() if metered.intersection(buses))
+
+
+def calibrate(case: Case, measured: str | Path | pd.DataFrame | Measurements, *, taps: Sequence[str] | str = (),
               producers: bool = False, grid: BaseCaseGrid | None = None) -> CalibrationResult:
     """Fit the source voltage (and the taps of ``taps``) of ``case`` to measured voltages.
 
@@ -247,8 +256,9 @@ def calibrate(case: Case, measured: str | Path | pd.DataFrame | Measurements, *,
     case : Case
     measured : path, DataFrame or Measurements
         The measurements (columns and rules in the module docstring).
-    taps : sequence of str
-        Transformers whose winding-2 tap is fitted too (names without ``Transformer.``).
+    taps : sequence of str, or "auto"
+        Transformers whose primary tap is fitted too (names, ``Transformer.`` optional); ``"auto"``:
+        every transformer with a meter in its LV area (:func:`metered_transformers`).
     producers : bool
         Simulate producers at their available power (default: at zero).
     grid : BaseCaseGrid, optional
@@ -273,6 +283,8 @@ def calibrate(case: Case, measured: str | Path | pd.DataFrame | Measurements, *,
     kw = g.base_kw(producers=producers)[steps]
     # one sparse averaging matrix: measurement i = mean of its meter's node columns in row rows[i]
     owners = [cols[m] for m in meas.meter]
+    if isinstance(taps, str):
+        taps = metered_transformers(g, cols) if taps.lower() == "auto" else [taps]
     tap_names = [str(t).split(".", 1)[-1] if str(t).lower().startswith("transformer.") else str(t) for t in taps]
     tap0 = [_tap_of(g, t) for t in tap_names]
     s0 = g.source_pu

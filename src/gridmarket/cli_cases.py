@@ -151,8 +151,9 @@ def _describe(path: Path, *, check: bool) -> tuple[str, tuple[str, ...]]:
     return "\n".join(lines), notes
 
 
-def calibrate_command(case: str | Path, measured: str | Path, *, taps: Sequence[str] = (), producers: bool = False,
-                      write: bool = False, per_meter: str | Path | None = None) -> CommandResult:
+def calibrate_command(case: str | Path, measured: str | Path, *, taps: Sequence[str] | str = (),
+                      producers: bool = False, write: bool = False, per_meter: str | Path | None = None
+                      ) -> CommandResult:
     """``gridmarket calibrate CASE MEASURED.csv [--tap T ...] [--with-pv] [--write] [--per-meter CSV]``.
 
     Returns
@@ -320,7 +321,7 @@ def calibrate(
                                              " (agent or bus), time (ISO) or step, and v_pu or volts + v_base.")],
     taps: Annotated[list[str] | None, typer.Option(
         "--tap", metavar="TRANSFORMER", help="Also fit the primary (winding 1) tap of this transformer"
-        " (repeatable).")] = None,
+        " (repeatable); 'auto': of every transformer with a meter in its LV area.")] = None,
     with_pv: Annotated[bool, typer.Option(
         "--with-pv", help="Simulate producers at their profiles (default: off, as a feeder measured without"
         " the case's PV).")] = False,
@@ -334,5 +335,6 @@ def calibrate(
     \f
     :func:`calibrate_command` (:func:`gridmarket.calibrate.calibrate`).
     """
-    res = calibrate_command(case, measured, taps=taps or (), producers=with_pv, write=write, per_meter=per_meter)
+    chosen: Sequence[str] | str = "auto" if taps and [t.lower() for t in taps] == ["auto"] else (taps or ())
+    res = calibrate_command(case, measured, taps=chosen, producers=with_pv, write=write, per_meter=per_meter)
     _out.print(escape(res.text), highlight=False, soft_wrap=True)
