@@ -165,3 +165,11 @@ def test_warnings_for_a_violated_base_case_and_a_lonely_household(ieee: Path, tm
     # at a 1.07 pu source every customer bus is above 1.05 pu at no load
     assert "the base case at no load violates the voltage limits at 55 of 55 monitored buses (100 %" in text
     assert "1 of 2 communities have a single household (solo)" in text
+
+
+def test_monitoring_cable_joints_is_worth_a_warning(ieee: Path, tmp_path: Path) -> None:
+    res = new_case_command(str(ieee), tmp_path / "c", pv_kwp=4.0, communities="knn:6", source_pu=1.0, steps=2,
+                           settings={"network.monitored_buses": "lv"})
+    # the IEEE feeder: 906 LV buses below the transformer, 55 of them with a household
+    text = "\n".join(res.warnings)
+    assert "851 of the 906 monitored buses (lv) have no agent" in text, text

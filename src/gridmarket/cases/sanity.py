@@ -11,6 +11,8 @@ numbers, when
   voltage at night, so a high source leaves no room for PV and a low one none for load);
 - the base case violates the limits at more than ``majority`` (half) of the monitored buses in
   either flow (the battery loop would then chase the source, not the load);
+- most monitored buses have no agent (``"lv"`` or ``"all"`` on a feeder of cable joints: the loop
+  would place batteries where no customer is);
 - a community has a single member household (a market of one: it only trades with the grid and
   other communities).
 
@@ -224,6 +226,12 @@ def case_sanity(case: Case, *, margin_pu: float = MARGIN_PU, majority: float = M
             out.append(f"the base case at {label} violates the voltage limits at {bad} of {n_mon} monitored buses"
                        f" ({100.0 * bad / n_mon:.0f} %; monitored: {g.monitored}); batteries cannot fix a feeder"
                        " whose source or monitoring is off")
+    customer_buses = set(g.agent_buses)
+    idle = sorted(set(g.node_bus[g.mask].tolist()) - customer_buses)
+    if g.monitored != "customers" and len(idle) > n_mon / 2:
+        out.append(f"{len(idle)} of the {n_mon} monitored buses ({g.monitored}) have no agent, e.g. "
+                   f"{', '.join(idle[:5])}: their violations place batteries where no customer is; consider"
+                   ' [network] monitored_buses = "customers"')
     lonely = [c for c, n in sizes.items() if n == 1]
     if lonely:
         out.append(f"{len(lonely)} of {len(sizes)} communities have a single household"
