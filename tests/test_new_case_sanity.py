@@ -173,3 +173,17 @@ def test_monitoring_cable_joints_is_worth_a_warning(ieee: Path, tmp_path: Path) 
     # the IEEE feeder: 906 LV buses below the transformer, 55 of them with a household
     text = "\n".join(res.warnings)
     assert "851 of the 906 monitored buses (lv) have no agent" in text, text
+
+
+def test_source_pu_on_a_named_source_changes_only_that_key(tmp_path: Path) -> None:
+    from gridmarket.cases import default_case_path
+
+    res = new_case_command("default", tmp_path / "c", source_pu=0.99)
+    assert load_case(tmp_path / "c").network.source_pu == 0.99
+    before = (default_case_path() / "case.toml").read_text().splitlines()
+    after = (tmp_path / "c" / "case.toml").read_text().splitlines()
+    assert [ln for ln in after if ln not in before] == ["source_pu = 0.99"]
+    assert len(after) == len(before) + 1
+    assert "base case: source 0.9900 pu" in res.text
+    with pytest.raises(GridmarketError, match="--calibrated applies to cr_mar"):
+        new_case_command("default", tmp_path / "d", calibrated=True)
