@@ -70,6 +70,7 @@ CONSUMER_FLEX = 0.2
 LOAD_PF = 0.95  #: the feeder's own load power factor (Loads.txt PF=0.95)
 PV_A = 0.01  #: [R$/kWh²]
 PV_B = 0.05  #: [R$/kWh]
+KVA_PER_KWP = 1.1  #: PV inverter kVA per kWp
 MIN_SHARE = 0.2
 #: Source voltage [pu]. Upstream is 1.05 pu, which keeps the whole LV network at 1.046-1.050 pu
 #: with no PV: any net export then lifts every LV bus above 1.05 pu. At 1.00 pu the midday
@@ -239,7 +240,7 @@ def _pv_dss(loads: Sequence[IeeeLoad]) -> str:
              "! any dispatched kW is produced. gridmarket sets each system's output per step."]
     for ld in loads:
         kwp = pv_kwp(ld.number)
-        lines.append(f"New PVSystem.PV{ld.number} phases=1 bus1={ld.bus1} kV=0.23 kVA={1.1 * kwp:.3g} "
+        lines.append(f"New PVSystem.PV{ld.number} phases=1 bus1={ld.bus1} kV=0.23 kVA={KVA_PER_KWP * kwp:.3g} "
                      f"Pmpp={kwp:g} irradiance=1 pf=1 %cutin=0 %cutout=0")
     return "\n".join(lines) + "\n"
 

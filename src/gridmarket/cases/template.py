@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gridmarket.case.schema import CaseToml
+from gridmarket.cases.ieee_eu_lv import CONSUMER_A, CONSUMER_B, CONSUMER_FLEX, KVA_PER_KWP, PV_A, PV_B
 from gridmarket.cases.profiles import spread
 from gridmarket.cases.writer import Key, Section, render_toml
 from gridmarket.errors import GridmarketError
@@ -28,8 +29,8 @@ __all__ = ["AGENT_DEFAULTS", "AGENT_KEYS", "case_toml_text", "coefficient", "mer
 #: Default agent coefficients (as the shipped default case): consumers a [currency/kWh²],
 #: b [currency/kWh], flex [-]; producers a, b, and the inverter kVA per kWp.
 AGENT_DEFAULTS: dict[str, dict[str, float]] = {
-    "consumers": {"a": 0.02, "b": 1.00, "flex": 0.2},
-    "producers": {"a": 0.01, "b": 0.05, "kva_ratio": 1.1},
+    "consumers": {"a": CONSUMER_A, "b": CONSUMER_B, "flex": CONSUMER_FLEX},
+    "producers": {"a": PV_A, "b": PV_B, "kva_ratio": KVA_PER_KWP},
 }
 AGENT_KEYS = {"consumers": ("a", "b", "flex", "pf"), "producers": ("a", "b", "kva_ratio")}
 _CASE_SECTIONS = tuple(CaseToml.model_fields)
