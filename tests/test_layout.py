@@ -9,7 +9,7 @@ import gridmarket
 
 SRC = Path(gridmarket.__file__).resolve().parent
 #: the modules allowed to import the OpenDSS bindings (see gridmarket.network's docstring)
-OPENDSS_MODULES = {"network/opendss.py", "network/inspect.py"}
+OPENDSS_MODULES = {"network/_dss.py"}
 
 
 def _imported_roots(path: Path) -> set[str]:
