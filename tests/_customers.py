@@ -1,30 +1,36 @@
-"""``monitored_buses = "customers"`` before and after the engine learns it.
+"""``monitored_buses = "customers"`` before and after the study learns it.
 
 Cases written by ``new-case`` monitor the buses where agents connect (``"customers"``); the
-engine's :func:`gridmarket.network.monitored_mask` learns that value from another branch
-(``customer_buses=``). Until then, tests that run such a case spell the customer buses out,
-which is what ``"customers"`` means.
+engine's :func:`gridmarket.network.monitored_mask` takes them as ``customer_buses=``, and the
+study passes them on from another branch. Until it does, tests that run such a case spell the
+customer buses out, which is what ``"customers"`` means.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 from gridmarket.case import Case
 from gridmarket.cases.sanity import BaseCaseGrid
-from gridmarket.network import monitored_mask
+from gridmarket.errors import CaseError
+from gridmarket.study import check_network
 
 
-def engine_knows_customers() -> bool:
-    """True when the engine's monitored_mask takes the agents' buses (``customer_buses=``)."""
-    return "customer_buses" in inspect.signature(monitored_mask).parameters
+def study_takes_customers(case: Case) -> bool:
+    """True when the study's network check accepts ``case`` (with ``"customers"``, or without it)."""
+    try:
+        check_network(case)
+    except (CaseError, ValueError) as exc:  # main today: monitored_mask's ValueError escapes the check
+        if "customers" in str(exc):
+            return False
+        raise
+    return True
 
 
 def runnable(case: Case) -> Case:
-    """``case``, with ``"customers"`` spelled out as the agents' buses when the engine lacks it."""
+    """``case``, with ``"customers"`` spelled out as the agents' buses when the study lacks it."""
     mon = case.network.monitored_buses
-    if engine_knows_customers() or not (isinstance(mon, str) and mon == "customers"):
+    if not (isinstance(mon, str) and mon == "customers") or study_takes_customers(case):
         return case
     buses = tuple(sorted(set(BaseCaseGrid(case).agent_buses)))
     return dataclasses.replace(case, network=dataclasses.replace(case.network, monitored_buses=buses))

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _customers import engine_knows_customers, runnable
+from _customers import runnable, study_takes_customers
 from casefactory import replace_in, write_tiny_case
 from gridmarket.case import load_case
 from gridmarket.cli import main
@@ -66,7 +66,7 @@ def test_new_case_from_a_feeder_with_options_passes_check(feeder: Path, tmp_path
     assert f"case 'syn-6x2h' written to {out}: 12 consumer(s), 12 producer(s); 3 communities" in text
     assert text.endswith(f"run it with: gridmarket run {out}\n")
 
-    if engine_knows_customers():  # monitored_buses = "customers", the new-case default
+    if study_takes_customers(load_case(out)):  # monitored_buses = "customers", the new-case default
         status, text, err = _run(["check", str(out)])
         assert (status, err) == (0, "")
         assert "24 agents in 3 communities, 6 steps of 2 h" in text

@@ -1,9 +1,8 @@
 """Is a case worth running? A no-load and a peak-load power flow of its base case, and warnings.
 
-:func:`case_sanity` compiles the case's network (applying ``[network] source_pu`` itself, with
-the OpenDSS command ``Vsource.source.pu=``, so it gives the same answer before and after the
-engine learns the key), runs two power flows without market and batteries and warns, with
-numbers, when
+:func:`case_sanity` compiles the case's network (applying ``[network] source_pu`` with
+:meth:`~gridmarket.network.OpenDSSNetwork.set_source_pu`), runs two power flows without market
+and batteries and warns, with numbers, when
 
 - the source voltage sits within ``margin_pu`` of a voltage limit (``vmin_pu + margin`` or
   ``vmax_pu − margin``), or outside the limits;
@@ -64,7 +63,7 @@ class BaseCaseGrid:
 
         self.case = case
         self.net = OpenDSSNetwork(case.network.master)
-        # "customers" is resolved here (the engine may not know it yet): check the rest with "all"
+        # "customers" needs the agents' buses, known only once they are attached: check the rest with "all"
         plain = dataclasses.replace(case, network=dataclasses.replace(case.network, monitored_buses="all"))
         self.element_names = attach_agents(plain, self.net)
         self.elements = self.net.resolve(self.element_names)
@@ -74,27 +73,19 @@ class BaseCaseGrid:
         self.node_names = list(self.net.node_names)
         self.node_bus = np.asarray(element_of(self.node_names))
         mon = case.network.monitored_buses
-        if isinstance(mon, str) and mon.lower() == "customers":
-            self.mask = np.isin(self.node_bus, sorted(set(self.agent_buses)))
-            self.monitored = "customers"
-        else:
-            self.mask = monitored_mask(self.node_names, self.net.buses, mon)
-            self.monitored = mon if isinstance(mon, str) else f"{len(mon)} named buses"
+        self.mask = monitored_mask(self.node_names, self.net.buses, mon, customer_buses=self.agent_buses)
+        self.monitored = mon if isinstance(mon, str) else f"{len(mon)} named buses"
         pf = np.array([a.pf if a.pf is not None else np.nan for a in case.agents])
         self.pf = None if np.isnan(pf).all() else pf
         self._kinds = np.array([a.kind.value for a in case.agents])
 
     def _read_source_pu(self) -> float:
-        text = self.net.command("? Vsource.source.pu").strip()
-        try:
-            return float(text)
-        except ValueError:
-            return math.nan
+        return float(self.net.source_pu)
 
     def set_source(self, pu: float | None) -> None:
         """Set the source voltage [pu] (``None`` leaves the feeder's own)."""
         if pu is not None:
-            self.net.command(f"Vsource.source.pu={float(pu):.9g}")
+            self.net.set_source_pu(float(pu))
         self.source_pu = float(pu) if pu is not None else self.feeder_source_pu
 
     def base_kw(self, *, producers: bool = True) -> np.ndarray:
