@@ -9,6 +9,8 @@ no timestamps except ``summary.json``'s ``run_at``.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
