@@ -9,8 +9,9 @@
    ieee_eu_lv (``bench_powerflow.py``), target ≤ 1.3×;
 3. Costa Rica case 2, the whole placement loop (``bench_loop.py``), target ≤ 1 s, baseline the
    power-flow floor;
-4. a year of cr_mar case 2 in chunks (``bench_year.py``, best of 1 or 2 processes), target
-   ≤ 10 s, baseline the same iteration in memory without chunks (``--quick``: 30 days, no target);
+4. a year of cr_mar case 2 through the loop of ``gridmarket run`` (``bench_year.py``), target
+   ≤ 10 s per iteration, baseline the first iteration in memory without chunks (``--quick``: 30
+   days, no target);
 5. scale: synthetic feeders of 100, 1,000 and 5,000 agents (``bench_scale.py``): per-step market
    and power flow, their baselines and growth exponents (``--quick``: 100 and 1,000).
 
@@ -126,11 +127,15 @@ def target_year(repeat: int, quick: bool) -> list[Row]:
         res = bench.measure(days, repeat, 720, Path(tmp))
     base = res["in memory (baseline)"]
     rows: list[Row] = []
-    for label in [k for k in res if k.startswith("long")]:
-        r = res[label]
-        verdict = "-" if quick else ("PASS" if r["wall"] <= bench.TARGET_S else f"gap {r['wall'] - bench.TARGET_S:.2f} s")
-        rows.append(("4 year", f"{24 * days} steps, {label}, peak {r['rss_mb']:.0f} MB (base {base['rss_mb']:.0f} MB)",
-                     r["wall"], "s", base["wall"], "≤ 10 s" if not quick else "(30 days)", verdict))
+    loop = res["loop (gridmarket run)"]
+    for k, it in enumerate(loop["iterations"]):
+        gap = it["wall"] - bench.TARGET_S
+        verdict = "-" if quick else ("PASS" if gap <= 0 else f"gap {gap:.2f} s")
+        rows.append(("4 year", f"{24 * days} steps, loop iteration {k} ({it['units']} SBU, market {it['solver']})",
+                     it["wall"], "s", base["wall"], "≤ 10 s" if not quick else "(30 days)", verdict))
+    r = res["long run, 1 iteration"]
+    rows.append(("4 year", f"{24 * days} steps, run_long, peak {r['rss_mb']:.0f} MB (base {base['rss_mb']:.0f} MB)",
+                 r["wall"], "s", base["wall"], "report", "-"))
     return rows
 
 

@@ -144,9 +144,9 @@ def _interrupt_after(calls: int, real: Callable[..., Any]) -> Callable[..., Any]
 
 STAGES = {  # stage -> (object, attribute, call on which to interrupt)
     "load": ("gridmarket.case", "load_case", 1),
-    "network check": ("gridmarket.study.loop", "attach_agents", 1),
-    "market, iteration 0": ("gridmarket.study.loop", "clear_market", 1),
-    "market, iteration 1": ("gridmarket.study.loop", "clear_market", 2),
+    "network check": ("gridmarket.cli", "check_case_network", 1),
+    "market, iteration 0": ("gridmarket.study.pipeline", "clear_market", 1),
+    "market, iteration 1": ("gridmarket.study.pipeline", "clear_market", 2),
     "power flow, iteration 2": ("gridmarket.network.opendss.OpenDSSNetwork", "run_series", 3),
     "results tables": ("gridmarket.results", "_write_table", 4),
     "report": ("gridmarket.report", "build_report", 1),
@@ -195,12 +195,12 @@ CHILD = textwrap.dedent("""
             return real(*a, **k)
         setattr(obj, name, wrapper)
 
-    import gridmarket.case, gridmarket.report, gridmarket.results, gridmarket.study.loop
+    import gridmarket.case, gridmarket.report, gridmarket.results, gridmarket.study.pipeline
     from gridmarket.network.opendss import OpenDSSNetwork
     if stage == "load":
         before(gridmarket.case, "load_case", stage)
     elif stage == "market":
-        before(gridmarket.study.loop, "clear_market", stage)
+        before(gridmarket.study.pipeline, "clear_market", stage)
     elif stage == "power flow":
         before(OpenDSSNetwork, "run_series", stage)
     elif stage == "tables":

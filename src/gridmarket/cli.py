@@ -32,8 +32,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from gridmarket import __version__
+from gridmarket import cli_cases as _cli_cases
 from gridmarket.errors import GridmarketError, GridmarketWarning, ResultsError
-from gridmarket.outdir import NAME_MAX, Terminated, mark_folder, termination_signals_as_interrupts
+from gridmarket.outdir import NAME_MAX, Terminated, termination_signals_as_interrupts
 
 if TYPE_CHECKING:
     from gridmarket.case import Case
@@ -214,135 +215,11 @@ def report(results: Annotated[Path, typer.Argument(help="A results folder writte
     out.print(f"report written to [bold]{escape(str(path))}[/bold]", highlight=False)
 
 
-#: ``new-case`` options that apply to a feeder source only: keyword of
-#: :func:`gridmarket.cases.generic.new_case` -> command-line flag
-_FEEDER_FLAGS: dict[str, str] = {
-    "pv_kwp": "--pv-kwp", "pv_percent_of_peak": "--pv-percent", "communities": "--communities",
-    "template": "--template", "settings": "--set", "import_price": "--import-price",
-    "export_price": "--export-price", "steps": "--steps", "step_hours": "--step-hours", "start": "--start",
-    "start_hour": "--start-hour", "loadshape": "--loadshape", "name": "--name",
-}
-_FEEDER_PANEL = "Feeder sources (.dss)"
-
-
-def _check_new_case_options(source: str, out_dir: str, feeder_flags: Sequence[str], *, study_case: int | None,
-                            data_dir: Path | None, both_pv: bool, overwrite: bool) -> None:
-    """Refuse ``new-case`` options that do not apply to ``source`` or to each other, naming their
-    flags, and an existing case folder without ``--overwrite``, before any work.
-
-    Raises
-    ------
-    GridmarketError
-        Feeder options for a named source; ``--case`` for anything but ``cr_mar``; ``--data``
-        for a feeder or ``default``; ``--pv-kwp`` with ``--pv-percent``; ``out_dir`` may not be
-        written (:func:`gridmarket.outdir.check_out_dir`: exists without ``--overwrite``, not a
-        case folder gridmarket wrote, the working or the source's folder, a name too long).
-    """
-    from gridmarket.cases import FEEDER, source_kind
-
-    kind = source_kind(source)
-    if kind and kind != FEEDER and feeder_flags:
-        msg = (f"option(s) {', '.join(feeder_flags)} apply only to a feeder source (the path of an OpenDSS"
-               f" master .dss), not to {kind!r}")
-        raise GridmarketError(msg)
-    wrong = [flag for flag, given, ok in (("--case", study_case is not None, ("cr_mar",)),
-                                          ("--data", data_dir is not None, ("cr_mar", "ieee_eu_lv")))
-             if given and kind and kind not in ok]
-    if wrong:
-        what = "a feeder source (.dss)" if kind == FEEDER else repr(kind)
-        msg = (f"option(s) {', '.join(wrong)} do not apply to {what}: --case is for cr_mar, --data for cr_mar"
-               " and ieee_eu_lv")
-        raise GridmarketError(msg)
-    if both_pv:
-        msg = "give --pv-kwp or --pv-percent, not both"
-        raise GridmarketError(msg)
-    from gridmarket.outdir import check_out_dir
-
-    source_path = Path(source).expanduser()
-    protect = [source_path.parent if source_path.is_file() else source_path] if source_path.exists() else []
-    check_out_dir(out_dir, kind="case", overwrite=overwrite, protect=protect, protect_what="source's folder",
-                  option="OUT_DIR")
-
-
-@app.command("new-case", short_help="Write a case folder from a known feeder or any OpenDSS feeder (.dss).")
-@_records_interrupts
-def new_case(
-    source: Annotated[str, typer.Argument(help="'default' (copy of the embedded IEEE EU LV case), 'ieee_eu_lv'"
-                                          " (that case rebuilt from ../shared/data), 'cr_mar' (the Costa Rica"
-                                          " feeder in ../shared/data) or the path of any OpenDSS feeder's"
-                                          " master file (.dss).")],
-    out_dir: Annotated[str, typer.Argument(metavar="OUT_DIR", help="Folder to write the case into.")],
-    study_case: Annotated[int | None, typer.Option("--case", help="cr_mar only: 1 (one dispersed community)"
-                                                   " or 2 (five communities); default 1.")] = None,
-    data_dir: Annotated[Path | None, typer.Option("--data", help="cr_mar, ieee_eu_lv: folder holding the"
-                                                  " feeder data (default: ../shared/data or"
-                                                  " $GRIDMARKET_SHARED_DATA).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a case folder that gridmarket wrote"
-                                            " (never any other folder).")] = False,
-    pv_kwp: Annotated[float | None, typer.Option(
-        "--pv-kwp", help="PV per household \\[kWp] (without it or --pv-percent: the feeder's own PVSystems).",
-        rich_help_panel=_FEEDER_PANEL)] = None,
-    pv_percent: Annotated[float | None, typer.Option(
-        "--pv-percent", help="PV per household as % of its peak step-mean demand \\[%].",
-        rich_help_panel=_FEEDER_PANEL)] = None,
-    communities: Annotated[str | None, typer.Option(
-        "--communities", metavar="RULE", help="transformer (default), branch, knn:K (groups of K nearest"
-        " households) or a CSV path (columns load, community).", rich_help_panel=_FEEDER_PANEL)] = None,
-    template: Annotated[Path | None, typer.Option(
-        "--template", metavar="TOML", help="case.toml sections plus \\[consumers] and \\[producers] coefficients.",
-        rich_help_panel=_FEEDER_PANEL)] = None,
-    settings: Annotated[list[str] | None, typer.Option(
-        "--set", metavar="KEY=VALUE", help="Override one setting over the template, e.g. --set"
-        " grid.import_price=0.7 --set 'consumers.b=\\[0.9, 1.3]' (a TOML value; repeatable).",
-        rich_help_panel=_FEEDER_PANEL)] = None,
-    import_price: Annotated[float | None, typer.Option(
-        "--import-price", help="Grid tariff \\[currency/kWh].", rich_help_panel=_FEEDER_PANEL)] = None,
-    export_price: Annotated[float | None, typer.Option(
-        "--export-price", help="Feed-in price \\[currency/kWh].", rich_help_panel=_FEEDER_PANEL)] = None,
-    steps: Annotated[int | None, typer.Option(
-        "--steps", help="Number of steps (default 24).", rich_help_panel=_FEEDER_PANEL)] = None,
-    step_hours: Annotated[float | None, typer.Option(
-        "--step-hours", help="Length of a step \\[h] (default 1).", rich_help_panel=_FEEDER_PANEL)] = None,
-    start: Annotated[str | None, typer.Option(
-        "--start", metavar="ISO", help="Timestamp of step 0, e.g. 2024-06-01T00:00 (only labels the steps).",
-        rich_help_panel=_FEEDER_PANEL)] = None,
-    start_hour: Annotated[float | None, typer.Option(
-        "--start-hour", help="Hour of the feeder's loadshapes at which step 0 begins \\[h] (default 0).",
-        rich_help_panel=_FEEDER_PANEL)] = None,
-    loadshape: Annotated[str | None, typer.Option(
-        "--loadshape", help="Which shape of a load to use: auto (daily, yearly, duty; default), daily,"
-        " yearly or duty.", rich_help_panel=_FEEDER_PANEL)] = None,
-    name: Annotated[str | None, typer.Option(
-        "--name", help="\\[case].name (default: the master's file or folder name).",
-        rich_help_panel=_FEEDER_PANEL)] = None,
-) -> None:
-    """Write a case folder built from a known feeder or from any OpenDSS feeder (.dss master):
-    its loads become households with PV (the feeder's own, or one per household with --pv-kwp or
-    --pv-percent), grouped into communities by a rule; rules and defaults in docs/sweep.md.
-    \f
-    The feeder options are the keyword arguments of :func:`gridmarket.cases.generic.new_case`;
-    an option that does not apply to SOURCE is an error naming its flag (exit status 2).
-    """
-    from gridmarket.cases import source_kind
-    from gridmarket.sweep.cli import new_case_command
-
-    options: dict[str, object] = {
-        "pv_kwp": pv_kwp, "pv_percent_of_peak": pv_percent, "communities": communities, "template": template,
-        "settings": settings or None, "import_price": import_price, "export_price": export_price, "steps": steps,
-        "step_hours": step_hours, "start": start, "start_hour": start_hour, "loadshape": loadshape, "name": name,
-    }
-    given = {k: v for k, v in options.items() if v is not None}
-    _check_new_case_options(source, out_dir, [_FEEDER_FLAGS[k] for k in given], study_case=study_case,
-                            data_dir=data_dir, both_pv=pv_kwp is not None and pv_percent is not None,
-                            overwrite=overwrite)
-    if not source_kind(source):
-        given = {}  # an unknown source: let write_case_source name it, not the options
-    res = new_case_command(source, Path(out_dir), overwrite=overwrite, study_case=study_case or 1, data_dir=data_dir,
-                           **given)
-    path = res.path if res.path is not None else Path(out_dir)
-    mark_folder(Path(path), "case")
-    out.print(escape(res.text), highlight=False, soft_wrap=True)
-    out.print(f"run it with: gridmarket run {escape(str(path))}", highlight=False, soft_wrap=True)
+# new-case and calibrate live in gridmarket.cli_cases (helper "cases"); registered here
+app.command("new-case", short_help="Write a case folder from a known feeder or any OpenDSS feeder (.dss).")(
+    _records_interrupts(_cli_cases.new_case))
+app.command(short_help="Fit a case's source voltage to measured meter voltages.")(
+    _records_interrupts(_cli_cases.calibrate))
 
 
 @app.command(short_help="Run a case over the scenarios of a SWEEP.toml on Dask (exit 3: some failed).")

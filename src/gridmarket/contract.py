@@ -51,6 +51,8 @@ __all__ = [
     "node_name",
     "read_table",
     "table",
+    "to_arrow",
+    "to_frame",
     "violation_owner",
     "write_table",
 ]
@@ -522,13 +524,27 @@ def read_table(path: Path | str, file: str | None = None, *, columns: Iterable[s
         msg = (f"{name}: missing column(s) {', '.join(repr(c) for c in missing)}; "
                f"found {', '.join(repr(c) for c in frame.columns) or 'none'}")
         raise ResultsError(msg)
+    result = _typed(frame, name, cols, text)
+    for extra in frame.columns:
+        if extra not in result.columns and (wanted is None or extra in wanted):
+            result[extra] = frame[extra].reset_index(drop=True)
+    return result
+
+
+def to_frame(data: pa.Table | pd.DataFrame, file: str, *, text: str = "str") -> pd.DataFrame:
+    """A frame of ``file``'s contract from an Arrow table or a frame (types as :func:`read_table`)."""
+    frame = data.to_pandas() if isinstance(data, pa.Table) else data
+    return _typed(frame, file, table(file).columns, text)
+
+
+def _typed(frame: pd.DataFrame, name: str, cols: tuple[Column, ...], text: str) -> pd.DataFrame:
     out: dict[str, Any] = {}
     n = len(frame)
     for col in cols:
         values = frame[col.name] if col.name in frame.columns else pd.Series([_missing_value(col)] * n)
         try:
             if col.dtype == "str":
-                v = _as_text(values) if not isinstance(values.dtype, pd.CategoricalDtype) else values
+                v = values if isinstance(values.dtype, pd.CategoricalDtype) else _as_text(values)
                 out[col.name] = v.astype("category") if text == "category" else _as_text(v)
             elif col.dtype == "time":
                 out[col.name] = _as_time(values)
@@ -539,8 +555,4 @@ def read_table(path: Path | str, file: str | None = None, *, columns: Iterable[s
         except (TypeError, ValueError) as exc:
             msg = f"{name}: column {col.name!r} is not {col.dtype}: {exc}"
             raise ResultsError(msg) from exc
-    result = pd.DataFrame({k: pd.Series(v).reset_index(drop=True) for k, v in out.items()})
-    for extra in frame.columns:
-        if extra not in result.columns and (wanted is None or extra in wanted):
-            result[extra] = frame[extra].reset_index(drop=True)
-    return result
+    return pd.DataFrame({k: pd.Series(v).reset_index(drop=True) for k, v in out.items()})

@@ -9,6 +9,8 @@ no timestamps except ``summary.json``'s ``run_at``.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,8 @@ class Results:
 
     summary: dict[str, Any]
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    #: file name -> a file already written (a long run's streamed Parquet tables), moved into the folder
+    files: dict[str, Path] = field(default_factory=dict)
 
 
 def prepare_out_dir(out: Path, *, overwrite: bool, protect: Iterable[Path] = ()) -> Path:
@@ -60,6 +64,15 @@ def _write_table(df: pd.DataFrame, path: Path) -> None:
         df.to_parquet(path, index=False)
     else:
         df.to_csv(path, index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
+
+
+def _place_file(src: Path, dst: Path) -> None:
+    """Put an already written file into the folder: a hard link where the file system allows
+    it (no copy of a year's tables), else a copy. The source stays for its owner to delete."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def write_results(results: Results, out: Path | OutDir, *, overwrite: bool = False,
@@ -96,6 +109,8 @@ def write_results(results: Results, out: Path | OutDir, *, overwrite: bool = Fal
     with staged(target) as tmp:
         for name in sorted(results.tables):
             _write_table(results.tables[name], tmp / name)
+        for name, src in sorted(results.files.items()):
+            _place_file(Path(src), tmp / name)
         (tmp / "summary.json").write_text(json.dumps(results.summary, indent=2, default=_json_default) + "\n")
         for writer in (extra or {}).values():
             writer(tmp)

@@ -2,58 +2,128 @@
 limits -> battery placement, repeated until the violations are gone, the ladder is
 exhausted, or the violations rise above the best iteration's.
 
-Every iteration is kept; the best is the one with the fewest violations (ties: higher
-welfare).
+Each iteration is one :func:`gridmarket.study.pipeline.run_iteration` over the whole horizon
+(the step that :func:`~gridmarket.study.long_run.run_long` uses too). Short horizons keep each
+iteration's market and power-flow results in memory; long ones (``stream``) append the
+per-step tables of every iteration to Parquet files as they go, so memory stays flat in the
+number of steps. Stop rules and the best iteration: :mod:`gridmarket.study.rules`.
 """
 
 from __future__ import annotations
 
+import math
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from gridmarket import __version__, contract
-from gridmarket.case.model import Agent, Case
+from gridmarket import economics as costs
+from gridmarket.case.model import Case
 from gridmarket.enums import AgentKind
-from gridmarket.errors import CaseError, GridmarketError, NetworkError, Problem, in_iteration
-from gridmarket.market import MarketResult, clear_market
-from gridmarket.network import (
-    OpenDSSNetwork,
-    PowerFlowResult,
-    check_limits,
-    count_violations,
-    monitored_mask,
-)
+from gridmarket.errors import NetworkError
+from gridmarket.market import MarketResult
+from gridmarket.network import OpenDSSNetwork, PowerFlowResult
 from gridmarket.results import Results
-from gridmarket.study.placement import battery_community, next_banks, violated_buses
+from gridmarket.study import rules
+from gridmarket.study.pipeline import (
+    BATTERY_PREFIX,
+    STEP_FILES,
+    Engine,
+    IterationOutcome,
+    MemorySink,
+    StreamSink,
+    attach_agents,
+    check_network,
+    dispatch_kw,
+    run_iteration,
+    with_banks,
+)
+from gridmarket.study.placement import battery_community, next_banks
 
-__all__ = ["Iteration", "StudyResult", "run_study", "attach_agents", "check_network", "dispatch_kw", "BATTERY_PREFIX"]
+__all__ = ["BATTERY_PREFIX", "STREAM_STEPS", "CHUNK_STEPS", "Iteration", "StudyProgress", "StudyResult",
+           "attach_agents", "check_network", "dispatch_kw", "run_study", "with_banks"]
 
-#: name prefix of batteries placed by the loop: ``SBU_<bus>``
-BATTERY_PREFIX = "SBU_"
+#: horizons longer than this stream their per-step tables to Parquet (``stream="auto"``)
+STREAM_STEPS = 1000
+#: steps per chunk of a streamed run (30 days of hourly steps)
+CHUNK_STEPS = 720
 
 Progress = Callable[[str, int, int], None]
 
-#: dispatch magnitudes below this are solver round-off [kW]
-_ROUND_OFF_KW = 1e-6
+
+@dataclass(frozen=True)
+class StudyProgress:
+    """Where a run is, for a progress line with an ETA.
+
+    Attributes
+    ----------
+    iteration : int
+        The iteration running.
+    max_iterations : int
+        The loop's limit (it may stop earlier).
+    done, total : int
+        Steps of this iteration solved, and its horizon.
+    elapsed_s : float
+        Wall time since the run started [s].
+    eta_s : float or None
+        Estimated seconds to the end of this iteration (from the rate so far); None before
+        the first chunk is done.
+    """
+
+    iteration: int
+    max_iterations: int
+    done: int
+    total: int
+    elapsed_s: float
+    eta_s: float | None
+
+    @property
+    def text(self) -> str:
+        """``"iteration 2 (of at most 10): 4,380/8,760 steps, 12.3 s, ETA 3.1 s"``."""
+        eta = "" if self.eta_s is None else f", ETA {self.eta_s:.1f} s"
+        return (f"iteration {self.iteration} (of at most {self.max_iterations}): {self.done:,}/{self.total:,} steps,"
+                f" {self.elapsed_s:.1f} s{eta}")
 
 
 @dataclass
 class Iteration:
-    """One pass of the loop: the banks it ran with and what came out."""
+    """One pass of the loop: the banks it ran with and what came out.
+
+    ``market``, ``flow`` and ``violations`` are kept for in-memory runs only (None when the
+    iteration was streamed to files).
+    """
 
     index: int
     banks: dict[str, int]  #: bus -> SBUs placed by the loop before this iteration
     case: Case  #: the case with the placed batteries as agents
-    market: MarketResult
-    flow: PowerFlowResult
-    violations: pd.DataFrame
+    market: MarketResult | None
+    flow: PowerFlowResult | None
+    violations: pd.DataFrame | None
     counts: dict[str, Any]
     welfare: float  #: total reported welfare over the horizon [currency]
+    welfare_realised: float = math.nan  #: without the batteries' v·ΔE [currency]
+    stored_energy_value: float = 0.0  #: Σ v_end·(E_end − E_start) [currency]
+    battery_annuity: float = 0.0  #: annuity of the placed units prorated to the run [currency]
+    breakdown: dict[str, float] = field(default_factory=dict)  #: realised welfare by part [currency]
+    solver: str = "none"  #: what cleared this iteration's market
+    runtime_s: float = 0.0
+    stage_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def battery_units(self) -> int:
+        return int(sum(self.banks.values()))
+
+    @property
+    def score(self) -> rules.Score:
+        return rules.Score(int(self.counts["violations"]), self.welfare_realised, self.welfare)
 
 
 @dataclass
@@ -65,296 +135,135 @@ class StudyResult:
     best: int
     stop_reason: str
     runtime_s: float
-    buses: pd.DataFrame  #: network buses (bus, x, y, kv_base), as network_buses.csv
-    lines: pd.DataFrame  #: network lines (element, bus1, bus2, downstream_bus, kind), as network_lines.csv
+    buses: pd.DataFrame  #: network_buses.csv
+    lines: pd.DataFrame  #: network_lines.csv (element, bus1, bus2, downstream_bus, kind)
     agent_buses: dict[str, str] = field(default_factory=dict)  #: agent -> bus
     agent_elements: dict[str, str] = field(default_factory=dict)  #: agent -> OpenDSS element
     network: OpenDSSNetwork | None = None  #: the engine, left at the last step solved
-    solver: str = "clarabel"
+    files: dict[str, Path] = field(default_factory=dict)  #: streamed per-step tables (long runs)
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)  #: per-step tables (in-memory runs)
+    params: dict[str, Any] = field(default_factory=dict)  #: run parameters for summary.json
+    command_runtime_s: float | None = None  #: set by the caller that writes the folder
+
+    @property
+    def solver(self) -> str:
+        """What cleared the markets of the whole run (``"fast"``, ``"clarabel"``, ``"fast+clarabel"``)."""
+        parts = {p for it in self.iterations for p in it.solver.split("+") if p and p != "none"}
+        order = [p for p in ("fast", "clarabel") if p in parts] + sorted(parts - {"fast", "clarabel"})
+        return "+".join(order) if order else "none"
 
     # ------------------------------------------------------------------ tables
     def iteration_table(self) -> pd.DataFrame:
+        """iterations.csv (columns of :data:`gridmarket.contract.TABLES`)."""
+        base = self.iterations[0].welfare_realised if self.iterations else math.nan
         rows = []
         for it in self.iterations:
             c = it.counts
             rows.append({
-                "iteration": it.index, "welfare": it.welfare, "violations": c["violations"],
-                "voltage_violations": c["voltage_violations"], "current_violations": c["current_violations"],
+                "iteration": it.index, "welfare": it.welfare, "welfare_realised": it.welfare_realised,
+                "stored_energy_value": it.stored_energy_value, "battery_annuity": it.battery_annuity,
+                "net_benefit": (it.welfare_realised - base) - it.battery_annuity,
+                "violations": c["violations"], "voltage_violations": c["voltage_violations"],
+                "current_violations": c["current_violations"],
+                "transformer_violations": c.get("transformer_violations", 0),
+                "nonconverged_steps": c.get("nonconverged_steps", 0),
                 "buses_violated": c["buses_violated"], "lines_violated": c["lines_violated"],
-                "battery_units": int(sum(it.banks.values())),
+                "battery_units": it.battery_units,
             })
-        return pd.DataFrame(rows)
+        return contract.conform(pd.DataFrame(rows, columns=list(contract.table("iterations.csv").names)),
+                                "iterations.csv")
 
-    def to_results(self) -> Results:
-        """The results tables (:data:`gridmarket.contract.TABLES`) and summary."""
+    def breakdown_table(self) -> pd.DataFrame:
+        """welfare_breakdown.csv: iteration, part, value [currency]."""
+        rows = [{"iteration": it.index, "part": part, "value": value}
+                for it in self.iterations for part, value in it.breakdown.items()]
+        return contract.conform(pd.DataFrame(rows, columns=["iteration", "part", "value"]), "welfare_breakdown.csv")
+
+    def battery_table(self) -> pd.DataFrame:
+        """batteries.csv: every battery agent of every iteration."""
+        b = self.case.battery
+        rows = [{"iteration": it.index, "agent": a.name, "bus": self.agent_buses.get(a.name, a.bus or ""),
+                 "community": a.community or "", "units": a.units, "kw": a.units * b.unit_kw,
+                 "kwh": a.units * b.unit_kwh}
+                for it in self.iterations for a in it.case.agents_of(AgentKind.BATTERY)]
+        return contract.conform(pd.DataFrame(rows, columns=list(contract.table("batteries.csv").names)),
+                                "batteries.csv")
+
+    def agent_table(self) -> pd.DataFrame:
+        """agents.csv: the agents of the last iteration."""
+        rows = [{"agent": a.name, "kind": a.kind.value, "community": a.community or "", "element": a.element,
+                 "bus": self.agent_buses.get(a.name, "")} for a in self.iterations[-1].case.agents]
+        return contract.conform(pd.DataFrame(rows, columns=list(contract.table("agents.csv").names)), "agents.csv")
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json."""
         case = self.case
-        market, comms, viols, volts, bats = [], [], [], [], []
-        for it in self.iterations:
-            m = it.market.market.copy()
-            m.insert(0, "iteration", it.index)
-            m["bus"] = m["agent"].map(self.agent_buses).fillna("")
-            market.append(m)
-            cm = it.market.communities.copy()
-            cm.insert(0, "iteration", it.index)
-            comms.append(cm)
-            v = it.violations.copy()
-            v.insert(0, "iteration", it.index)
-            viols.append(v)
-            volts.append(_voltage_frame(it.index, it.flow, self._monitored))
-            for agent in it.case.agents_of(AgentKind.BATTERY):
-                units = agent.units
-                bats.append({"iteration": it.index, "agent": agent.name,
-                             "bus": self.agent_buses.get(agent.name, agent.bus or ""),
-                             "community": agent.community or "",
-                             "units": units, "kw": units * case.battery.unit_kw,
-                             "kwh": units * case.battery.unit_kwh})
-        agents_rows = []
-        last = self.iterations[-1].case
-        for a in last.agents:
-            agents_rows.append({"agent": a.name, "kind": a.kind.value, "community": a.community or "",
-                                "element": a.element, "bus": self.agent_buses.get(a.name, "")})
         table = self.iteration_table()
-        summary = {
+        best = self.iterations[self.best]
+        gain = best.welfare_realised - self.iterations[0].welfare_realised
+        be = (costs.break_even_capex_per_kwh(gain, best.battery_units, case.battery, case.time.steps,
+                                             case.time.step_hours) if best.battery_units else None)
+        return {
             "case": case.name, "version": __version__, "currency": case.currency,
             "battery_model": case.market.battery_model.value, "horizon": case.market.horizon,
-            "solver": self.solver, "steps": case.time.steps, "step_hours": case.time.step_hours,
+            "network_mode": case.market.network.value, "terminal_soc": case.battery.terminal_soc.value,
+            "solver": self.solver, "solver_used": [it.solver for it in self.iterations],
+            "steps": case.time.steps, "step_hours": case.time.step_hours,
             "vmin_pu": case.network.vmin_pu, "vmax_pu": case.network.vmax_pu,
             "iterations": len(self.iterations), "best_iteration": self.best, "stop_reason": self.stop_reason,
             "welfare": [round(float(w), 10) for w in table["welfare"]],
+            "welfare_realised": [round(float(w), 10) for w in table["welfare_realised"]],
+            "net_benefit": [round(float(w), 10) for w in table["net_benefit"]],
             "violations": [int(v) for v in table["violations"]],
+            "nonconverged_steps": [int(v) for v in table["nonconverged_steps"]],
+            "battery_costed": costs.costed(case.battery),
+            "break_even_capex_per_kwh": None if be is None or not math.isfinite(be) else round(be, 6),
+            **self.params,
             "runtime_s": round(self.runtime_s, 3),
+            "command_runtime_s": None if self.command_runtime_s is None else round(self.command_runtime_s, 3),
         }
-        viol_cols = list(contract.table("violations.parquet").names)
-        customers = pd.Series(list(self.agent_buses.values()), dtype=object).value_counts()
-        buses = self.buses.assign(customers=self.buses["bus"].map(customers).fillna(0).astype(np.int64))
-        tables = {
-            "iterations.csv": table,
-            "market.parquet": pd.concat(market, ignore_index=True),
-            "communities.parquet": pd.concat(comms, ignore_index=True),
-            "violations.parquet": (pd.concat(viols, ignore_index=True)[viol_cols] if viols
-                                   else pd.DataFrame(columns=viol_cols)),
-            "voltages.parquet": pd.concat(volts, ignore_index=True),
-            "batteries.csv": pd.DataFrame(bats, columns=list(contract.table("batteries.csv").names)),
-            "agents.csv": pd.DataFrame(agents_rows, columns=list(contract.table("agents.csv").names)),
-            "network_buses.csv": buses,
+
+    def to_results(self) -> Results:
+        """The results tables (:data:`gridmarket.contract.TABLES`) and summary; a streamed run's
+        per-step tables are files to move into the folder (``Results.files``)."""
+        tables: dict[str, pd.DataFrame] = {
+            "iterations.csv": self.iteration_table(),
+            "welfare_breakdown.csv": self.breakdown_table(),
+            "batteries.csv": self.battery_table(),
+            "agents.csv": self.agent_table(),
+            "network_buses.csv": self.buses,
             "network_lines.csv": self.lines,
         }
-        return Results(summary=summary, tables=tables)
-
-    _monitored: np.ndarray | None = None
+        tables.update(self.frames)
+        return Results(summary=self.summary(), tables=tables, files=dict(self.files))
 
     def summary_text(self) -> str:
         t = self.iteration_table()
         base, best = t.iloc[0], t.iloc[self.best]
         cur = self.case.currency
         lines = [f"case {self.case.name!r}: {len(t)} iteration(s), stopped: {self.stop_reason}",
-                 f"  base   : welfare {base.welfare:,.2f} {cur}, {int(base.violations)} violations",
-                 f"  best #{self.best}: welfare {best.welfare:,.2f} {cur}, {int(best.violations)} violations,"
+                 f"  base   : welfare {base.welfare:,.2f} {cur} (realised {base.welfare_realised:,.2f}),"
+                 f" {int(base.violations)} violations",
+                 f"  best #{self.best}: welfare {best.welfare:,.2f} {cur} (realised {best.welfare_realised:,.2f},"
+                 f" net benefit {best.net_benefit:,.2f}), {int(best.violations)} violations,"
                  f" {int(best.battery_units)} SBU(s)",
                  f"  runtime {self.runtime_s:.2f} s"]
         return "\n".join(lines)
 
-
-def _voltage_frame(iteration: int, flow: PowerFlowResult, mask: np.ndarray | None) -> pd.DataFrame:
-    names = np.asarray(flow.node_names)
-    v = flow.v_pu
-    if mask is not None:
-        names, v = names[mask], v[:, mask]
-    steps, n = v.shape
-    bus = np.array([s.rsplit(".", 1)[0] for s in names])
-    phase = np.array([int(s.rsplit(".", 1)[1]) for s in names], dtype=np.int16)
-    return pd.DataFrame({
-        "iteration": np.full(steps * n, iteration, dtype=np.int32),
-        "step": np.repeat(np.arange(steps, dtype=np.int32), n),
-        "bus": np.tile(bus, steps), "phase": np.tile(phase, steps),
-        "v_pu": v.reshape(-1),
-    })
-
-
-# ---------------------------------------------------------------------------- dispatch
-
-def dispatch_kw(case: Case, market: MarketResult) -> np.ndarray:
-    """Stage III: the kW each agent's element gets per step, shape (steps, n_agents).
-
-    Consumers: ``P/Δt`` (consumed); producers: ``−P/Δt`` (produced, positive, as the
-    PVSystem's output); batteries: ``S/Δt`` (> 0 charging, drawn from the grid); passive
-    agents: their profile [kW].
-    """
-    dt = case.time.step_hours
-    kinds = np.array([a.kind.value for a in case.agents])
-    kw = np.array(case.profile_kw, dtype=float, copy=True)
-    p = np.asarray(market.p_kwh) / dt
-    s = np.asarray(market.s_kwh) / dt
-    cons = kinds == AgentKind.CONSUMER.value
-    prod = kinds == AgentKind.PRODUCER.value
-    bat = kinds == AgentKind.BATTERY.value
-    kw[:, cons] = p[:, cons]
-    # solver round-off can leave a producer at -1e-9 kW; that is zero output, not consumption
-    produced = -p[:, prod]
-    kw[:, prod] = np.where((produced < 0) & (produced > -_ROUND_OFF_KW), 0.0, produced)
-    kw[:, bat] = s[:, bat]
-    return kw
-
-
-# ---------------------------------------------------------------------------- network
-
-def _agent_rows(case: Case) -> dict[str, int]:
-    return {a.name: i for i, a in enumerate(case.agents)}
-
-
-def check_network(case: Case, net: OpenDSSNetwork | None = None) -> str:
-    """Check the case against its compiled network and report every mismatch at once
-    (:func:`attach_agents` on ``net``, or on a network compiled here).
-
-    :func:`run_study`, :func:`~gridmarket.study.long_run.run_long` and ``gridmarket check`` /
-    ``run`` make exactly these checks.
-
-    Parameters
-    ----------
-    case : Case
-    net : OpenDSSNetwork, optional
-        The case's compiled network (compiled here when not given); the batteries of the
-        ``bus:`` agents are created in it.
-
-    Returns
-    -------
-    str
-        One line describing the network.
-
-    Raises
-    ------
-    CaseError
-        Naming every agents.csv row and case.toml key that does not match the network.
-    NetworkError
-        The master does not compile (OpenDSS's message, with file and line).
-    """
-    net = net or OpenDSSNetwork(case.network.master)
-    attach_agents(case, net)
-    return f"network has {len(net.buses)} buses, {len(net.lines)} lines; all {len(case.agents)} elements found"
-
-
-def attach_agents(case: Case, net: OpenDSSNetwork) -> list[str]:
-    """Check the case against ``net`` and create the battery of every ``bus:`` agent in it.
-
-    Checks that each agent's element exists; that each ``bus:`` agent's bus exists and its
-    battery can be created (the nodes of a split-phase ``bus.1.2`` exist, the name
-    ``Load.<agent>`` is free); and that each of ``[network].monitored_buses`` is a bus of the
-    network.
-
-    Returns
-    -------
-    list of str
-        The element of every agent in case order (``Load.<agent>`` for a ``bus:`` agent).
-
-    Raises
-    ------
-    CaseError
-        Naming every agents.csv row and case.toml key that does not match the network.
-    """
-    problems: list[Problem] = []
-    rows = _agent_rows(case)
-
-    def where(a: Agent) -> str:
-        return f"row {rows[a.name] + 2} ({a.name})"
-
-    fixed = [a for a in case.agents if a.bus is None]
-    try:
-        net.resolve([a.element for a in fixed])
-    except NetworkError:
-        for a in fixed:
-            try:
-                net.resolve([a.element])
-            except NetworkError as exc:
-                problems.append(Problem("agents.csv", where(a), str(exc)))
-    if not problems:  # every element exists: their ratings (what the power flow would refuse)
-        from gridmarket.case.ratings import rating_problems
-
-        problems += rating_problems(case, net, where)
-    known = set(net.buses.index)
-    created: dict[str, str] = {}
-    b = case.battery
-    for a in case.agents:
-        if a.bus is None:
-            continue
-        if a.bus.split(".")[0].lower() not in known:
-            problems.append(Problem("agents.csv", where(a),
-                                    f"element {a.element!r}: bus {a.bus.split('.')[0]!r} is not in the network"))
-            continue
-        try:
-            created[a.name] = net.add_battery(a.name, a.bus, kw_rated=a.units * b.unit_kw, kwh=a.units * b.unit_kwh)
-        except (NetworkError, ValueError) as exc:
-            text = str(exc)
-            if text.endswith("already exists in " + net.master.name):
-                text = (f"gridmarket creates this battery as Load.{a.name}, which already exists in"
-                        f" {net.master.name}; give the agent another name")
-            problems.append(Problem("agents.csv", where(a), f"element {a.element!r}: {text}"))
-    try:
-        monitored_mask(net.node_names, net.buses, case.network.monitored_buses)
-    except NetworkError as exc:
-        problems.append(Problem("case.toml", "[network].monitored_buses", str(exc)))
-    if problems:
-        raise CaseError(problems, case=case.name)
-    return [created.get(a.name, a.element) for a in case.agents]
-
-
-class _Grid:
-    """The compiled network plus the elements of the case's agents (and placed batteries)."""
-
-    def __init__(self, case: Case) -> None:
-        self.net = OpenDSSNetwork(case.network.master)
-        # agent -> element name in the network; the case's own batteries are created here
-        self.elements: dict[str, str] = dict(zip(case.agent_names, attach_agents(case, self.net), strict=True))
-        # battery agent -> SBUs its element is rated for
-        self.units: dict[str, int] = {a.name: a.units for a in case.agents if a.bus is not None}
-        self.agent_bus: dict[str, str] = dict(zip(
-            self.elements, self.net.element_buses(self.net.resolve(list(self.elements.values()))), strict=True))
-
-    def _battery(self, name: str, bus: str, units: int, case: Case) -> str:
-        b = case.battery
-        self.units[name] = units
-        return self.net.add_battery(name, bus, kw_rated=units * b.unit_kw, kwh=units * b.unit_kwh)
-
-    def ensure(self, case: Case) -> list[str]:
-        """Element names of every agent of ``case``, creating placed batteries as needed
-        and resizing banks that grew."""
-        b = case.battery
-        for a in case.agents:
-            if a.kind is AgentKind.BATTERY and a.name in self.elements and self.units.get(a.name) != a.units:
-                self.net.resize_battery(self.elements[a.name], kw_rated=a.units * b.unit_kw,
-                                        kwh=a.units * b.unit_kwh)
-                self.units[a.name] = a.units
-            if a.name not in self.elements:
-                assert a.bus is not None
-                self.elements[a.name] = self._battery(a.name, a.bus, a.units, case)
-                self.agent_bus[a.name] = self.net.element_buses(self.net.resolve([self.elements[a.name]]))[0]
-        return [self.elements[a.name] for a in case.agents]
-
-
-def with_banks(case: Case, banks: dict[str, int], communities: dict[str, str]) -> Case:
-    """The case with one battery agent per placed bank (``SBU_<bus>``, element ``bus:<bus>``)."""
-    new = [Agent(name=f"{BATTERY_PREFIX}{bus}", kind=AgentKind.BATTERY, community=communities[bus],
-                 element=f"bus:{bus}", units=units) for bus, units in sorted(banks.items())]
-    if not new:
-        return case
-    prof = np.hstack([case.profile_kw, np.zeros((case.time.steps, len(new)))])
-    prof.setflags(write=False)
-    return replace(case, agents=case.agents + tuple(new), profile_kw=prof)
-
-
-def network_lines(net: OpenDSSNetwork) -> pd.DataFrame:
-    """network_lines.csv: every line by its element name (``"line.x"``, the name violations use
-    without the phase), its buses and the downstream bus placement uses."""
-    lines = net.lines
-    down = net.downstream_buses()
-    names = [str(n) for n in lines.index]
-    return pd.DataFrame({"element": names, "bus1": lines["bus1"].to_numpy(), "bus2": lines["bus2"].to_numpy(),
-                         "downstream_bus": [down.get(n, "") for n in names], "kind": "line"},
-                        columns=list(contract.table("network_lines.csv").names))
+    def cleanup(self) -> None:
+        """Delete the streamed files' folder (after they were moved, or when they are not wanted)."""
+        folders = {p.parent for p in self.files.values()}
+        for f in folders:
+            shutil.rmtree(f, ignore_errors=True)
+        self.files.clear()
 
 
 # ---------------------------------------------------------------------------- the loop
 
-def run_study(case: Case, *, progress: Progress | None = None, max_iterations: int | None = None) -> StudyResult:
+def run_study(case: Case, *, progress: Progress | None = None, max_iterations: int | None = None,
+              stream: bool | str = "auto", stream_dir: Path | None = None, chunk_steps: int | None = None,
+              power_flow: str = "auto", market_kw: Mapping[str, Any] | None = None,
+              on_progress: Callable[[StudyProgress], None] | None = None) -> StudyResult:
     """Run the study loop on ``case`` (stages I-VII).
 
     Parameters
@@ -362,9 +271,26 @@ def run_study(case: Case, *, progress: Progress | None = None, max_iterations: i
     case : Case
         A validated case.
     progress : callable, optional
-        ``progress(label, done, total)``, called as steps complete.
+        ``progress(label, done, total)`` as steps complete (label ``"iteration k: power flow"``).
     max_iterations : int, optional
         Overrides ``[placement].max_iterations``.
+    stream : bool or "auto"
+        Append every iteration's per-step tables to Parquet files instead of keeping them
+        (memory flat in the number of steps); ``"auto"``: when the horizon is longer than
+        :data:`STREAM_STEPS`. A streamed result's iterations keep no market or power flow.
+    stream_dir : path, optional
+        Where a streamed run writes its files (a new temporary folder by default; see
+        :meth:`StudyResult.cleanup`).
+    chunk_steps : int, optional
+        Steps per chunk: default the whole horizon in memory, :data:`CHUNK_STEPS` streamed.
+    power_flow : {"auto", "shapes", "snapshot"}
+        See :func:`gridmarket.study.pipeline.run_iteration`; ``"auto"`` is ``"snapshot"`` for an
+        in-memory run (one series per iteration, as the study ran it) and shapes-if-possible
+        for a streamed one.
+    market_kw : mapping, optional
+        Extra keywords of :func:`gridmarket.market.clear_market`.
+    on_progress : callable, optional
+        Called with a :class:`StudyProgress` (iteration, steps, elapsed, ETA) as steps complete.
 
     Returns
     -------
@@ -372,77 +298,111 @@ def run_study(case: Case, *, progress: Progress | None = None, max_iterations: i
         Every iteration, the best one and the stop reason.
     """
     t0 = time.perf_counter()
-    grid = _Grid(case)
-    net = grid.net
+    steps = case.time.steps
+    streamed = (steps > STREAM_STEPS) if stream == "auto" else bool(stream)
+    chunk = chunk_steps or (CHUNK_STEPS if streamed else max(steps, 1))
+    engine = Engine(case)
+    net = engine.net
     limit = max_iterations or case.placement.max_iterations
     bus_comms: dict[str, list[str]] = {}
     for a in case.agents:
         if a.community is not None:
-            bus_comms.setdefault(grid.agent_bus[a.name], []).append(a.community)
-    mask = monitored_mask(net.node_names, net.buses, case.network.monitored_buses)
-    bus_community = {b: sorted(set(cs))[0] for b, cs in bus_comms.items()}
-    line_bus = net.downstream_buses()
+            bus_comms.setdefault(engine.agent_bus[a.name], []).append(a.community)
+    sink: MemorySink | StreamSink
+    folder: Path | None = None
+    if streamed:
+        folder = Path(stream_dir) if stream_dir is not None else Path(tempfile.mkdtemp(prefix="gridmarket-stream-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        sink = StreamSink(folder)
+    else:
+        sink = MemorySink()
     banks: dict[str, int] = {}
     bank_comm: dict[str, str] = {}
     iterations: list[Iteration] = []
-    best = 0
-    stop = ""
-    steps = case.time.steps
-    for k in range(limit):
-        ci = with_banks(case, banks, bank_comm)
-        try:
-            elements = grid.ensure(ci)
-            res = clear_market(ci)
-        except GridmarketError as exc:
-            raise in_iteration(exc, k) from exc
-        kw = dispatch_kw(ci, res)
-        pf = np.array([a.pf if a.pf is not None else np.nan for a in ci.agents])
-        label = f"iteration {k}: power flow"
+    stop: str | None = None
+    spec = case.battery
+    try:
+        for k in range(limit):
+            ci = with_banks(case, banks, bank_comm)
+            t_it = time.perf_counter()
+            report = _reporter(k, limit, steps, t0, progress, on_progress)
+            out = run_iteration(engine, ci, k, sink, chunk_steps=chunk, market_kw=market_kw,
+                                power_flow="snapshot" if power_flow == "auto" and not streamed else power_flow,
+                                progress=report, keep=not streamed)
+            it = _iteration(k, banks, ci, out, spec, time.perf_counter() - t_it)
+            iterations.append(it)
+            scores = [i.score for i in iterations]
+            grown = next_banks(banks, out.tally.violated_buses(engine.downstream, engine.monitored_buses),
+                               case.placement.ladder)
+            stop = rules.stop_reason(scores, placement_changes=grown != banks, limit=limit,
+                                     stop_when_worse=case.placement.stop_when_worse)
+            if stop is not None:
+                break
+            for bus in grown:
+                if bus not in bank_comm:
+                    comm = battery_community(bus, bus_comms, net.bus_distance)
+                    if comm is None:
+                        msg = f"no community can take a battery at bus {bus!r}: no market agent is connected to it"
+                        raise NetworkError(msg)
+                    bank_comm[bus] = comm
+            banks = grown
+        files = sink.close() if isinstance(sink, StreamSink) else {}
+    except BaseException:
+        if isinstance(sink, StreamSink):
+            sink.close()
+        if folder is not None and stream_dir is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    best = rules.best_iteration([i.score for i in iterations])
+    frames = {} if streamed else {f: sink.frame(f) for f in STEP_FILES}  # type: ignore[union-attr]
+    result = StudyResult(case=case, iterations=iterations, best=best,
+                       stop_reason=stop or rules.max_iterations_reached(limit),
+                       runtime_s=time.perf_counter() - t0, buses=engine.network_buses(), lines=engine.network_lines(),
+                       agent_buses=dict(engine.agent_bus), agent_elements=dict(engine.elements), network=net,
+                       files=files, frames=frames, params=_params(case, engine, streamed, chunk))
+    if folder is not None and stream_dir is None:  # our own temporary folder: gone with the result
+        weakref.finalize(result, shutil.rmtree, str(folder), True)
+    return result
 
-        def cb(t: int, label: str = label) -> None:
-            if progress is not None:
-                progress(label, t + 1, steps)
 
-        es = net.resolve(elements)
-        # elements of batteries placed earlier but not part of this case stay at 0 kW
-        try:
-            flow = net.run_series(es, kw, pf=None if np.isnan(pf).all() else pf, progress=cb)
-        except GridmarketError as exc:
-            raise in_iteration(exc, k) from exc
-        viol = check_limits(flow, vmin_pu=case.network.vmin_pu, vmax_pu=case.network.vmax_pu,
-                            monitored_nodes=mask, times=case.time.index)
-        counts = count_violations(viol, bus_community=bus_community, line_bus=line_bus)
-        welfare = float(np.sum(res.welfare))
-        iterations.append(Iteration(k, dict(banks), ci, res, flow, viol, counts, welfare))
-        n = counts["violations"]
-        bt = iterations[best]
-        if k > 0 and (n < bt.counts["violations"] or (n == bt.counts["violations"] and welfare > bt.welfare)):
-            best = k
-        if n == 0:
-            stop = "no violations"
-            break
-        if case.placement.stop_when_worse and n > iterations[best].counts["violations"]:
-            stop = f"violations rose above the best iteration's ({iterations[best].counts['violations']})"
-            break
-        grown = next_banks(banks, violated_buses(viol, net.downstream_bus), case.placement.ladder)
-        if grown == banks:
-            stop = "ladder exhausted at every violated bus"
-            break
-        for bus in grown:
-            if bus not in bank_comm:
-                comm = battery_community(bus, bus_comms, net.bus_distance)
-                if comm is None:
-                    msg = f"no community can take a battery at bus {bus!r}: no market agent is connected to it"
-                    raise NetworkError(msg)
-                bank_comm[bus] = comm
-        banks = grown
-    else:
-        stop = f"reached max_iterations = {limit}"
-    buses = net.buses.reset_index().rename(columns={"index": "bus"})
-    out = StudyResult(case=case, iterations=iterations, best=best, stop_reason=stop,
-                      runtime_s=time.perf_counter() - t0,
-                      buses=buses[[c for c in ("bus", "x", "y", "kv_base") if c in buses.columns]],
-                      lines=network_lines(net),
-                      agent_buses=dict(grid.agent_bus), agent_elements=dict(grid.elements), network=net)
-    out._monitored = mask
-    return out
+def _iteration(k: int, banks: Mapping[str, int], case: Case, out: IterationOutcome, spec: Any,
+               runtime: float) -> Iteration:
+    units = int(sum(banks.values()))
+    return Iteration(index=k, banks=dict(banks), case=case, market=out.market, flow=out.flow,
+                     violations=out.violations, counts=out.counts, welfare=out.welfare,
+                     welfare_realised=out.welfare_realised, stored_energy_value=out.stored_energy_value,
+                     battery_annuity=costs.annuity(units, spec, case.time.steps, case.time.step_hours),
+                     breakdown=out.breakdown, solver=out.solver, runtime_s=runtime, stage_s=out.stage_s)
+
+
+def _reporter(k: int, limit: int, steps: int, t0: float, progress: Progress | None,
+              on_progress: Callable[[StudyProgress], None] | None) -> Callable[[int, int], None] | None:
+    if progress is None and on_progress is None:
+        return None
+    label = f"iteration {k}: power flow"
+    t_start = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        if progress is not None:
+            progress(label, done, total)
+        if on_progress is not None:
+            now = time.perf_counter()
+            rate = done / (now - t_start) if done and now > t_start else 0.0
+            eta = (total - done) / rate if rate > 0 else None
+            on_progress(StudyProgress(k, limit, done, total, now - t0, eta))
+
+    return report
+
+
+def _params(case: Case, engine: Engine, streamed: bool, chunk: int) -> dict[str, Any]:
+    kinds: dict[str, int] = {}
+    for a in case.agents:
+        kinds[a.kind.value] = kinds.get(a.kind.value, 0) + 1
+    pv = engine.pv_kwp(case)
+    return {
+        "mean_import_price": float(np.mean(case.grid.import_price)) if case.time.steps else None,
+        "mean_export_price": float(np.mean(case.grid.export_price)) if case.time.steps else None,
+        "agents": kinds, "communities": len(case.communities),
+        "pv_kwp": None if pv is None else round(pv, 6),
+        "streamed": streamed, "chunk_steps": chunk,
+    }
