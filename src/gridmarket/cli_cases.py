@@ -187,7 +187,7 @@ def calibrate_command(case: str | Path, measured: str | Path, *, taps: Sequence[
 
 # ---------------------------------------------------------------------------- typer commands
 
-def _check_new_case_options(source: str, out_dir: Path, feeder_flags: Sequence[str], *, study_case: int | None,
+def _check_new_case_options(source: str, out_dir: str | Path, feeder_flags: Sequence[str], *, study_case: int | None,
                             data_dir: Path | None, both_pv: bool, overwrite: bool) -> None:
     """Refuse ``new-case`` options that do not apply to ``source`` or to each other, naming their
     flags, and an existing case folder without ``--overwrite``, before any work.
@@ -196,8 +196,9 @@ def _check_new_case_options(source: str, out_dir: Path, feeder_flags: Sequence[s
     ------
     GridmarketError
         Feeder options for a named source; ``--case`` for anything but ``cr_mar``; ``--data``
-        for a feeder or ``default``; ``--pv-kwp`` with ``--pv-percent``; ``out_dir`` exists and
-        is not an empty folder.
+        for a feeder or ``default``; ``--pv-kwp`` with ``--pv-percent``; ``out_dir`` may not be
+        written (:func:`gridmarket.outdir.check_out_dir`: exists without ``--overwrite``, not a
+        case folder gridmarket wrote, the working or the source's folder, a name too long).
     """
     from gridmarket.cases import FEEDER, source_kind
 
@@ -217,10 +218,12 @@ def _check_new_case_options(source: str, out_dir: Path, feeder_flags: Sequence[s
     if both_pv:
         msg = "give --pv-kwp or --pv-percent, not both"
         raise GridmarketError(msg)
-    out = out_dir.expanduser()
-    if not overwrite and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        msg = f"cannot write the case to {out}: it exists and is not an empty folder; pass --overwrite to replace it"
-        raise GridmarketError(msg)
+    from gridmarket.outdir import check_out_dir
+
+    source_path = Path(source).expanduser()
+    protect = [source_path.parent if source_path.is_file() else source_path] if source_path.exists() else []
+    check_out_dir(str(out_dir), kind="case", overwrite=overwrite, protect=protect, protect_what="source's folder",
+                  option="OUT_DIR")
 
 
 def _warn(notes: Sequence[str]) -> None:
@@ -235,13 +238,14 @@ def new_case(
                                           " (that case rebuilt from ../shared/data), 'cr_mar' (the Costa Rica"
                                           " feeder in ../shared/data) or the path of any OpenDSS feeder's"
                                           " master file (.dss).")],
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write the case into.")],
+    out_dir: Annotated[str, typer.Argument(metavar="OUT_DIR", help="Folder to write the case into.")],
     study_case: Annotated[int | None, typer.Option("--case", help="cr_mar only: 1 (one dispersed community)"
                                                    " or 2 (five communities); default 1.")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data", help="cr_mar, ieee_eu_lv: folder holding the"
                                                   " feeder data (default: ../shared/data or"
                                                   " $GRIDMARKET_SHARED_DATA).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a case folder that gridmarket wrote"
+                                            " (never any other folder).")] = False,
     source_pu: Annotated[float | None, typer.Option(
         "--source-pu", help="Source voltage \\[pu] set after the feeder is compiled (\\[network] source_pu);"
         " default: the feeder's own.")] = None,
@@ -307,9 +311,12 @@ def new_case(
                             overwrite=overwrite)
     if not source_kind(source):
         given = {}  # an unknown source: let write_case_source name it, not the options
-    res = new_case_command(source, out_dir, overwrite=overwrite, study_case=study_case or 1, data_dir=data_dir,
-                           source_pu=source_pu, calibrated=calibrated, **given)
-    path = res.path if res.path is not None else out_dir
+    res = new_case_command(source, Path(out_dir), overwrite=overwrite, study_case=study_case or 1,
+                           data_dir=data_dir, source_pu=source_pu, calibrated=calibrated, **given)
+    path = res.path if res.path is not None else Path(out_dir)
+    from gridmarket.outdir import mark_folder
+
+    mark_folder(Path(path), "case")
     _out.print(escape(res.text), highlight=False, soft_wrap=True)
     _warn(res.warnings)
     _out.print(f"run it with: gridmarket run {escape(str(path))}", highlight=False, soft_wrap=True)
