@@ -520,6 +520,7 @@ def _stream(case: Case, tmp: Path, out: Path, writers: _Writers, *, chunk_steps:
     battery_names = [a.name for a in case.agents if a.kind is AgentKind.BATTERY]
     lo, hi = case.battery.soc_min, case.battery.soc_max
     soc: dict[str, float] | None = None
+    soc_start = {a.name: case.battery.soc_init for a in case.agents if a.kind is AgentKind.BATTERY}  # cyclic target
     welfare = 0.0
     totals = {"violations": 0, "voltage_violations": 0, "current_violations": 0, "steps_violated": 0}
     worst = {"v_min_pu": math.inf, "v_max_pu": -math.inf, "loading_max_percent": -math.inf}
@@ -569,7 +570,7 @@ def _stream(case: Case, tmp: Path, out: Path, writers: _Writers, *, chunk_steps:
         n_chunks += 1
         chunk = slice_case(case, s0, s1)
         t0 = time.perf_counter()
-        res = clear_market(chunk, soc_init=soc, **market_kw)
+        res = clear_market(chunk, soc_init=soc, soc_target=soc_start, steps_after=steps - s1, **market_kw)
         if battery_names:
             last = res.soc[-1]
             soc = {a.name: float(np.clip(last[i], lo, hi)) for i, a in enumerate(chunk.agents)
