@@ -177,13 +177,21 @@ def run_summary(res: StudyResult, command_s: float) -> str:
 @_records_interrupts
 def check(case: CaseArg = None) -> None:
     """Validate CASE without running it: files, keys, profiles, and every element in the network."""
-    from gridmarket.case import load_case
+    from gridmarket.case import CaseWarning, load_case
 
     c = load_case(_case_path(case))
     info = check_case_network(c)
     out.print(f"case {c.name!r} is valid: {len(c.agents)} agents in {len(c.communities)}"
               f" {'community' if len(c.communities) == 1 else 'communities'},"
               f" {c.time.steps} steps of {c.time.step_hours:g} h; {info}")
+    # the base case at no load and at peak load: a valid case can still be a meaningless study
+    # (a source at the upper limit, most buses violated before any market, one-member communities)
+    from gridmarket.cases.sanity import case_sanity
+
+    report = case_sanity(c)
+    out.print(f"base case: {report.summary()}", highlight=False, soft_wrap=True)
+    for note in report.warnings:
+        warnings.warn(CaseWarning(note), stacklevel=1)
 
 
 def check_case_network(case: Case) -> str:
