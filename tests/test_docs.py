@@ -199,3 +199,11 @@ def test_model_doc_names_every_welfare_part() -> None:
     text = _text(MODEL)
     for part in WELFARE_PARTS:
         assert f"`{part}`" in text, part
+
+
+def test_sweep_doc_lists_every_sweep_csv_column() -> None:
+    from gridmarket.sweep import RESULT_COLUMNS
+
+    text = _text(SWEEP)
+    for col in RESULT_COLUMNS:
+        assert f"`{col}`" in text, col
