@@ -163,6 +163,26 @@ def test_readme_snippet_guards_dask_with_main() -> None:
     assert "run_sweep" in calls
 
 
+@pytest.mark.slow
+def test_readme_snippet_runs_when_pasted_into_a_script(tmp_path: Path) -> None:
+    """Issue 16: the snippet, saved as a script and run as ``python script.py`` (Dask included)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "snippet.py"
+    script.write_text(_readme_python(), encoding="utf-8")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "best iteration" in done.stdout
+    assert (tmp_path / "api_results" / "market.parquet").is_file()
+    table = pd.read_csv(tmp_path / "api_sweep_out" / "sweep.csv")
+    assert list(table["status"]) == ["ok", "ok"]
+
+
 def test_readme_keeps_the_two_set_up_commands() -> None:
     text = _text(README)
     assert "pip install . && gridmarket run" in text
