@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -166,10 +170,6 @@ def test_readme_snippet_guards_dask_with_main() -> None:
 @pytest.mark.slow
 def test_readme_snippet_runs_when_pasted_into_a_script(tmp_path: Path) -> None:
     """Issue 16: the snippet, saved as a script and run as ``python script.py`` (Dask included)."""
-    import os
-    import subprocess
-    import sys
-
     script = tmp_path / "snippet.py"
     script.write_text(_readme_python(), encoding="utf-8")
     env = dict(os.environ)
@@ -179,6 +179,10 @@ def test_readme_snippet_runs_when_pasted_into_a_script(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "best iteration" in done.stdout
     assert (tmp_path / "api_results" / "market.parquet").is_file()
+    summary = json.loads((tmp_path / "api_results" / "summary.json").read_text(encoding="utf-8"))
+    doc = _section(_text(CASE_FORMAT), "### `summary.json`")
+    undocumented = [k for k in summary if f"`{k}`" not in doc]
+    assert not undocumented, f"summary.json keys missing from docs/case_format.md: {undocumented}"
     table = pd.read_csv(tmp_path / "api_sweep_out" / "sweep.csv")
     assert list(table["status"]) == ["ok", "ok"]
 
