@@ -159,7 +159,11 @@ def test_source_pu_sets_the_source_voltage(case: Case) -> None:
 
 def test_run_to_folder_streams_long_horizons_and_leaves_no_stray_files(case: Case, tmp_path: Path) -> None:
     seen = []
-    res, out = run_to_folder(case, tmp_path / "out", stream=True, on_progress=seen.append, t_command=0.0)
+    from gridmarket.report import build_report
+
+    res, out = run_to_folder(case, tmp_path / "out", stream=True, on_progress=seen.append, t_command=0.0,
+                             extra={"report": build_report})
+    assert (out / "report.html").is_file()
     assert res.files == {} or all(not p.exists() for p in res.files.values())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     from gridmarket.report import load_results
