@@ -37,7 +37,6 @@ R = TypeVar("R")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _market_cases import random_case, reference_market  # noqa: E402
-
 from gridmarket.market import clear_market  # noqa: E402
 
 TARGET_MS = 0.5  #: fast path, ms per step
@@ -101,18 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=5, help="runs per measurement (>= 3; medians reported)")
     ap.add_argument("--no-cvxpy", action="store_true", help="skip the comparison with the cvxpy model")
+    ap.add_argument("--terminal-soc", choices=["free", "cyclic"], default="free",
+                    help="[battery] terminal_soc of the case (free: the study's market, comparable with earlier"
+                         " runs; cyclic: the tool's default, batteries end where they started)")
     args = ap.parse_args(argv)
     repeat = max(3, args.repeat)
     n_steps = args.steps
     print(f"gridmarket market benchmark: {args.agents} agents ({args.agents - args.batteries} consumers/PV,"
-          f" {args.batteries} batteries) in {args.communities} communities, {n_steps} steps, seed {args.seed}")
+          f" {args.batteries} batteries) in {args.communities} communities, {n_steps} steps, seed {args.seed},"
+          f" terminal SoC {args.terminal_soc}")
     print(f"python {platform.python_version()}, numpy {np.__version__}, clarabel {clarabel.__version__},"
           f" {platform.machine()}")
     ms = 1e3 / n_steps
 
     # ---- 1. fast path against Clarabel, sequential market
     case = random_case(args.seed, n_agents=args.agents - args.batteries, n_communities=args.communities,
-                       n_batteries=args.batteries, steps=n_steps, horizon=1)
+                       n_batteries=args.batteries, steps=n_steps, horizon=1, terminal_soc=args.terminal_soc)
     m = fast_vs_clarabel(case, repeat)
     print(f"\nsequential market (H=1), medians of {repeat} interleaved runs [ms per step]")
     header = f"{'method':<22}{'solve':>10}{'wall':>10}"
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for label, H in (("sequential (H=1)", 1), (f"window (H={n_steps})", n_steps)):
         case = random_case(args.seed, n_agents=args.agents - args.batteries, n_communities=args.communities,
-                           n_batteries=args.batteries, steps=n_steps, horizon=H)
+                           n_batteries=args.batteries, steps=n_steps, horizon=H, terminal_soc=args.terminal_soc)
         best, res = _best(lambda case=case: clear_market(case, method="qp"), repeat)
         rbest, ref = _best(lambda case=case: reference_market(case), max(1, repeat // 2))
         rel = abs(res.total_welfare - ref.welfare.sum()) / abs(ref.welfare.sum())

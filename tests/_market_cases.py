@@ -24,7 +24,7 @@ from gridmarket.case.model import (
     PlacementOptions,
     TimeOptions,
 )
-from gridmarket.enums import AgentKind, BatteryModel
+from gridmarket.enums import AgentKind, BatteryModel, TerminalSoc
 
 __all__ = [
     "Reference",
@@ -63,9 +63,15 @@ def make_case(agents: Sequence[Agent], profile_kw: dict[str, Sequence[float]] | 
               export_price: float | Sequence[float] = 0.3, links: str | Sequence[tuple[str, str]] = "all",
               horizon: int = 1, battery_model: str = "physical", trade_fee: float = 0.001,
               tie_break: float = 1e-6, step_hours: float = 1.0, battery_spec: BatterySpec | None = None,
-              start: str | None = "2024-03-01T00:00", name: str = "market-test") -> Case:
+              start: str | None = "2024-03-01T00:00", name: str = "market-test",
+              terminal_soc: str = "free") -> Case:
     """A :class:`Case` with the given agents; ``profile_kw`` maps agent name -> kW per step
-    (batteries may be omitted) or is an array (steps, n_agents)."""
+    (batteries may be omitted) or is an array (steps, n_agents).
+
+    ``terminal_soc`` (overriding ``battery_spec``'s) is ``"free"`` here: the market tests that
+    predate the cyclic terminal SoC derive their expected numbers for batteries that end where
+    the market leaves them (the study's behaviour); tests of the cyclic rule pass ``"cyclic"``.
+    """
     agents = tuple(agents)
     if isinstance(profile_kw, np.ndarray):
         prof = np.asarray(profile_kw, dtype=float)
@@ -95,7 +101,8 @@ def make_case(agents: Sequence[Agent], profile_kw: dict[str, Sequence[float]] | 
         time=TimeOptions(steps=steps, step_hours=step_hours, start=pd.Timestamp(start) if start else None),
         market=MarketOptions(horizon=horizon, battery_model=BatteryModel(battery_model), trade_fee=trade_fee,
                              tie_break=tie_break),
-        grid=GridPrices(import_price=ip, export_price=ep), battery=battery_spec or BatterySpec(),
+        grid=GridPrices(import_price=ip, export_price=ep),
+        battery=replace(battery_spec or BatterySpec(), terminal_soc=TerminalSoc(terminal_soc)),
         placement=PlacementOptions(), agents=agents, communities=tuple(communities), links=pairs,
         profile_kw=prof)
 
@@ -103,9 +110,10 @@ def make_case(agents: Sequence[Agent], profile_kw: dict[str, Sequence[float]] | 
 def random_case(seed: int, *, n_agents: int = 12, n_communities: int = 3, n_batteries: int = 2, steps: int = 3,
                 links: str | Sequence[tuple[str, str]] = "all", horizon: int = 1, battery_model: str = "physical",
                 passive_share: float = 0.0, trade_fee: float = 0.01, time_varying_prices: bool = True,
-                battery_spec: BatterySpec | None = None) -> Case:
+                battery_spec: BatterySpec | None = None, terminal_soc: str = "free") -> Case:
     """A seeded random case: about half consumers (some flexible), half PV, ``n_batteries``
-    batteries of 1–3 SBUs, optionally some passive agents, prices varying per step."""
+    batteries of 1–3 SBUs, optionally some passive agents, prices varying per step;
+    ``terminal_soc`` as in :func:`make_case`."""
     rng = np.random.default_rng(seed)
     comms = [f"C{k + 1}" for k in range(n_communities)]
     agents: list[Agent] = []
@@ -137,7 +145,7 @@ def random_case(seed: int, *, n_agents: int = 12, n_communities: int = 3, n_batt
     spec = battery_spec or BatterySpec(soc_init=float(rng.uniform(0.25, 0.75)))
     return make_case(agents, np.column_stack(cols), import_price=ip, export_price=ep, links=links,
                      horizon=horizon, battery_model=battery_model, trade_fee=trade_fee, battery_spec=spec,
-                     name=f"random-{seed}")
+                     name=f"random-{seed}", terminal_soc=terminal_soc)
 
 
 # ----------------------------------------------------------------------------- cvxpy reference
@@ -155,11 +163,14 @@ class Reference:
     solver_seconds: float  #: the solver's own time (``solver_stats.solve_time``)
 
 
-def reference_market(case: Case, *, horizon: int | None = None, battery_model: str | None = None) -> Reference:
+def reference_market(case: Case, *, horizon: int | None = None, battery_model: str | None = None,
+                     cyclic_end: bool = False) -> Reference:
     """Solve the market of ``case`` with cvxpy, straight from MODEL.md, window by window.
 
     Objective per window (maximised): Σ_t [Σ_n f_n + g] with, for batteries,
     v_w·(SoC_end − (1−λ_sd)^L SoC_start)·cap valuing stored energy once at the window end.
+    ``cyclic_end``: the last window ends every battery at ``[battery].soc_init`` (MODEL.md,
+    *Terminal state of charge*; exact for a single window, H = steps).
     """
     import time
 
@@ -257,6 +268,8 @@ def reference_market(case: Case, *, horizon: int | None = None, battery_model: s
             prev = cp.vstack([soc_prev[None, :], soc[:-1]]) if L > 1 else soc_prev[None, :]
             cons.append(soc == keep * prev + cp.multiply(dE, 1.0 / cb))
             cons += [soc >= spec.soc_min, soc <= spec.soc_max]
+            if cyclic_end and t0 + L == T:
+                cons.append(soc[L - 1] == spec.soc_init)
             cons += [sch <= np.minimum(prated[bidx] * dt, spec.rate_charge * cb),
                      sdis <= np.minimum(prated[bidx] * dt, spec.rate_discharge * cb)]
             if model is BatteryModel.PAPER:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _network_fixtures import shared_master
 
+from _network_fixtures import shared_master
 from gridmarket.network import (
     OpenDSSNetwork,
     check_limits,

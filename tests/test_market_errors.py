@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _market_cases import battery, consumer, make_case, producer
 
+from _market_cases import battery, consumer, make_case, producer
 from gridmarket.case.model import BatterySpec
 from gridmarket.errors import GridmarketError, MarketError
 from gridmarket.market import MarketStatus, check_market, clear_market, market_data
@@ -104,3 +104,53 @@ def test_unbounded_market_is_named_from_the_primal_ray() -> None:
     err = diagnose(model, w, out)
     assert err.group == "Objective" and err.step == 0
     assert str(err).startswith("step 0: market unbounded (Clarabel status DualInfeasible); likely group: objective")
+
+
+# ----------------------------------------------------------------------------- scale (issue 15)
+
+def _big_consumer_case(kw: float, *, with_battery: bool = False):
+    """An inflexible consumer of ``kw`` kW (a = 0, b = 1) and a 3 kW PV (a = b = 0) in one
+    community, a household of 2 kW in another; import 0.8, export 0.3, ε = 1e-6."""
+    agents = [consumer("L1", "C1"), producer("PV1", "C1"), consumer("L2", "C2")]
+    if with_battery:
+        agents.append(battery("B1", "C2"))
+    return make_case(agents, {"L1": [kw], "PV1": [3.0], "L2": [2.0]}, links=[])
+
+
+@pytest.mark.parametrize("kw", [5e5, 1e6])
+def test_a_consumer_within_the_documented_limit_clears_with_hand_values(kw: float) -> None:
+    # By hand: all PV is used (its cost is 0, the price is positive), the rest is imported at
+    # 0.8: welfare = b·D − 0.8·(D − 3) + (household: 2 − 0.8·2) = 0.2 D + 2.4 + 0.4.
+    # The ε tie-break splits C1's import over its two agents (x = −Φ purchases, α imports):
+    # α_n = x_n − u with u = (π_imp − λ)/(2ε), x_L + α_L = D, x_PV + α_PV = −3, x_L + x_PV = 0
+    # give u = −(D − 3)/2, so λ_C1 = π_imp + ε (D − 3); C2 (2 kWh) is priced 0.8 + ε·2.
+    case = _big_consumer_case(kw)
+    for method in ("qp", "auto"):
+        r = clear_market(case, method=method)
+        D = kw
+        assert r.total_welfare == pytest.approx(0.2 * D + 2.8, rel=1e-8)
+        np.testing.assert_allclose(r.p_kwh[0], [D, -3.0, 2.0], rtol=0, atol=1e-4)
+        assert r.price[0, 0] == pytest.approx(0.8 + 1e-6 * (D - 3.0), abs=1e-6)
+        assert r.price[0, 1] == pytest.approx(0.8 + 1e-6 * 2.0, abs=1e-5)
+
+
+def test_an_unscaled_solve_fails_and_the_message_names_the_scale_not_a_constraint() -> None:
+    from gridmarket.market import WindowSolver, create_model
+    from gridmarket.market.solve import diagnose
+
+    for with_battery in (False, True):
+        case = _big_consumer_case(1e6, with_battery=with_battery)
+        d = market_data(case)
+        model = create_model(d, 1)
+        w = d.window(0, 1, d.soc_init)
+        out = WindowSolver(model, scale=1.0).solve(w)  # what the market did before issue 15
+        assert out.status is MarketStatus.INFEASIBLE
+        err = diagnose(model, w, out)
+        assert err.group == "Solver" and err.step == 0
+        why = ("the window has no battery, so with unlimited grid imports and exports it is feasible"
+               if not with_battery else "its infeasibility certificate does not hold")
+        assert str(err).startswith(
+            f"step 0: market not solved (Clarabel status {out.solver_status}): the solver reported it infeasible,"
+            f" but {why}")
+        assert "energies per step span 2 to 1e+06 kWh (largest: L1 at step 0)" in str(err)
+        assert "Trade-sign" not in str(err)

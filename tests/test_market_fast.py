@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from _market_cases import (
     battery,
     consumer,
@@ -29,13 +32,10 @@ from _market_cases import (
     random_case,
     with_agents,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from gridmarket.case import load_case
 from gridmarket.case.model import BatterySpec
 from gridmarket.cases import default_case_path
-from gridmarket.enums import AgentKind
+from gridmarket.enums import AgentKind, TerminalSoc
 from gridmarket.errors import MarketError
 from gridmarket.market import (
     MarketMethod,
@@ -158,10 +158,11 @@ def assert_matches_qp(case, fast, qp) -> None:
     and payments.
 
     Clarabel's default 1e-9 gap leaves ε-level decisions loose: P of agents with a small ``a``
-    (its price error over 2a: ~1e-4 kWh), the split of a marginal role among twin batteries (~3e-3 kWh, and the price they
-    set ~1e-5). Its SoC carries that into later steps: a battery that the exact split fills one
-    step, Clarabel's fills the next (S differs by ~2e-2 kWh there), and reported welfare by up
-    to ~2e-5 relative over a few steps. Against the tight solve all of these agree to 1e-6 (:func:`assert_matches_tight`).
+    (its price error over 2a: ~1e-4 kWh), the split of a marginal role among twin batteries
+    (~3e-3 kWh, and the price they set ~1e-5). Its SoC carries that into later steps: a battery
+    that the exact split fills one step, Clarabel's fills the next (S differs by ~2e-2 kWh
+    there), and reported welfare by up to ~2e-5 relative over a few steps. Against the tight
+    solve all of these agree to 1e-6 (:func:`assert_matches_tight`).
     """
     assert fast.total_welfare == pytest.approx(qp.total_welfare, rel=1e-4, abs=1e-9)
     np.testing.assert_allclose(fast.welfare.to_numpy(), qp.welfare.to_numpy(), rtol=1e-4, atol=1e-4)
@@ -283,8 +284,15 @@ def test_large_case_with_five_pooled_communities() -> None:
 
 # ----------------------------------------------------------------------------- study cases
 
+def free_soc(case):
+    """``case`` with ``[battery] terminal_soc = "free"``: the KKT certificate of
+    ``_market_cases`` states the study's SoC bounds, not the cyclic rule's band near the end
+    (tests/test_market_terminal.py covers the cyclic market)."""
+    return replace(case, battery=replace(case.battery, terminal_soc=TerminalSoc.FREE))
+
+
 def test_default_case_agrees_with_clarabel() -> None:
-    case = load_case(default_case_path())
+    case = free_soc(load_case(default_case_path()))
     r = clear_market(case)
     assert r.solver == "fast"
     assert_kkt(case, r)
@@ -298,8 +306,8 @@ def test_cr_mar_case_agrees_with_clarabel(cr_mar_dir: Path, tmp_path: Path) -> N
     case = load_case(build_case(tmp_path / "case2", case=2, data_dir=cr_mar_dir.parent))
     # with batteries at a few buses, as the study loop places them
     buses = [a for a in case.agents if a.kind is AgentKind.CONSUMER][:3]
-    case = with_agents(case, [battery(f"SBU_{a.name}", a.community, units=u) for a, u in zip(buses, (1, 3, 5),
-                                                                                              strict=True)])
+    case = free_soc(with_agents(case, [battery(f"SBU_{a.name}", a.community, units=u)
+                                       for a, u in zip(buses, (1, 3, 5), strict=True)]))
     r = clear_market(case)
     assert r.solver == "fast"
     assert_kkt(case, r)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _market_cases import battery, consumer, make_case, passive, producer, with_agents
 
+from _market_cases import battery, consumer, make_case, passive, producer, with_agents
 from gridmarket.case.model import BatterySpec
 from gridmarket.enums import BatteryModel
 from gridmarket.market import (

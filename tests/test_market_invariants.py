@@ -8,10 +8,10 @@ balances (2)–(8), SoC recursion and bounds (9)–(13), sign rules (14)–(17),
 from __future__ import annotations
 
 import numpy as np
-from _market_cases import random_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _market_cases import random_case
 from gridmarket.market import clear_market
 
 TOL = 1e-6  # kWh

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from _market_cases import (
     consumer,
     make_case,
@@ -15,7 +16,6 @@ from _market_cases import (
     reference_market,
     with_agents,
 )
-
 from gridmarket.case.model import BatterySpec, GridPrices, TimeOptions
 from gridmarket.market import clear_market
 

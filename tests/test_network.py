@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from _network_fixtures import (
     THREE_PHASE_MASTER,
     V_LN,
@@ -20,8 +21,7 @@ from _network_fixtures import (
     sweep,
     write_feeder,
 )
-
-from gridmarket.errors import NetworkError, PowerFlowError
+from gridmarket.errors import NetworkError
 from gridmarket.network import OpenDSSNetwork, check_limits, count_violations
 
 # --------------------------------------------------------------------------- helpers
@@ -278,16 +278,50 @@ def test_tables_distances_and_downstream_bus(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- errors
 
 
-def test_non_convergence_names_the_step_and_the_network_recovers(tmp_path: Path) -> None:
-    net = OpenDSSNetwork(write_feeder(tmp_path / "nc.dss", [Section(0.4, 0.2)], {1: (1.0, 0.0)}), tolerance=None)
+HELD = "New Load.held phases=1 bus1=b1.1 kV=0.23 kW=0 kvar=0 model=1 vminpu=0.05 vmaxpu=1.5"
+
+
+@pytest.mark.parametrize("method", ["snapshot", "shapes"])
+def test_a_step_that_does_not_converge_is_recorded_and_the_series_goes_on(tmp_path: Path, method: str) -> None:
+    # 0.4 + j0.2 ohm at 230 V delivers at most ~31 kW: 60 kW held at constant power down to
+    # 0.05 pu (the load's own limit, so the retry with its own model cannot help) has no solution
+    master = write_feeder(tmp_path / "nc.dss", [Section(0.4, 0.2)], {1: (1.0, 0.0)}, extra=HELD)
+    net = OpenDSSNetwork(master, tolerance=None)
+    elements = net.resolve(["Load.ld1", "Load.held"])
+    kw = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 60.0], [8.0, 0.0], [3.0, 0.0]])
+    res = net.run_series(elements, kw, method=method)
+    assert res.converged.tolist() == [True, True, False, True, True]
+    assert np.isnan(res.v_pu[2]).all() and np.isnan(res.i_amps[2]).all()
+    for t in (0, 1, 3, 4):  # the steps after the failure are solved as if it never happened
+        assert res.v_pu[t, 1] == pytest.approx(closed_form_two_bus(kw[t].sum() * 1e3, 0.0, 0.4, 0.2 + 1e-6) / V_LN,
+                                               abs=1e-8)
+    viol = check_limits(res, vmin_pu=0.9, vmax_pu=1.1)
+    assert viol[["step", "kind", "element"]].values.tolist() == [[2, "nonconvergence", "circuit"]]
+    counts = count_violations(viol)
+    assert (counts["nonconverged_steps"], counts["violations"], counts["voltage_violations"]) == (1, 1, 0)
+
+
+def test_a_step_retried_with_the_loads_own_model_converges(tmp_path: Path) -> None:
+    # held at constant power down to 0.5 pu (the engine's band) 60 kW does not converge; the
+    # load's own model (OpenDSS default: constant impedance below vminpu 0.95) does
+    master = write_feeder(tmp_path / "z.dss", [Section(0.4, 0.2)], {1: (1.0, 0.0)})
+    net = OpenDSSNetwork(master, tolerance=None)
     elements = net.resolve(["Load.ld1"])
-    kw = np.array([[1.0], [2.0], [1e6], [1.0]])
-    with pytest.raises(PowerFlowError, match="did not converge at step 2") as err:
-        net.run_series(elements, kw)
-    assert err.value.step == 2
-    res = net.run_series(elements, np.array([[8.0]]), kvar=np.array([[3.0]]))
-    assert res.v_pu[0, 1] == pytest.approx(closed_form_two_bus(8e3, 3e3, 0.4, 0.2 + 1e-6) / V_LN,
-                                           abs=1e-8)
+    res = net.run_series(elements, np.array([[60.0], [5.0]]))
+    assert res.converged.all()
+    # the same step solved by OpenDSS alone with the load's own limits
+    own = OpenDSSNetwork(master, tolerance=None, pq_band_pu=None)
+    ref = own.run_series(own.resolve(["Load.ld1"]), np.array([[60.0]]))
+    assert res.v_pu[0, 1] == pytest.approx(ref.v_pu[0, 1], abs=1e-9)
+    assert res.v_pu[0, 1] < 0.95  # it is in the constant-impedance region
+    # physics of the retried step: the load's power and voltage satisfy the two-bus circuit
+    p_w = net.element_powers_kw(elements)[0] * 1e3  # last step solved is 5 kW: solve step 0 again
+    assert p_w == pytest.approx(5e3, rel=1e-6)
+    assert res.v_pu[1, 1] == pytest.approx(closed_form_two_bus(5e3, 0.0, 0.4, 0.2 + 1e-6) / V_LN, abs=1e-8)
+    # the engine's band is back: 20 kW (deliverable) arrives at constant power
+    again = net.run_series(elements, np.array([[20.0]]))
+    assert again.v_pu[0, 1] == pytest.approx(closed_form_two_bus(20e3, 0.0, 0.4, 0.2 + 1e-6) / V_LN, abs=1e-8)
+    assert net.element_powers_kw(elements)[0] == pytest.approx(20.0, rel=1e-6)
 
 
 def test_missing_redirect_file_gives_opendss_message(tmp_path: Path) -> None:

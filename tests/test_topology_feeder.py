@@ -54,7 +54,8 @@ def test_engine_topology(master: Path) -> None:
     _check(net.topology)
     assert net.downstream_bus("line.l1.2") == "lv1"
     assert net.downstream_bus("transformer.tx1") == "lv0"
-    assert net.downstream_buses() == {"line.mv": "mv1", "line.l1": "lv1", "line.l2": "lv2", "line.sw": "lv3"}
+    assert net.downstream_buses() == {"line.mv": "mv1", "line.l1": "lv1", "line.l2": "lv2", "line.sw": "lv3",
+                                      "transformer.tx1": "lv0"}
     assert net.bus_distance("lv3")["src"] == 5
     assert net.lines.loc["line.l2", "length_km"] == pytest.approx(0.3048)
 

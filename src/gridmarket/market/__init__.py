@@ -2,7 +2,7 @@
 read prices from its duals.
 
 Entry point: :func:`clear_market` ``(case, *, soc_init=None, horizon=None,
-battery_model=None, method="auto") -> MarketResult``.
+battery_model=None, method="auto", pools=None, network=None) -> MarketResult``.
 
 Two solvers give the same result: the general QP on Clarabel (``method="qp"``, the
 reference, any horizon) and, for the sequential market (horizon 1), a solver of the KKT
@@ -52,6 +52,20 @@ Formulation choices where MODEL.md is silent
 * **Grid and links.** The upstream grid is always a partner; ``case.links`` (unordered
   pairs) give both directions. The fee ``τ`` is paid by the importing community per kWh
   and collected by no one in the market (it leaves welfare, as in ``g``).
+* **Pools** (:mod:`gridmarket.market.pool`). A clique of linked communities (e.g. ``links =
+  "all"``) of more than ``ARC_CLIQUE_MAX`` communities trades through one pool instead of
+  C(C−1) arcs: each member exports into it and imports from it (paying τ), the pool balances;
+  its dual is the pool price ``q`` (exporters receive ``q``, importers pay ``q + τ``). Proven
+  equal to the arcs (welfare, dispatch, prices); ``clear_market(pools=True/False)`` forces
+  either. The ``settlements`` frame then has one row per member and pool (partner ``"pool"``).
+* **Scale.** When an agent's energy per step exceeds ``SCALE_FROM_KWH`` (100 kWh), Clarabel
+  solves the QP in energy units of a power of ten (``kwh_scale``) with equilibrated rows and
+  tighter tolerances; results are returned in kWh and prices unchanged.
+* **Network rows** (:mod:`gridmarket.market.network`). ``clear_market(network=...)`` adds
+  linear network limits ``sens @ p_t − slack <= rhs`` with priced slacks on the QP path; the
+  fast path hands the steps that have rows to Clarabel. Duals, slacks, the price components
+  (``price_energy`` + ``price_voltage`` + ``price_congestion``), the congestion rent (collected
+  by the DSO) and the penalty cost are in the result.
 * **Prices (duals).** ``λ_c = −z`` of (3); ``μ_imp,c = z`` of (4) and ``μ_exp,c = −z`` of (5)
   settle agents' imports and exports; ``ρ_{j→c} = z`` of (8) is what exporter j receives, the
   importer c pays ``ρ + τ``. With Clarabel's convention (``Px + q + Aᵀz = 0``) these are the
@@ -71,6 +85,7 @@ Formulation choices where MODEL.md is silent
 
 from gridmarket.market._data import MarketData, Window, market_data
 from gridmarket.market.build import MarketModel, RowBlock, create_model
+from gridmarket.market.network import NetworkConstraints
 from gridmarket.market.prices import Solution, payment_imbalance
 from gridmarket.market.results import (
     COMMUNITY_COLUMNS,
@@ -83,6 +98,7 @@ from gridmarket.market.solve import (
     MarketMethod,
     WindowSolver,
     clear_market,
+    kwh_scale,
     solver_settings,
 )
 from gridmarket.market.validate import MarketProblem, assert_valid_market, check_market
@@ -97,6 +113,7 @@ __all__ = [
     "MarketProblem",
     "MarketResult",
     "MarketStatus",
+    "NetworkConstraints",
     "RowBlock",
     "Solution",
     "Window",
@@ -105,6 +122,7 @@ __all__ = [
     "check_market",
     "clear_market",
     "create_model",
+    "kwh_scale",
     "market_data",
     "payment_imbalance",
     "solver_settings",

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from gridmarket.enums import BatteryModel
-from gridmarket.market._data import MarketData, Window
+from gridmarket.market._data import GRID, MarketData, Window
+from gridmarket.market.pool import pool_names
 
 __all__ = [
     "Layout",
@@ -63,6 +63,7 @@ __all__ = [
     "define_link_balance",
     "define_objective",
     "define_partner_sums",
+    "define_pool_balance",
     "define_trade_signs",
 ]
 
@@ -185,16 +186,12 @@ def define_objective(m: _Builder, d: MarketData) -> None:
         m.quad(c, c, 2.0 * eps)
     if d.n_b:
         sch, sdis = m.var("Sch"), m.var("Sdis")
-        a = d.a_bat[None, :]
+        a = d.battery.a[None, :]
         m.quad(sch, sch, 2.0 * a + 2.0 * eps)
         m.quad(sdis, sdis, 2.0 * a + 2.0 * eps)
         m.quad(sch, sdis, -2.0 * a)
-        spec = d.case.battery
-        cdeg = float(spec.degradation_cost)
-        if d.battery_model is BatteryModel.PHYSICAL:
-            g_ch, g_dis = float(spec.eff_charge), 1.0 / float(spec.eff_discharge)
-        else:
-            g_ch, g_dis = 1.0, 1.0
+        bt = d.battery
+        cdeg, g_ch, g_dis = bt.cdeg, bt.g_ch, bt.g_dis
 
         def q_sch(w: Window) -> np.ndarray:
             return cdeg - g_ch * w.discount[:, None] * w.value[None, :]
@@ -203,8 +200,8 @@ def define_objective(m: _Builder, d: MarketData) -> None:
             return cdeg + g_dis * w.discount[:, None] * w.value[None, :]
 
         m.q_params += [(sch, q_sch), (sdis, q_sdis)]
-    grid = np.flatnonzero(d.arc_partner < 0)
-    links = d.link_arcs
+    grid = np.flatnonzero(d.arc_partner == GRID)
+    links = np.flatnonzero(d.arc_partner != GRID)  # community and pool arcs: the importer pays τ
     m.q_params.append((m.var("Aimp")[:, grid], lambda w: np.repeat(w.import_price[:, None], len(grid), axis=1)))
     m.q_params.append((m.var("Aexp")[:, grid], lambda w: -np.repeat(w.export_price[:, None], len(grid), axis=1)))
     m.q0[m.var("Aimp")[:, links]] = d.trade_fee
@@ -265,10 +262,24 @@ def define_link_balance(m: _Builder, d: MarketData) -> None:
     the exporter j; the importer c pays ``ρ_{j→c} + τ``.
     """
     links = d.link_arcs
-    names = [d.arc_names()[a] for a in links]
+    arcs = d.arc_names()
+    names = [arcs[a] for a in links]
     blk = m.block("Link-balance", "(8)", "inter-community trade balance", ZERO, names)
     m.add(blk, m.var("Aimp")[:, links], 1.0)
     m.add(blk, m.var("Aexp")[:, d.arc_rev[links]], -1.0)
+
+
+def define_pool_balance(m: _Builder, d: MarketData) -> None:
+    """(8), pool form: ``Σ_{c∈K} γ_imp|(c,K) − γ_exp|(c,K) = 0`` for every pool ``K`` (a clique of
+    linked communities, :mod:`gridmarket.market.pool`).
+
+    Its dual ``z`` is the pool price ``q = z`` [currency/kWh] received by every exporter into the
+    pool; an importer pays ``q + τ``.
+    """
+    pa = d.pool_arcs
+    blk = m.block("Pool-balance", "(8)", "pool trade balance", ZERO, pool_names(d.n_pool))
+    m.add(blk, m.var("Aimp")[:, pa], 1.0, rows=d.arc_pool[pa])
+    m.add(blk, m.var("Aexp")[:, pa], -1.0, rows=d.arc_pool[pa])
 
 
 # ----------------------------------------------------------------------------- agent bounds
@@ -321,7 +332,8 @@ def _bat_names(d: MarketData) -> list[str]:
 def define_battery_rates(m: _Builder, d: MarketData) -> None:
     """(12)–(13) ``0 ≤ S_ch ≤ min(P_rated Δt, λ_ch cap)``, ``0 ≤ S_dis ≤ min(P_rated Δt, λ_dis cap)`` [kWh]."""
     names = _bat_names(d)
-    for var, cap, eq, what in (("Sch", d.sch_max, "(12)", "charge"), ("Sdis", d.sdis_max, "(13)", "discharge")):
+    bt = d.battery
+    for var, cap, eq, what in (("Sch", bt.sch_max, "(12)", "charge"), ("Sdis", bt.sdis_max, "(13)", "discharge")):
         blk = m.block(f"Battery-rate-{what}", eq, f"battery {what} rate limit", NONNEG, names,
                       b_const=cap[None, :])
         m.add(blk, m.var(var), 1.0)
@@ -338,12 +350,8 @@ def define_battery_soc(m: _Builder, d: MarketData) -> None:
     """
     if not d.n_b:
         return
-    spec = d.case.battery
-    keep = 1.0 - float(spec.self_discharge)
-    if d.battery_model is BatteryModel.PHYSICAL:
-        g_ch, g_dis = float(spec.eff_charge), 1.0 / float(spec.eff_discharge)
-    else:
-        g_ch, g_dis = 1.0, 1.0
+    bt = d.battery
+    keep, g_ch, g_dis = bt.keep, bt.g_ch, bt.g_dis
     L = m.length
 
     def first(w: Window) -> np.ndarray:
@@ -357,17 +365,27 @@ def define_battery_soc(m: _Builder, d: MarketData) -> None:
     m.add(blk, soc, 1.0)
     if L > 1:
         m.add(blk, soc[:-1], -keep, steps=np.arange(1, L))
-    m.add(blk, m.var("Sch"), -g_ch / d.cap_kwh[None, :])
-    m.add(blk, m.var("Sdis"), g_dis / d.cap_kwh[None, :])
+    m.add(blk, m.var("Sch"), -g_ch / bt.cap_kwh[None, :])
+    m.add(blk, m.var("Sdis"), g_dis / bt.cap_kwh[None, :])
 
 
 def define_battery_soc_bounds(m: _Builder, d: MarketData) -> None:
-    """(10')–(11') ``SoC_min ≤ SoC_k ≤ SoC_max`` (both battery models)."""
-    spec = d.case.battery
+    """(10')–(11') ``SoC_min ≤ SoC_k ≤ SoC_max`` (both battery models), per step in the band
+    ``[lo_k, hi_k]`` of :attr:`Window.soc_lo`/``soc_hi``.
+
+    With ``terminal_soc = "free"`` the band is ``[SoC_min, SoC_max]``. With ``"cyclic"`` it
+    narrows near the run's end to the SoC from which the target (the initial SoC) is still
+    reachable within the rate limits (:func:`gridmarket.market.battery.terminal_band`), down to
+    the target itself at the run's last step: the terminal constraint of the last window, and
+    for every earlier step (sequential or multi-period) a bound that keeps it reachable, so
+    every window stays feasible.
+    """
     names = _bat_names(d)
-    blk = m.block("Battery-soc-bounds", "(10')", "battery SoC upper bound", NONNEG, names, b_const=spec.soc_max)
+    blk = m.block("Battery-soc-bounds", "(10')", "battery SoC upper bound", NONNEG, names,
+                  b_param=lambda w: w.soc_hi)
     m.add(blk, m.var("SoC"), 1.0)
-    blk = m.block("Battery-soc-bounds", "(11')", "battery SoC lower bound", NONNEG, names, b_const=-spec.soc_min)
+    blk = m.block("Battery-soc-bounds", "(11')", "battery SoC lower bound", NONNEG, names,
+                  b_param=lambda w: -w.soc_lo)
     m.add(blk, m.var("SoC"), -1.0)
 
 
@@ -375,9 +393,9 @@ def define_battery_headroom(m: _Builder, d: MarketData) -> None:
     """Paper model only, (10) ``η_ch S_ch ≤ (SoC_max − SoC_{k−1}) cap`` and
     (11) ``η_dis S_dis ≤ (SoC_{k−1} − SoC_min) cap`` (the study's sign typo fixed), divided by cap.
     """
-    if d.battery_model is not BatteryModel.PAPER or not d.n_b:
+    bt = d.battery
+    if not bt.paper or not d.n_b:
         return
-    spec = d.case.battery
     names = _bat_names(d)
     L = m.length
     soc = m.var("SoC")
@@ -390,13 +408,13 @@ def define_battery_headroom(m: _Builder, d: MarketData) -> None:
         return f
 
     blk = m.block("Battery-headroom-charge", "(10)", "battery charge headroom", NONNEG, names,
-                  b_const=spec.soc_max, b_param=soc0_first(-1.0))
-    m.add(blk, m.var("Sch"), float(spec.eff_charge) / d.cap_kwh[None, :])
+                  b_const=bt.soc_max, b_param=soc0_first(-1.0))
+    m.add(blk, m.var("Sch"), bt.eff_charge / bt.cap_kwh[None, :])
     if L > 1:
         m.add(blk, soc[:-1], 1.0, steps=np.arange(1, L))
     blk = m.block("Battery-headroom-discharge", "(11)", "battery discharge headroom", NONNEG, names,
-                  b_const=-spec.soc_min, b_param=soc0_first(1.0))
-    m.add(blk, m.var("Sdis"), float(spec.eff_discharge) / d.cap_kwh[None, :])
+                  b_const=-bt.soc_min, b_param=soc0_first(1.0))
+    m.add(blk, m.var("Sdis"), bt.eff_discharge / bt.cap_kwh[None, :])
     if L > 1:
         m.add(blk, soc[:-1], -1.0, steps=np.arange(1, L))
 
@@ -459,7 +477,8 @@ class MarketModel:
 
 
 _DEFINES = (define_agent_balance, define_community_balance, define_community_trade, define_partner_sums,
-            define_link_balance, define_agent_bounds, define_battery_soc, define_battery_soc_bounds,
+            define_link_balance, define_pool_balance,
+            define_agent_bounds, define_battery_soc, define_battery_soc_bounds,
             define_battery_rates, define_battery_headroom, define_trade_signs)
 
 

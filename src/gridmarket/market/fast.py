@@ -100,10 +100,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 
-from gridmarket.enums import BatteryModel
 from gridmarket.errors import MarketError
 from gridmarket.market._data import CONSUMER, PRODUCER, MarketData
+from gridmarket.market.pool import community_pool
 from gridmarket.market.prices import Solution
 
 __all__ = ["FastPlan", "FastStats", "fast_plan", "fast_unsupported", "solve_sequential"]
@@ -126,6 +127,8 @@ TOL_PRICE = 1e-13
 PRICE_MARGIN = 0.02
 #: passes of the battery presimulation that guesses each step's SoC
 PRESIM_PASSES = 2
+#: up to this many communities the membership matrices are dense, beyond it sparse
+DENSE_COMMUNITIES = 32
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,9 @@ class FastStats:
 def _cliques(d: MarketData) -> tuple[np.ndarray, int] | str:
     """Pool clique of every community (-1 alone), or why the link topology is unsupported."""
     n_c = d.n_c
+    pooled = community_pool(d.arc_comm, d.arc_pool, n_c)  # cliques that are pools already (market.pool)
+    if d.n_pool and not len(d.link_arcs):
+        return pooled, d.n_pool
     adj = np.zeros((n_c, n_c), dtype=bool)
     for a in d.link_arcs:
         adj[d.arc_comm[a], d.arc_partner[a]] = True
@@ -212,7 +218,9 @@ def _cliques(d: MarketData) -> tuple[np.ndarray, int] | str:
             names = ", ".join(d.communities[m] for m in sorted(members))
             return f"linked communities {names} are not all linked pairwise (a pool needs a clique)"
         n_k += 1
-    return comp, n_k
+    inpool = pooled >= 0
+    comp[inpool] = n_k + pooled[inpool]
+    return comp, n_k + d.n_pool
 
 
 def fast_unsupported(data: MarketData, *, horizon: int) -> str | None:
@@ -234,7 +242,7 @@ def _check(data: MarketData, horizon: int) -> tuple[str | None, np.ndarray, int]
         return "tie_break ε = 0 (the split of trades among agents is not unique)", none, 0
     if data.n_c and np.bincount(data.comm, minlength=data.n_c).min() == 0:
         return "a community has no market agent", none, 0
-    if len(data.link_arcs) and not data.trade_fee > 0:
+    if (len(data.link_arcs) or data.n_pool) and not data.trade_fee > 0:
         return "trade_fee τ = 0 with linked communities (no pool structure)", none, 0
     cl = _cliques(data)
     return (cl, none, 0) if isinstance(cl, str) else (None, *cl)
@@ -250,6 +258,13 @@ def _group_map(groups: np.ndarray, n_g: int, pad: int) -> np.ndarray:
     return out
 
 
+def _membership(comm: np.ndarray, n_c: int) -> np.ndarray:
+    """(n, n_c) 1.0 where row i is in community ``comm[i]``: dense for a few communities, sparse
+    (CSR, the products with it stay linear in the agents) for many."""
+    m = sp.csr_matrix((np.ones(len(comm)), (np.arange(len(comm)), comm)), shape=(len(comm), n_c))
+    return m.toarray() if n_c <= DENSE_COMMUNITIES else m
+
+
 def fast_plan(data: MarketData) -> FastPlan:
     """Precompute the arrays of :class:`FastPlan` (call :func:`fast_unsupported` first)."""
     d = data
@@ -260,8 +275,7 @@ def fast_plan(data: MarketData) -> FastPlan:
     eps = float(d.tie_break)
     perm = np.concatenate([d.pq, d.bat]).astype(np.int64)
     comm = d.comm[perm]
-    member = np.zeros((d.n_m, d.n_c))
-    member[np.arange(d.n_m), comm] = 1.0
+    member = _membership(comm, d.n_c)
     kind_pq = d.kind[d.pq]
     prod = kind_pq == PRODUCER
     if not np.all((kind_pq == CONSUMER) | prod):
@@ -271,11 +285,8 @@ def fast_plan(data: MarketData) -> FastPlan:
     lo_fac[d.flex_p] = 1.0 - d.flex
     lo_fac[prod] = -1.0
     hi_fac[prod] = 0.0
-    spec = d.case.battery
-    if d.battery_model is BatteryModel.PHYSICAL:
-        g_ch, g_dis = float(spec.eff_charge), 1.0 / float(spec.eff_discharge)
-    else:
-        g_ch, g_dis = 1.0, 1.0
+    bt = d.battery
+    g_ch, g_dis = bt.g_ch, bt.g_dis
     cmember = np.zeros((d.n_c, n_k))
     inc = clique >= 0
     cmember[np.flatnonzero(inc), clique[inc]] = 1.0
@@ -293,7 +304,7 @@ def fast_plan(data: MarketData) -> FastPlan:
         inv_sig_p=1.0 / np.where(vert, 1.0, 2.0 * d.a_pq),
         tos_p=d.b_pq / np.where(vert, 1.0, 2.0 * d.a_pq),
         vert_p=vert, any_vert=bool(vert.any()), lo_fac=lo_fac, hi_fac=hi_fac, sig_b=sig_b, inv_sig_b=1.0 / sig_b,
-        g_ch=g_ch, g_dis=g_dis, cdeg=float(spec.degradation_cost), keep=1.0 - float(spec.self_discharge),
+        g_ch=g_ch, g_dis=g_dis, cdeg=bt.cdeg, keep=bt.keep,
         clique=clique, n_k=n_k, cmember=cmember, link_comm=d.arc_comm[links], link_partner=d.arc_partner[links],
         link_in=np.eye(d.n_c)[d.arc_comm[links]].reshape(len(links), d.n_c),
         link_out=np.eye(d.n_c)[d.arc_partner[links]].reshape(len(links), d.n_c),
@@ -316,6 +327,7 @@ class _Bounds:
     lb_ch: np.ndarray  #: (B, n_b) S̲_ch
     ub_ch: np.ndarray  #: (B, n_b) S̄_ch
     ub_dis: np.ndarray  #: (B, n_b) S̄_dis
+    lb_dis: np.ndarray  #: (B, n_b) S̲_dis, a discharge forced by the SoC band (cyclic terminal SoC), else 0
     value: np.ndarray  #: (B,) v [currency/kWh]
     ip: np.ndarray  #: (B,) π_imp
     ep: np.ndarray  #: (B,) π_exp
@@ -323,7 +335,8 @@ class _Bounds:
     span_c: np.ndarray  #: (B, n_b) S̄_ch − S̲_ch
     thc: np.ndarray  #: (B, n_b) θ_ch/σ [kWh]
     thd: np.ndarray  #: (B, n_b) θ_dis/σ [kWh]
-    neg_ub_dis: np.ndarray  #: (B, n_b) −S̄_dis
+    neg_ub_dis: np.ndarray  #: (B, n_b) −S̄_dis: the discharge unit's lower end
+    neg_lb_dis: np.ndarray  #: (B, n_b) −S̲_dis: its upper end (0 unless the band forces a discharge)
     closed: np.ndarray  #: (B,) the fee closes every pool: ``π_imp − τ <= π_exp``
 
     def take(self, rows: np.ndarray) -> _Bounds:
@@ -331,47 +344,39 @@ class _Bounds:
         return _Bounds(*(getattr(self, f)[rows] for f in _BOUND_FIELDS))
 
 
-_BOUND_FIELDS = ("lo_p", "hi_p", "th_ch", "th_dis", "lb_ch", "ub_ch", "ub_dis", "value", "ip", "ep", "span_p",
-                 "span_c", "thc", "thd", "neg_ub_dis", "closed")
+_BOUND_FIELDS = ("lo_p", "hi_p", "th_ch", "th_dis", "lb_ch", "ub_ch", "ub_dis", "lb_dis", "value", "ip", "ep",
+                 "span_p", "span_c", "thc", "thd", "neg_ub_dis", "neg_lb_dis", "closed")
 
 
-def _battery_limits(p: FastPlan, soc0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Charge limits ``[S̲_ch, S̄_ch]`` and discharge limit ``S̄_dis`` [kWh] given the SoC before the step.
-
-    Physical: ``keep·SoC₀ + (g_ch S_ch − g_dis S_dis)/cap ∈ [SoC_min, SoC_max]`` with one of the
-    two zero, and the rate limits (12)–(13); paper adds the headroom rules (10)–(11).
+def _battery_limits(p: FastPlan, soc0: np.ndarray, steps: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Charge limits ``[S̲_ch, S̄_ch]`` and discharge limits ``[S̲_dis, S̄_dis]`` [kWh] of ``steps`` given
+    the SoC before each (:meth:`gridmarket.market.battery.Batteries.limits`: rate limits, the
+    step's SoC band, paper headroom). Where the band forces a discharge (``S̲_dis > 0``, cyclic
+    terminal SoC) the battery cannot charge: ``S̄_ch = 0``.
     """
-    d = p.data
-    spec = d.case.battery
-    cap = d.cap_kwh
-    e_hi = (spec.soc_max - p.keep * soc0) * cap
-    e_lo = (spec.soc_min - p.keep * soc0) * cap
-    ub_ch = np.minimum(d.sch_max, e_hi / p.g_ch)
-    ub_dis = np.minimum(d.sdis_max, -e_lo / p.g_dis)
-    if d.battery_model is BatteryModel.PAPER:
-        ub_ch = np.minimum(ub_ch, (spec.soc_max - soc0) * cap / spec.eff_charge)
-        ub_dis = np.minimum(ub_dis, (soc0 - spec.soc_min) * cap / spec.eff_discharge)
-    lb_ch = np.maximum(0.0, e_lo / p.g_ch)
-    return lb_ch, ub_ch, np.maximum(ub_dis, 0.0)
+    lim = p.data.battery.limits(soc0, steps)
+    ub_ch = np.where(lim.lb_dis > 0.0, 0.0, lim.ub_ch)
+    return lim.lb_ch, ub_ch, lim.lb_dis, lim.ub_dis
 
 
 def _bounds(p: FastPlan, steps: np.ndarray, soc0: np.ndarray, base: _Bounds | None = None) -> _Bounds:
     """Step data of ``steps`` with SoC ``soc0`` (B, n_b) before each; ``base``: the same steps
     with other SoC, whose step data are reused."""
-    lb, ub, ubd = _battery_limits(p, soc0)
+    lb, ub, lbd, ubd = _battery_limits(p, soc0, steps)
     if base is not None:
         b = base
         return _Bounds(lo_p=b.lo_p, hi_p=b.hi_p, th_ch=b.th_ch, th_dis=b.th_dis, lb_ch=lb, ub_ch=ub, ub_dis=ubd,
-                       value=b.value, ip=b.ip, ep=b.ep, span_p=b.span_p, span_c=ub - lb, thc=b.thc, thd=b.thd,
-                       neg_ub_dis=-ubd, closed=b.closed)
+                       lb_dis=lbd, value=b.value, ip=b.ip, ep=b.ep, span_p=b.span_p, span_c=ub - lb, thc=b.thc,
+                       thd=b.thd, neg_ub_dis=-ubd, neg_lb_dis=-lbd, closed=b.closed)
     d = p.data
     e = d.energy_kwh[steps]
     v = d.value_step[steps]
     lo, hi = e * p.lo_fac, e * p.hi_fac
     th_ch, th_dis = (p.g_ch * v - p.cdeg)[:, None], (p.g_dis * v + p.cdeg)[:, None]
-    return _Bounds(lo_p=lo, hi_p=hi, th_ch=th_ch, th_dis=th_dis, lb_ch=lb, ub_ch=ub, ub_dis=ubd, value=v,
-                   ip=d.import_price[steps], ep=d.export_price[steps], span_p=hi - lo, span_c=ub - lb,
-                   thc=th_ch * p.inv_sig_b, thd=th_dis * p.inv_sig_b, neg_ub_dis=-ubd,
+    return _Bounds(lo_p=lo, hi_p=hi, th_ch=th_ch, th_dis=th_dis, lb_ch=lb, ub_ch=ub, ub_dis=ubd, lb_dis=lbd,
+                   value=v, ip=d.import_price[steps], ep=d.export_price[steps], span_p=hi - lo, span_c=ub - lb,
+                   thc=th_ch * p.inv_sig_b, thd=th_dis * p.inv_sig_b, neg_ub_dis=-ubd, neg_lb_dis=-lbd,
                    closed=~_pool_open(p, d.import_price[steps], d.export_price[steps]))
 
 
@@ -415,7 +420,7 @@ def _unit_points(p: FastPlan, bd: _Bounds) -> tuple[np.ndarray, np.ndarray | Non
     parts = [p.theta_p - p.sig_p * bd.hi_p, p.theta_p - p.sig_p * bd.lo_p]
     if p.n_b:
         sb = p.sig_b
-        parts += [bd.th_ch - sb * bd.ub_ch, bd.th_ch - sb * bd.lb_ch, np.broadcast_to(bd.th_dis, bd.ub_dis.shape),
+        parts += [bd.th_ch - sb * bd.ub_ch, bd.th_ch - sb * bd.lb_ch, bd.th_dis + sb * bd.lb_dis,
                   bd.th_dis + sb * bd.ub_dis]
     t = np.concatenate(parts, axis=1)
     dj = None
@@ -526,7 +531,7 @@ def _initial_guess(p: FastPlan, bd: _Bounds) -> tuple[np.ndarray, np.ndarray, np
     a = ab[0]
     a += bd.hi_p @ p.member_pq
     if p.n_b:
-        a += bd.ub_ch @ p.member_b
+        a += (bd.ub_ch + bd.neg_lb_dis) @ p.member_b  # the upper ends of charge and discharge units
     np.negative(a, out=a)
     b = ab[1]
     idx = np.flatnonzero(inside)
@@ -657,9 +662,9 @@ def _start(p: FastPlan, bd: _Bounds, guess: tuple[np.ndarray, np.ndarray, np.nda
         vc = bd.thc - nub
         vd = bd.thd - nub
         pc = _piece(vc, bd.lb_ch, bd.ub_ch)
-        pd = _piece(vd, bd.neg_ub_dis, 0.0)
+        pd = _piece(vd, bd.neg_ub_dis, bd.neg_lb_dis)
         yb = np.minimum(np.maximum(vc, bd.lb_ch), bd.ub_ch)
-        yb += np.minimum(np.maximum(vd, bd.neg_ub_dis), 0.0)
+        yb += np.minimum(np.maximum(vd, bd.neg_ub_dis), bd.neg_lb_dis)
         y = np.concatenate([y, yb], axis=1)
     pi, pe = _port_prices(p, reg, q, bd.ip, bd.ep)
     # importers and exporters: the water level of each trading community's net positions
@@ -749,17 +754,17 @@ def _still_prices(p: FastPlan, bd: _Bounds, pp: np.ndarray, pc: np.ndarray, pd: 
     if p.n_b:
         sb = p.sig_b
         cm = bd.span_c > 0.0
-        dm = bd.ub_dis > 0.0
+        dm = bd.ub_dis > bd.lb_dis
         u_c = np.where(cm & (pc == HI), bd.th_ch - sb * bd.ub_ch, np.inf)
         d_c = np.where(cm & (pc == LO), bd.th_ch - sb * bd.lb_ch, -np.inf)
-        u_d = np.where(dm & (pd == HI), bd.th_dis, np.inf)
+        u_d = np.where(dm & (pd == HI), bd.th_dis + sb * bd.lb_dis, np.inf)
         d_d = np.where(dm & (pd == LO), bd.th_dis + sb * bd.ub_dis, -np.inf)
         up[:, n_pq:] = np.minimum(u_c, u_d)
         dn[:, n_pq:] = np.maximum(d_c, d_d)
     shift = 2.0 * p.eps * y  # ν − λ of an agent that does not trade
-    mem = p.member.astype(bool)[None, :, :]
-    hi_c = np.where(mem, (up - shift)[:, :, None], np.inf).min(axis=1)
-    lo_c = np.where(mem, (dn - shift)[:, :, None], -np.inf).max(axis=1)
+    # per community over its agents (comm_map, padded with the extra column)
+    hi_c = np.concatenate([up - shift, np.full((R, 1), np.inf)], axis=1)[:, p.comm_map].min(axis=2)
+    lo_c = np.concatenate([dn - shift, np.full((R, 1), -np.inf)], axis=1)[:, p.comm_map].max(axis=2)
     hi_c = np.minimum(hi_c, pi)
     lo_c = np.maximum(lo_c, pe)
     return np.minimum(lo_c, hi_c), np.maximum(lo_c, hi_c)
@@ -792,8 +797,8 @@ def _iterate(p: FastPlan, bd: _Bounds, st: _State) -> tuple[_State, np.ndarray, 
     if p.n_b:
         mc, md, ld = pc == MID, pd == MID, pd == LO
         bc = np.where(pc == HI, bd.ub_ch, bd.lb_ch)
-        r0 = np.concatenate([r0, np.where(mc, bd.thc, bc) + np.where(md, bd.thd, np.where(ld, bd.neg_ub_dis, 0.0))],
-                            axis=1)
+        bd_ = np.where(ld, bd.neg_ub_dis, bd.neg_lb_dis)  # the discharge unit's bound
+        r0 = np.concatenate([r0, np.where(mc, bd.thc, bc) + np.where(md, bd.thd, bd_)], axis=1)
         r1 = np.concatenate([r1, (mc.astype(float) + md) * p.inv_sig_b], axis=1)
     k = fa + fb
     k += 1.0
@@ -902,13 +907,13 @@ def _iterate(p: FastPlan, bd: _Bounds, st: _State) -> tuple[_State, np.ndarray, 
         vc = bd.thc - nub
         mvc = np.abs(np.where(mc, vc, bc) - np.minimum(np.maximum(vc, bd.lb_ch), bd.ub_ch)) > TOL_KWH
         vd = bd.thd - nub
-        cur_d = np.where(md, vd, np.where(ld, bd.neg_ub_dis, 0.0))
-        mvd = np.abs(cur_d - np.minimum(np.maximum(vd, bd.neg_ub_dis), 0.0)) > TOL_KWH
+        cur_d = np.where(md, vd, np.where(ld, bd.neg_ub_dis, bd.neg_lb_dis))
+        mvd = np.abs(cur_d - np.minimum(np.maximum(vd, bd.neg_ub_dis), bd.neg_lb_dis)) > TOL_KWH
         if mvc.any():
             pc = np.where(mvc, (vc > bd.lb_ch).astype(np.int8) + (vc >= bd.ub_ch), pc).astype(np.int8)
             changed = changed | mvc.any(axis=1)
         if mvd.any():
-            pd = np.where(mvd, (vd > bd.neg_ub_dis).astype(np.int8) + (vd >= 0.0), pd).astype(np.int8)
+            pd = np.where(mvd, (vd > bd.neg_ub_dis).astype(np.int8) + (vd >= bd.neg_lb_dis), pd).astype(np.int8)
             changed = changed | mvd.any(axis=1)
     # an agent keeps trading down to −TOL_KWH and starts above +TOL_KWH
     ia_new = (al > TOL_KWH * (1.0 - 2.0 * fa)).astype(float)
@@ -990,6 +995,7 @@ class _Res:
     sdis: np.ndarray  #: (B, n_b) S_dis [kWh]
     soc: np.ndarray  #: (B, n_b) SoC after the step, from the SoC the step was solved with
     value: np.ndarray  #: (B,) v [currency/kWh]
+    step: np.ndarray  #: (B,) global step of each row
 
     def view(self, start: int) -> _Res:
         """Rows ``start, start+1, ...`` as views: writing to them writes to this batch."""
@@ -1008,7 +1014,7 @@ class _Res:
             getattr(self, f)[rows] = getattr(other, f)
 
 
-_RES_ARRAYS = ("sch", "sdis", "soc", "value")
+_RES_ARRAYS = ("sch", "sdis", "soc", "value", "step")
 
 
 def solve_batch(p: FastPlan, steps: np.ndarray, soc0: np.ndarray, *, max_iter: int | None = None,
@@ -1029,16 +1035,17 @@ def solve_batch(p: FastPlan, steps: np.ndarray, soc0: np.ndarray, *, max_iter: i
     max_iter = MAX_ITER if max_iter is None else max_iter
     bd = _bounds(p, steps, soc0, base)
     reason = [""] * B
-    fail = (bd.lb_ch > bd.ub_ch + TOL_KWH).any(axis=1) if n_b else np.zeros(B, dtype=bool)
+    fail = ((bd.lb_ch > bd.ub_ch + TOL_KWH) | (bd.lb_dis > bd.ub_dis + TOL_KWH)).any(axis=1) if n_b \
+        else np.zeros(B, dtype=bool)
     if fail.any():
         for b in np.flatnonzero(fail):
-            reason[b] = "a battery's forced charge exceeds its charge limit (infeasible SoC bound)"
+            reason[b] = "a battery's forced charge or discharge exceeds its limit (infeasible SoC bound)"
     if warm is not None:
         st = warm
         st.pp[bd.hi_p <= bd.lo_p] = LO
         if n_b:
             st.pc[bd.ub_ch <= bd.lb_ch] = LO
-            st.pd[bd.ub_dis <= 0.0] = LO
+            st.pd[bd.ub_dis <= bd.lb_dis] = LO
     else:
         st = _start(p, bd, guess)
     vals: _Vals | None = None
@@ -1098,8 +1105,40 @@ def solve_batch(p: FastPlan, steps: np.ndarray, soc0: np.ndarray, *, max_iter: i
         - st.ib[:, n_pq:] * np.maximum(vals.be[:, n_pq:], 0.0)
     sch = np.maximum(yb, 0.0)
     sdis = np.maximum(-yb, 0.0)
+    if n_b:
+        loop = _loop_gains(p, vals.nu[:, n_pq:], sch, sdis, bd.lb_ch, bd.lb_dis) & ok
+        for b in np.flatnonzero(loop):
+            ok[b] = False
+            reason[b] = ("a battery forced by its SoC band would rather charge and discharge at once (burning"
+                         " energy in losses); left to Clarabel")
     soc = p.keep * soc0 + (p.g_ch * sch - p.g_dis * sdis) / d.cap_kwh
-    return _Res(ok, np.array(reason, dtype=object), it, st, vals, sch, sdis, soc, bd.value)
+    return _Res(ok, np.array(reason, dtype=object), it, st, vals, sch, sdis, soc, bd.value,
+                np.asarray(steps, dtype=np.int64).copy())
+
+
+def _loop_gains(p: FastPlan, nu: np.ndarray, sch: np.ndarray, sdis: np.ndarray, lb_ch: np.ndarray,
+                lb_dis: np.ndarray) -> np.ndarray:
+    """(B,) rows where a battery with a forced charge or discharge would gain by charging and
+    discharging at once, which the fast path's units cannot represent.
+
+    A forced discharge fixes ``ΔE = g_ch S_ch − g_dis S_dis``; adding δ of charge then adds
+    ``δ g_ch/g_dis`` of discharge and ``δ (1 − g_ch/g_dis)`` to ``S``. At ``S_ch = 0`` the objective
+    (minimised) moves by ``c_deg (1 + g_ch/g_dis) + 2ε S_dis g_ch/g_dis + (ν + 2a S)(1 − g_ch/g_dis)``
+    per δ: negative when the battery's marginal value of selling, ``ν + 2aS``, is negative (it would
+    rather burn energy in losses than sell it). A forced charge mirrors it. Never in the paper
+    model (``g_ch = g_dis``: a loop changes nothing but costs).
+    """
+    r = p.g_ch / p.g_dis
+    if r >= 1.0 or not (lb_dis.any() or lb_ch.any()):
+        return np.zeros(len(nu), dtype=bool)
+    a2 = p.sig_b - 2.0 * p.eps  # 2a
+    s = sch - sdis
+    tol = 1e-12
+    fd = (lb_dis > 0.0) & (sdis > 0.0)
+    dis_gain = p.cdeg * (1.0 + r) + 2.0 * p.eps * sdis * r + (nu + a2 * s) * (1.0 - r) < -tol
+    fc = (lb_ch > 0.0) & (sch > 0.0)
+    ch_gain = p.cdeg * (1.0 + 1.0 / r) + 2.0 * p.eps * sch / r + (nu + a2 * s) * (1.0 / r - 1.0) < -tol
+    return ((fd & dis_gain) | (fc & ch_gain)).any(axis=1)
 
 
 def _write(p: FastPlan, sol: Solution, t0: int, res: _Res, rows: slice, snap: float) -> None:
@@ -1127,6 +1166,8 @@ def _write(p: FastPlan, sol: Solution, t0: int, res: _Res, rows: slice, snap: fl
     aexp[:] = 0.0
     sol.rho[tr] = np.nan  # grid arcs, and links without a pool
     gi, ge = gimp, gexp
+    if d.n_pool:
+        gi, ge = _write_pools(p, sol, tr, reg, q, gimp, gexp, ip, ep)
     if len(p.link_comm):
         links = d.link_arcs
         kl = p.clique[p.link_comm]
@@ -1136,8 +1177,8 @@ def _write(p: FastPlan, sol: Solution, t0: int, res: _Res, rows: slice, snap: fl
                       gexp[:, p.link_partner] * gimp[:, p.link_comm] / np.where(scale > 0, scale, 1.0), 0.0)
         aimp[:, links] = fl
         aexp[:, d.arc_rev[links]] = fl
-        gi = gimp - fl @ p.link_in
-        ge = gexp - fl @ p.link_out
+        gi = gi - fl @ p.link_in
+        ge = ge - fl @ p.link_out
         # the pool's price: q when floating, the bound it sits at when low or high
         qeff = np.where(regl == LOW, ep[:, None], np.where(regl == HIGH, (ip - p.tau)[:, None], q[:, kl]))
         sol.rho[tr, links] = np.where(regl != NONE, qeff, 0.5 * ((ip - p.tau) + ep)[:, None])
@@ -1164,20 +1205,47 @@ def _write(p: FastPlan, sol: Solution, t0: int, res: _Res, rows: slice, snap: fl
             arr[np.abs(arr) < snap] = 0.0
 
 
+def _write_pools(p: FastPlan, sol: Solution, tr: slice, reg: np.ndarray, q: np.ndarray, gimp: np.ndarray,
+                 gexp: np.ndarray, ip: np.ndarray, ep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pool arcs of rows ``tr`` (pool formulation, :mod:`gridmarket.market.pool`): inside each open
+    pool the smaller side trades in full and the larger side pro rata (the sums of the arc
+    formulation's pro rata split); returns the imports and exports [kWh] (B, n_c) left for the grid."""
+    d = p.data
+    pa = d.pool_arcs
+    c = d.arc_comm[pa]
+    k = p.clique[c]  # the pool's clique column (cliques kept as arcs come first)
+    tot_i = gimp @ p.cmember  # (B, n_k)
+    tot_e = gexp @ p.cmember
+    big = np.maximum(tot_i, tot_e)
+    safe = np.where(big > 0, big, 1.0)
+    open_ = (reg != NONE) & (big > 0)
+    fi = np.where(open_, tot_e / safe, 0.0)[:, k] * gimp[:, c]  # imported from the pool
+    fe = np.where(open_, tot_i / safe, 0.0)[:, k] * gexp[:, c]  # exported into it
+    sol.aimp[tr, pa] = fi
+    sol.aexp[tr, pa] = fe
+    qeff = np.where(reg == LOW, ep[:, None], np.where(reg == HIGH, (ip - p.tau)[:, None], q))
+    sol.rho[tr, pa] = np.where(reg != NONE, qeff, 0.5 * ((ip - p.tau) + ep)[:, None])[:, k]
+    gi, ge = gimp.copy(), gexp.copy()
+    gi[:, c] -= fi
+    ge[:, c] -= fe
+    return gi, ge
+
+
 # ----------------------------------------------------------------------------- the sequence
 
 def _valid_rows(p: FastPlan, out: _Res, soc: np.ndarray) -> np.ndarray:
     """(B,) whether each row of a batch, solved with a guessed SoC, is also the solution for ``soc``
     (B, n_b): every battery's charge and discharge equal its clipped response to its price
     under the limits of that SoC, so every KKT condition still holds."""
-    lb, ub, ubd = _battery_limits(p, soc)
+    lb, ub, lbd, ubd = _battery_limits(p, soc, out.step)
     nu = out.vals.nu[:, p.n_pq:]
     th = out.value[:, None]
     ch = np.minimum(np.maximum((p.g_ch * th - p.cdeg - nu) * p.inv_sig_b, lb), ub)
-    dis = -np.minimum(np.maximum((p.g_dis * th + p.cdeg - nu) * p.inv_sig_b, -ubd), 0.0)
+    dis = -np.minimum(np.maximum((p.g_dis * th + p.cdeg - nu) * p.inv_sig_b, -ubd), -lbd)
     tol = 1e-9 * (1.0 + out.sch + out.sdis)
-    good = (np.abs(ch - out.sch) <= tol) & (np.abs(dis - out.sdis) <= tol) & (lb <= ub + TOL_KWH)
-    return good.all(axis=1)
+    good = ((np.abs(ch - out.sch) <= tol) & (np.abs(dis - out.sdis) <= tol) & (lb <= ub + TOL_KWH)
+            & (lbd <= ubd + TOL_KWH))
+    return good.all(axis=1) & ~_loop_gains(p, nu, out.sch, out.sdis, lb, lbd)
 
 
 def _true_soc(p: FastPlan, out: _Res, soc: np.ndarray) -> np.ndarray:
@@ -1191,8 +1259,7 @@ def _true_soc(p: FastPlan, out: _Res, soc: np.ndarray) -> np.ndarray:
     s = np.empty((B, d.n_b))
     s[0] = soc
     s[1:] = pw[1:B, None] * (soc[None, :] + acc[:-1])
-    spec = d.case.battery
-    return np.clip(s, spec.soc_min, spec.soc_max)
+    return np.clip(s, d.battery.soc_min, d.battery.soc_max)
 
 
 def _guess_soc(p: FastPlan, out: _Res, j: int, soc: np.ndarray) -> np.ndarray:
@@ -1203,25 +1270,26 @@ def _guess_soc(p: FastPlan, out: _Res, j: int, soc: np.ndarray) -> np.ndarray:
     """
     st = out.state
     sl = slice(j, None)
-    return _run_batteries(p, soc, st.pc[sl] == HI, st.pc[sl] == LO, st.pd[sl] == LO, st.pd[sl] == HI,
-                          out.sch[sl], out.sdis[sl])
+    return _run_batteries(p, soc, out.step[sl], st.pc[sl] == HI, st.pc[sl] == LO, st.pd[sl] == LO,
+                          st.pd[sl] == HI, out.sch[sl], out.sdis[sl])
 
 
-def _run_batteries(p: FastPlan, soc: np.ndarray, ch_hi: np.ndarray, ch_lo: np.ndarray, dis_lo: np.ndarray,
-                   dis_hi: np.ndarray, sch: np.ndarray, sdis: np.ndarray) -> np.ndarray:
-    """SoC before each row when the batteries run row after row from ``soc``.
+def _run_batteries(p: FastPlan, soc: np.ndarray, steps: np.ndarray, ch_hi: np.ndarray, ch_lo: np.ndarray,
+                   dis_lo: np.ndarray, dis_hi: np.ndarray, sch: np.ndarray, sdis: np.ndarray) -> np.ndarray:
+    """SoC before each row (global steps ``steps``) when the batteries run row after row from ``soc``.
 
     Per row and battery: charge at its upper limit (``ch_hi``) or lower limit (``ch_lo``) of the
     running SoC, else ``sch``; discharge at its limit (``dis_lo``), zero (``dis_hi``), else
     ``sdis``. A plain loop over scalars: the batteries are few and each row needs the last.
     """
     d = p.data
-    spec = d.case.battery
+    bt = d.battery
     n, nb = sch.shape
-    paper = d.battery_model is BatteryModel.PAPER
+    paper = bt.paper
     keep, g_ch, g_dis = p.keep, p.g_ch, p.g_dis
-    lo, hi = float(spec.soc_min), float(spec.soc_max)
-    eta_c, eta_d = float(spec.eff_charge), float(spec.eff_discharge)
+    lo_s, hi_s = bt.soc_min, bt.soc_max
+    band_lo, band_hi = (x.T.tolist() for x in bt.band(steps))
+    eta_c, eta_d = bt.eff_charge, bt.eff_discharge
     cap = d.cap_kwh.tolist()
     rate_c = d.sch_max.tolist()
     rate_d = d.sdis_max.tolist()
@@ -1236,27 +1304,28 @@ def _run_batteries(p: FastPlan, soc: np.ndarray, ch_hi: np.ndarray, ch_lo: np.nd
         sb = float(soc[b])
         cb, rc, rd = cap[b], rate_c[b], rate_d[b]
         col = []
-        for f, c, dd in zip(fl, row_c, row_d, strict=True):
+        for f, c, dd, lo, hi in zip(fl, row_c, row_d, band_lo[b], band_hi[b], strict=True):
             col.append(sb)
             if f:
+                # limits of the running SoC: the step's band, the rates, paper headroom
                 if f & 1:
-                    c = min((hi - keep * sb) * cb / g_ch, rc)
+                    c = max(min((hi - keep * sb) * cb / g_ch, rc), 0.0)
                     if paper:
-                        c = min(c, (hi - sb) * cb / eta_c)
+                        c = min(c, (hi_s - sb) * cb / eta_c)
                 elif f & 2:
                     c = max((lo - keep * sb) * cb / g_ch, 0.0)
                 if f & 4:
                     dd = min(-((lo - keep * sb) * cb) / g_dis, rd)
                     if paper:
-                        dd = min(dd, (sb - lo) * cb / eta_d)
+                        dd = min(dd, (sb - lo_s) * cb / eta_d)
                     dd = max(dd, 0.0)
                 elif f & 8:
-                    dd = 0.0
+                    dd = max((keep * sb - hi) * cb / g_dis, 0.0)  # forced by the band, else none
             sb = keep * sb + (g_ch * c - g_dis * dd) / cb
-            if sb < lo:
-                sb = lo
-            elif sb > hi:
-                sb = hi
+            if sb < lo_s:
+                sb = lo_s
+            elif sb > hi_s:
+                sb = hi_s
         cols.append(col)
     return np.array(cols).T.reshape(n, nb)
 
@@ -1286,7 +1355,7 @@ def _presimulate(p: FastPlan, steps: np.ndarray, soc: np.ndarray, *, passes: int
         # a SoC limit may still cut (the limits of the running SoC are applied in the loop)
         sch = np.minimum(np.maximum(vc, 0.0), d.sch_max)
         sdis = np.minimum(np.maximum(vd, 0.0), d.sdis_max)
-        new = _run_batteries(p, soc, vc >= d.sch_max, vc <= 0.0, vd >= d.sdis_max, vd <= 0.0, sch, sdis)
+        new = _run_batteries(p, soc, steps, vc >= d.sch_max, vc <= 0.0, vd >= d.sdis_max, vd <= 0.0, sch, sdis)
         done = np.array_equal(new, g)
         g = new
         if done:
@@ -1297,7 +1366,7 @@ def _presimulate(p: FastPlan, steps: np.ndarray, soc: np.ndarray, *, passes: int
 
 def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
                      fallback: Callable[[int, np.ndarray], np.ndarray] | None, *,
-                     snap: float = 0.0, batch: int = MAX_BATCH) -> FastStats:
+                     snap: float = 0.0, batch: int = MAX_BATCH, force: np.ndarray | None = None) -> FastStats:
     """Clear every step of the case in order, writing into ``sol``.
 
     Steps are solved in batches, each step with a guessed SoC before it (at first the SoC
@@ -1322,11 +1391,12 @@ def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
         Energies below this [kWh] are reported as 0 (as the Clarabel path does).
     batch : int
         Steps solved together.
+    force : ndarray of bool, shape (steps,), optional
+        Steps handed to ``fallback`` whatever the fast path finds (e.g. steps with network rows).
     """
     d = p.data
     T = d.steps
-    spec = d.case.battery
-    lo, hi = spec.soc_min, spec.soc_max
+    lo, hi = d.battery.soc_min, d.battery.soc_max
     stats = FastStats()
     soc = np.asarray(soc_init, dtype=float).copy()
     t0 = 0
@@ -1345,6 +1415,10 @@ def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
             stats.iterations += acc.iterations
             a0 = b0 = t0
         out = acc.view(t0 - a0)  # steps t0, t0+1, ...
+        if force is not None:
+            forced = force[t0:t0 + len(out.ok)]
+            out.ok[forced] = False
+            out.reason[forced] = "the step has network constraints (solved by the QP)"
         soc0 = guesses[t0 - a0:]
         B = len(out.ok)
         if d.n_b:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import clarabel
 import numpy as np
+import scipy.sparse as sp
 
 from gridmarket.case.model import Case
 from gridmarket.enums import BatteryModel
@@ -30,11 +31,13 @@ from gridmarket.market.fast import (
     fast_unsupported,
     solve_sequential,
 )
+from gridmarket.market.network import NetworkConstraints, check_network, window_rows
 from gridmarket.market.prices import Solution
 from gridmarket.market.results import MarketResult, MarketStatus, make_result
 from gridmarket.market.validate import assert_valid_market
 
-__all__ = ["SNAP_KWH", "MarketMethod", "WindowOutcome", "WindowSolver", "clear_market", "solver_settings"]
+__all__ = ["SCALE_FROM_KWH", "SNAP_KWH", "MarketMethod", "WindowOutcome", "WindowSolver", "clear_market", "kwh_scale",
+           "solver_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,10 @@ class MarketMethod(str, Enum):
 
 #: energies closer than this to zero [kWh] are reported as 0 (below the solver's tolerance)
 SNAP_KWH = 1e-9
+#: the QP is solved in scaled units when an agent's energy per step exceeds this [kWh] (kwh_scale)
+SCALE_FROM_KWH = 100.0
+#: Clarabel's gap and feasibility tolerances in a scaled QP (the default ones: solver_settings)
+SCALED_TOL = 1e-13
 
 _STATUS = {
     "Solved": MarketStatus.OPTIMAL,
@@ -95,18 +102,62 @@ class WindowOutcome:
     seconds: float  #: wall time of update + solve
 
 
-class WindowSolver:
-    """A Clarabel solver bound to one :class:`MarketModel`, updated window after window."""
+def kwh_scale(data: MarketData) -> float:
+    """The energy unit [kWh] of the QP's variables for ``data``: 1 while every agent's energy per
+    step is at most :data:`SCALE_FROM_KWH`, else the power of ten nearest to a tenth of the
+    largest (so the largest scaled energy lies in [~3, ~30]).
 
-    def __init__(self, model: MarketModel, settings: clarabel.DefaultSettings | None = None) -> None:
+    Clarabel's tolerances (1e-9) are absolute on residuals of order one: a consumer of 5e5 kWh
+    per step with ``a = 0.02`` puts 5e9 into the objective and the solver stalls or reports a
+    market with unlimited grid imports infeasible (issue 15). Scaled, the inputs within the
+    documented limits (1e6 kW per agent) clear.
+    """
+    big = max([float(np.max(x, initial=0.0)) for x in (np.abs(data.energy_kwh), data.sch_max, data.sdis_max)])
+    return 1.0 if big <= SCALE_FROM_KWH else float(10.0 ** np.round(np.log10(big / 10.0)))
+
+
+class WindowSolver:
+    """A Clarabel solver bound to one :class:`MarketModel`, updated window after window.
+
+    With ``scale = s > 1`` [kWh] (default :func:`kwh_scale` of the model's data) Clarabel sees
+    the scaled problem ``x = D x'`` (energies in units of ``s`` kWh, SoC as is), every row divided
+    by its largest coefficient (``E``) and the objective by ``s²`` (``σ = 1/s²``: the quadratic
+    coefficients stay as they are, prices become ``b/s``); ``x = D x'`` and the duals
+    ``z = E z' / σ`` are returned in market units, so prices are unchanged. (One unit for all
+    energies: scaling each agent by its own size was measured to converge to a worse objective.)
+    """
+
+    def __init__(self, model: MarketModel, settings: clarabel.DefaultSettings | None = None, *,
+                 scale: float | None = None) -> None:
         self.model = model
-        self.settings = settings or solver_settings()
+        self.scale = kwh_scale(model.data) if scale is None else float(scale)
+        if settings is None:
+            settings = solver_settings()
+            if self.scale != 1.0:
+                # the small agents beside a big one are 1e-5 of its size: their accuracy (and
+                # their communities' prices) needs gaps below the default 1e-9
+                settings.tol_gap_abs = settings.tol_gap_rel = settings.tol_feas = SCALED_TOL
+        self.settings = settings
         self._solver: clarabel.DefaultSolver | None = None
+        n = model.layout.n
+        self._col = np.ones(n)
+        self._row = np.ones(model.A.shape[0])
+        self._obj = 1.0
+        if self.scale != 1.0:
+            self._col[:] = self.scale
+            self._col[model.layout.var("SoC").ravel()] = 1.0
+            big = abs(model.A @ sp.diags(self._col)).max(axis=1).toarray().ravel()
+            self._row = 1.0 / np.where(big > 0, big, 1.0)
+            self._obj = self.scale ** -2
 
     def solve(self, w: Window) -> WindowOutcome:
         """Solve the model with the data of window ``w``."""
         t0 = time.perf_counter()
         q, b = self.model.vectors(w)
+        scaled = self.scale != 1.0
+        if scaled:
+            q = self._obj * self._col * q
+            b = self._row * b
         if self._solver is None:
             m = self.model
             cones = []
@@ -114,13 +165,83 @@ class WindowSolver:
                 cones.append(clarabel.ZeroConeT(m.n_zero))
             if m.n_nonneg:
                 cones.append(clarabel.NonnegativeConeT(m.n_nonneg))
-            self._solver = clarabel.DefaultSolver(m.P, q, m.A, b, cones, self.settings)
+            P, A = m.P, m.A
+            if scaled:
+                dc = sp.diags(self._col)
+                P = sp.csc_matrix(self._obj * (dc @ P @ dc))
+                A = sp.csc_matrix(sp.diags(self._row) @ A @ dc)
+                P.sort_indices()
+                A.sort_indices()
+            self._solver = clarabel.DefaultSolver(P, q, A, b, cones, self.settings)
         else:
             self._solver.update(q=q, b=b)
         sol = self._solver.solve()
         name = str(sol.status)
-        return WindowOutcome(np.asarray(sol.x), np.asarray(sol.z), _STATUS.get(name, MarketStatus.NUMERICAL_ERROR),
+        x, z = np.asarray(sol.x), np.asarray(sol.z)
+        if scaled:
+            x = self._col * x
+            z = self._row * z / self._obj
+        return WindowOutcome(x, z, _STATUS.get(name, MarketStatus.NUMERICAL_ERROR),
                              name, int(sol.iterations), time.perf_counter() - t0)
+
+    def solve_rows(self, w: Window, rows: sp.csr_matrix, rhs: np.ndarray, penalty: float) -> WindowOutcome:
+        """Solve window ``w`` with extra rows ``rows @ x − slack <= rhs``, ``slack >= 0`` priced at
+        ``penalty`` per unit (network constraints, :mod:`gridmarket.market.network`).
+
+        A one-off solver (the rows differ from window to window). ``x`` holds the model's columns
+        then the slacks; ``z`` the model's rows, then the extra rows' duals (>= 0), then the
+        slacks' sign rows.
+        """
+        t0 = time.perf_counter()
+        m = self.model
+        R = rows.shape[0]
+        q, b = m.vectors(w)
+        eye = sp.identity(R, format="csc")
+        A = sp.bmat([[m.A, None], [sp.csc_matrix(rows), -eye], [None, -eye]], format="csc")
+        P = sp.block_diag([m.P, sp.csc_matrix((R, R))], format="csc")
+        q = np.concatenate([q, np.full(R, float(penalty))])
+        b = np.concatenate([b, np.asarray(rhs, dtype=float), np.zeros(R)])
+        col = np.concatenate([self._col, np.ones(R)])
+        row = np.ones(A.shape[0])
+        if self.scale != 1.0:
+            big = abs(A @ sp.diags(col)).max(axis=1).toarray().ravel()
+            row = 1.0 / np.where(big > 0, big, 1.0)
+        dc = sp.diags(col)
+        Ps = sp.csc_matrix(self._obj * (dc @ P @ dc))
+        As = sp.csc_matrix(sp.diags(row) @ A @ dc)
+        Ps.sort_indices()
+        As.sort_indices()
+        cones = []
+        if m.n_zero:
+            cones.append(clarabel.ZeroConeT(m.n_zero))
+        cones.append(clarabel.NonnegativeConeT(m.n_nonneg + 2 * R))
+        sol = clarabel.DefaultSolver(Ps, self._obj * col * q, As, row * b, cones, self.settings).solve()
+        name = str(sol.status)
+        x = col * np.asarray(sol.x)
+        z = row * np.asarray(sol.z) / self._obj
+        return WindowOutcome(x, z, _STATUS.get(name, MarketStatus.NUMERICAL_ERROR),
+                             name, int(sol.iterations), time.perf_counter() - t0)
+
+
+def network_matrix(model: MarketModel, nc: NetworkConstraints, idx: np.ndarray, start: int) -> sp.csr_matrix:
+    """Rows ``idx`` of ``nc`` on the columns of ``model`` for the window starting at ``start``:
+    ``sens[r, n] / Δt`` on agent n's ``P`` and ``S_ch`` and minus that on its ``S_dis`` at the
+    row's step (``p_t`` in kW is energy per step / Δt); passive agents' columns are dropped."""
+    d = model.data
+    lay = model.layout
+    sub = sp.csc_matrix(nc.sens[idx])
+    k = np.asarray(nc.step, dtype=np.int64)[idx] - start
+    rr, cc, vv = [], [], []
+    for var, where, sign in (("P", d.pos[d.pq], 1.0), ("Sch", d.pos[d.bat], 1.0), ("Sdis", d.pos[d.bat], -1.0)):
+        if not len(where):
+            continue
+        blk = sub[:, where].tocoo()
+        rr.append(blk.row)
+        cc.append(lay.var(var)[k[blk.row], blk.col])
+        vv.append(sign * blk.data / d.step_hours)
+    if not rr:
+        return sp.csr_matrix((len(idx), lay.n))
+    return sp.csr_matrix((np.concatenate(vv), (np.concatenate(rr), np.concatenate(cc))), shape=(len(idx), lay.n))
 
 
 # ----------------------------------------------------------------------------- diagnosis
@@ -148,6 +269,8 @@ def diagnose(model: MarketModel, w: Window, out: WindowOutcome) -> MarketError:
     head = {MarketStatus.INFEASIBLE: "market infeasible",
             MarketStatus.UNBOUNDED: "market unbounded"}.get(out.status, "market not solved")
     status = f"(Clarabel status {out.solver_status})"
+    if out.status is MarketStatus.INFEASIBLE and not _certificate_holds(model, w, out.z):
+        return _numerical_failure(model, w, out)
     if out.status is MarketStatus.INFEASIBLE and np.all(np.isfinite(out.z)):
         groups: dict[str, list[tuple[np.ndarray, RowBlock]]] = {}
         for blk in model.blocks:
@@ -191,6 +314,49 @@ def diagnose(model: MarketModel, w: Window, out: WindowOutcome) -> MarketError:
     return MarketError(msg, step=w.start, group="Solver")
 
 
+def _certificate_holds(model: MarketModel, w: Window, z: np.ndarray, tol: float = 1e-6) -> bool:
+    """Whether ``z`` proves the window infeasible (a Farkas certificate: ``z`` in the dual cone,
+    ``Aᵀz = 0``, ``bᵀz < 0``, to ``tol`` relative to the sizes of A, b and z), and the window can
+    be infeasible at all: without batteries it cannot (grid imports and exports are unlimited,
+    every bound interval is non-empty once the inputs are validated)."""
+    if model.data.n_b == 0 or not np.all(np.isfinite(z)):
+        return False
+    _, b = model.vectors(w)
+    zn = float(np.abs(z).max(initial=0.0))
+    if zn == 0.0:
+        return False
+    if float(z[model.n_zero:].min(initial=0.0)) < -tol * zn:
+        return False
+    scale_a = float(abs(model.A).max()) if model.A.nnz else 1.0
+    if float(np.abs(model.A.T @ z).max(initial=0.0)) > tol * scale_a * zn:
+        return False
+    return float(b @ z) < 0.0
+
+
+def _numerical_failure(model: MarketModel, w: Window, out: WindowOutcome) -> MarketError:
+    """The error of a window the solver called infeasible although it is not: name the range of the
+    inputs (the real cause: their scale), the largest agent and the limits."""
+    d = model.data
+    e = np.abs(w.energy_kwh)
+    nz = e[e > 0]
+    where = ""
+    if nz.size:
+        k, i = np.unravel_index(int(np.argmax(e)), e.shape)
+        where = (f"; energies per step span {float(nz.min()):.3g} to {float(nz.max()):.3g} kWh (largest: "
+                 f"{d.names[int(d.pq[i])]} at step {w.start + int(k)})")
+    reason = ("the window has no battery, so with unlimited grid imports and exports it is feasible"
+              if d.n_b == 0 else "its infeasibility certificate does not hold (Aᵀz ≠ 0 or bᵀz ≥ 0)")
+    msg = (f"step {w.start}: market not solved {status_text(out)}: the solver reported it infeasible, but"
+           f" {reason}: a numerical failure on badly scaled inputs{where}; the documented limit is 1e6 kW"
+           " per agent")
+    return MarketError(msg, step=w.start, group="Solver")
+
+
+def status_text(out: WindowOutcome) -> str:
+    """``(Clarabel status X)``."""
+    return f"(Clarabel status {out.solver_status})"
+
+
 # ----------------------------------------------------------------------------- the run
 
 def _extract(model: MarketModel, w: Window, x: np.ndarray, z: np.ndarray, sol: Solution) -> None:
@@ -215,6 +381,9 @@ def _extract(model: MarketModel, w: Window, x: np.ndarray, z: np.ndarray, sol: S
     links = d.link_arcs
     if len(links):
         sol.rho[sl, links] = z[model.rows("Link-balance")]
+    pools = d.pool_arcs
+    if len(pools):
+        sol.rho[sl, pools] = z[model.rows("Pool-balance")][:, d.arc_pool[pools]]
     sol.vfac[sl] = w.discount[:, None] * w.value[None, :]
     # interior-point noise: energies within SNAP_KWH of zero are reported as exactly zero
     for arr in (sol.p, sol.sch, sol.sdis, sol.phi, sol.alpha, sol.beta, sol.gimp, sol.gexp, sol.aimp, sol.aexp):
@@ -224,7 +393,9 @@ def _extract(model: MarketModel, w: Window, x: np.ndarray, z: np.ndarray, sol: S
 
 def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, horizon: int | None = None,
                  battery_model: BatteryModel | str | None = None,
-                 method: MarketMethod | str = MarketMethod.AUTO) -> MarketResult:
+                 method: MarketMethod | str = MarketMethod.AUTO, steps_after: int = 0,
+                 soc_target: Mapping[str, float] | None = None, pools: bool | None = None,
+                 network: NetworkConstraints | None = None) -> MarketResult:
     """Clear the market of every step of ``case`` (shared MODEL.md, eqs. 1–18).
 
     Parameters
@@ -246,6 +417,26 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
         apply); ``"qp"``: Clarabel for every window. ``MarketResult.solver`` says which ran
         (``"fast"``, ``"clarabel"``, ``"fast+clarabel"``, or ``"none"`` when there is nothing
         to clear), ``window_solver`` per window.
+    steps_after : int
+        Steps of the run after this case's last step, for a case that is a slice of a longer
+        run (``run_long``'s chunks): with ``[battery] terminal_soc = "cyclic"`` the batteries
+        must be back at ``soc_target`` at the end of the whole run, not of the slice.
+    soc_target : mapping of str to float, optional
+        Battery name -> SoC at the end of the run (cyclic) [fraction]; by default the SoC
+        before step 0 of this call. A slice of a longer run passes the run's initial SoC.
+    pools : bool, optional
+        How linked communities trade (:mod:`gridmarket.market.pool`): True, every clique of
+        linked communities through one pool (O(C) variables); False, over one arc per ordered
+        pair (MODEL.md eq. 8); None (default), pools for cliques of more than
+        ``ARC_CLIQUE_MAX`` communities. The results are the same; the ``settlements`` frame
+        then has one row per community and pool instead of per partner community.
+    network : NetworkConstraints, optional
+        Linear network rows ``sens @ p_t − slack <= rhs`` with slacks priced at
+        ``case.market.network_penalty`` (:mod:`gridmarket.market.network`). Windows that hold rows
+        are solved by Clarabel (the fast path hands those steps over); the result's
+        ``network_duals``, ``network_slack``, ``price_voltage``, ``price_congestion``,
+        ``network_congestion_rent`` and ``network_penalty_cost`` report them. None or no rows:
+        the market as without it.
 
     Returns
     -------
@@ -262,11 +453,17 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
     method = MarketMethod(method)
     t_build = 0.0
     t_solve = 0.0
-    data: MarketData = market_data(case, battery_model=battery_model, soc_init=soc_init)
+    data: MarketData = market_data(case, battery_model=battery_model, soc_init=soc_init, soc_target=soc_target,
+                                   steps_after=steps_after, pools=pools)
     H = int(horizon if horizon is not None else case.market.horizon)
     assert_valid_market(data, horizon=H)
     T = data.steps
     sol = Solution.empty(data)
+    n_agents = len(case.agents)
+    nc = network if network is not None else NetworkConstraints.empty(n_agents)
+    check_network(nc, n_agents=n_agents, steps=T)
+    net_dual = np.zeros(nc.rows)
+    net_slack = np.zeros(nc.rows)
     statuses: list[MarketStatus] = []
     solvers_used: list[str] = []
     iterations = 0
@@ -283,7 +480,18 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
                 ws = solvers[L] = WindowSolver(create_model(data, L))
                 t_build += time.perf_counter() - t0
             w = data.window(start, L, soc)
-            out = ws.solve(w)
+            idx = window_rows(nc, start, L)
+            if len(idx):
+                t0 = time.perf_counter()
+                rows = network_matrix(ws.model, nc, idx, start)
+                t_build += time.perf_counter() - t0
+                out = ws.solve_rows(w, rows, nc.rhs[idx], case.market.network_penalty)
+                n, m = ws.model.layout.n, ws.model.A.shape[0]
+                net_slack[idx] = out.x[n:n + len(idx)]
+                net_dual[idx] = out.z[m:m + len(idx)]
+                out = replace(out, x=out.x[:n], z=out.z[:m])
+            else:
+                out = ws.solve(w)
             t_solve += out.seconds
             iterations += out.iterations
             if not out.status.ok:
@@ -307,8 +515,13 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
                 order.append((t, "clarabel"))
                 return clarabel_window(t, 1, soc)
 
+            force = None
+            if nc.rows:  # steps with network rows go to Clarabel
+                force = np.zeros(T, dtype=bool)
+                force[np.asarray(nc.step, dtype=np.int64)] = True
             stats: FastStats = solve_sequential(plan, sol, data.soc_init.copy(),
-                                                None if method is MarketMethod.FAST else fallback, snap=SNAP_KWH)
+                                                None if method is MarketMethod.FAST else fallback, snap=SNAP_KWH,
+                                                force=force)
             # wall time of the sequence, Clarabel fallbacks included, their QP assembly excluded
             t_solve = time.perf_counter() - t0 - (t_build - build_before)
             iterations += stats.iterations
@@ -335,4 +548,4 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
     kinds = sorted(set(solvers_used), key=["fast", "clarabel"].index) if solvers_used else ["none"]
     return make_result(data, sol, status=worst, window_status=tuple(statuses), horizon=H, iterations=iterations,
                        build_seconds=t_build, solve_seconds=t_solve, solver="+".join(kinds),
-                       window_solver=tuple(solvers_used))
+                       window_solver=tuple(solvers_used), network=nc, network_duals=net_dual, network_slack=net_slack)

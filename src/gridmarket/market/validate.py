@@ -152,6 +152,19 @@ def _battery_rules(data: MarketData, spec: BatterySpec, names: list[str]) -> lis
         k = int(np.flatnonzero(bad)[0])
         out.append(MarketProblem("Battery-objective", f"a must be >= 0, got {data.a_bat[k]:g} for {names[k]}",
                                  tuple(np.asarray(names)[bad])))
+    bt = data.battery
+    if bt.cyclic and data.steps and not out:
+        # the SoC before step 0 must reach the band of step 0 (the run's target stays reachable)
+        lim = bt.limits(data.soc_init[None, :], slice(0, 1))
+        bad = ((lim.lb_ch > np.maximum(lim.ub_ch, 0.0) + 1e-9) | (lim.lb_dis > lim.ub_dis + 1e-9))[0]
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            out.append(MarketProblem(
+                "Battery-terminal-soc", f"terminal_soc = 'cyclic': from SoC {data.soc_init[k]:g} before step 0 the"
+                f" battery cannot end the run at its target {bt.soc_target[k]:g} within its rate limits (charge"
+                f" {bt.sch_max[k]:g}, discharge {bt.sdis_max[k]:g} kWh per step) over"
+                f" {data.steps + bt.steps_after} step(s) for {names[k]}; use terminal_soc = 'free' or other limits",
+                tuple(np.asarray(names)[bad]), step=0))
     bad = ~np.isfinite(data.value_step)
     if bad.any():
         out.append(MarketProblem("Battery-objective", f"value v must be finite, got {data.value_step[bad][0]:g}",

@@ -1,10 +1,11 @@
 """Read-only inspection of an OpenDSS feeder: its loads, loadshapes, PV systems, transformers,
 buses and series elements, as plain frozen dataclasses.
 
-This is the second (and only other) module of gridmarket that imports :mod:`opendssdirect`
-(:mod:`gridmarket.network.opendss` is the engine). It never changes a feeder: it compiles the
-master in a private DSS context, runs one snapshot power flow so that buses, voltage bases and
-node angles exist, reads everything once and lets the context go. Case builders
+Like the engine (:mod:`gridmarket.network.opendss`) it reaches OpenDSS through
+:mod:`gridmarket.network._dss`, the one module that imports :mod:`opendssdirect`. It never
+changes a feeder: it compiles the master in a private DSS context, runs one snapshot power
+flow so that buses, voltage bases and node angles exist, reads everything once and lets the
+context go. Case builders
 (:mod:`gridmarket.cases.generic`) and the sweep (:mod:`gridmarket.sweep`) work on the
 :class:`FeederInfo` it returns.
 
@@ -26,10 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import opendssdirect as _odd
 import pandas as pd
 
 from gridmarket.errors import NetworkError
+from gridmarket.network._dss import (
+    KM_PER_LINE_UNIT,
+    _DSSException,
+    compile_master,
+    new_context,
+    private_folder,
+    remove_folder,
+)
 from gridmarket.topology import Edge, Topology
 
 __all__ = [
@@ -42,7 +50,6 @@ __all__ = [
     "inspect_feeder",
 ]
 
-_DSSException: type[Exception] = _odd.DSSException
 _PHASE_NODES = (1, 2, 3)
 _STATUS = {0: "variable", 1: "fixed", 2: "exempt"}
 
@@ -236,13 +243,11 @@ def inspect_feeder(master: str | Path) -> FeederInfo:
     if not path.is_file():
         msg = f"OpenDSS master {str(path)!r} does not exist"
         raise NetworkError(msg)
-    dss = _odd.NewContext()
+    dss = new_context()
     cwd = os.getcwd()
+    out_dir = private_folder()
     try:
-        dss.Text.Command(f'Compile "{path}"')
-        if dss.Basic.NumCircuits() == 0:
-            msg = f"OpenDSS master {str(path)!r} defines no circuit (no 'New Circuit')"
-            raise NetworkError(msg)
+        compile_master(dss, path, out_dir)
         dss.Text.Command("Set mode=snapshot")
         dss.Solution.SolveNoControl()  # builds the bus list; convergence does not matter here
         return FeederInfo(
@@ -260,6 +265,11 @@ def inspect_feeder(master: str | Path) -> FeederInfo:
         raise NetworkError(msg) from exc
     finally:
         os.chdir(cwd)
+        try:
+            dss.Text.Command("Clear")  # closes the files OpenDSS holds open in out_dir
+        except _DSSException:
+            pass
+        remove_folder(out_dir)
 
 
 def _source_bus(d: Any) -> str:
@@ -340,10 +350,6 @@ def _series(d: Any) -> tuple[SeriesElement, ...]:
                 out.append(SeriesElement(name=f"{cls}.{nm.lower()}", buses=buses, length_km=km, kind=kind))
         i = pde.Next()
     return tuple(out)
-
-
-#: OpenDSS line length units (``Lines.Units``) -> km; 0 ("none") is read as km
-KM_PER_LINE_UNIT = {0: 1.0, 1: 1.609344, 2: 0.3048, 3: 1.0, 4: 1e-3, 5: 0.3048e-3, 6: 0.0254e-3, 7: 1e-5, 8: 1e-6}
 
 
 def _line_lengths(d: Any) -> dict[str, tuple[float, str]]:

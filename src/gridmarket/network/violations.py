@@ -5,17 +5,20 @@ talks to OpenDSS.
 
 Counting rule
 -------------
-A **violation** is one (bus, step) or (line, step) pair out of limits. The check itself is
-per phase (:func:`check_limits` returns one row per bad node or conductor and step); a bus
+A **violation** is one (bus, step), (line, step) or (transformer, step) pair out of limits, or
+one step whose power flow did not converge. The check itself is per phase for voltages and
+currents (:func:`check_limits` returns one row per bad node or conductor and step); a bus
 with two phases out of limits in one step, or a line with three overloaded phases, counts
 **once** for that step in :func:`count_violations`. A bus that is both under- and
-over-voltage in one step (one phase each) also counts once.
+over-voltage in one step (one phase each) also counts once. A transformer's loading is its
+winding-1 ``|S| / kVA``, one row per transformer and step. A step that did not converge has
+no voltages (NaN) and is one ``"nonconvergence"`` row (element ``"circuit"``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,10 +44,15 @@ __all__ = [
 #: Columns of :func:`check_limits`.
 VIOLATION_COLUMNS = ["step", "time", "kind", "element", "value", "limit"]
 #: Columns of :func:`count_violations`.
-COUNT_COLUMNS = ["violations", "voltage_violations", "current_violations", "buses_violated",
-                 "lines_violated", "steps_violated", "v_min_pu", "v_max_pu",
-                 "loading_max_percent"]
-_INT_COLUMNS = frozenset(COUNT_COLUMNS[:6])
+COUNT_COLUMNS = ["violations", "voltage_violations", "current_violations", "transformer_violations",
+                 "nonconverged_steps", "buses_violated", "lines_violated", "transformers_violated",
+                 "steps_violated", "v_min_pu", "v_max_pu", "loading_max_percent"]
+_INT_COLUMNS = frozenset(COUNT_COLUMNS[:9])
+#: element of a non-convergence row of :func:`check_limits`
+CIRCUIT = "circuit"
+_KIND_ORDER = {ViolationKind.VOLTAGE.value: 0, ViolationKind.CURRENT.value: 1,
+               ViolationKind.TRANSFORMER.value: 2, ViolationKind.NONCONVERGENCE.value: 3}
+_WHOLE_NAMES = (ViolationKind.TRANSFORMER.value, ViolationKind.NONCONVERGENCE.value)  # no phase suffix
 _LV_MAX_KV_LL = 1.0  # a bus is low voltage when its line-to-line base is at most 1 kV
 
 
@@ -54,9 +62,11 @@ def check_limits(result: PowerFlowResult, *, vmin_pu: float, vmax_pu: float,
     """Every node voltage and line current out of its limits, one row per phase and step.
 
     Eq. (19): ``vmin_pu <= V_k <= vmax_pu`` for every monitored node k; eq. (20):
-    ``I_j <= I_j^max`` for every line conductor j, with ``I^max`` the line's normal ampacity.
+    ``I_j <= I_j^max`` for every line conductor j, with ``I^max`` the line's normal ampacity;
+    every transformer's loading ``|S| / kVA <= 1``; and every step's power flow converged.
     Values exactly on a limit are within it. Nodes with NaN voltage (not energised) and
-    conductors without a rating are never violations.
+    conductors without a rating are never violations; a step that did not converge gives one
+    ``"nonconvergence"`` row and no other.
 
     Parameters
     ----------
@@ -73,10 +83,12 @@ def check_limits(result: PowerFlowResult, *, vmin_pu: float, vmax_pu: float,
     Returns
     -------
     pandas.DataFrame
-        Columns ``step`` (int), ``time``, ``kind`` (``"voltage"`` | ``"current"``),
-        ``element`` (``"bus.phase"`` for a voltage, ``"line.name.phase"`` for a current),
-        ``value`` (voltage [pu] or current [A]) and ``limit`` (the limit it broke, same unit),
-        sorted by step, kind (voltage first) and column order of the result.
+        Columns ``step`` (int), ``time``, ``kind`` (``"voltage"`` | ``"current"`` |
+        ``"transformer"`` | ``"nonconvergence"``), ``element`` (``"bus.phase"`` for a voltage,
+        ``"line.name.phase"`` for a current, ``"transformer.name"``, ``"circuit"`` for a step
+        that did not converge), ``value`` (voltage [pu], current [A], loading [-]; NaN for
+        non-convergence) and ``limit`` (the limit it broke, same unit; 1.0 for a loading),
+        sorted by step, kind (in that order) and column order of the result.
     """
     if not vmin_pu < vmax_pu:
         msg = f"vmin_pu must be below vmax_pu, got {vmin_pu} and {vmax_pu}"
@@ -93,14 +105,20 @@ def check_limits(result: PowerFlowResult, *, vmin_pu: float, vmax_pu: float,
     with np.errstate(invalid="ignore"):
         low, high = v < vmin_pu, v > vmax_pu
         over = result.i_amps > result.norm_amps
+        tx = result.transformer_loading
+        tx_over = tx > 1.0
+    failed = ~np.asarray(result.converged, dtype=bool)
     frames = [
         _rows(low | high, v, np.where(low, vmin_pu, vmax_pu), result.node_names,
               ViolationKind.VOLTAGE, labels),
         _rows(over, result.i_amps, np.broadcast_to(result.norm_amps, over.shape),
               result.line_phase_names, ViolationKind.CURRENT, labels),
+        _rows(tx_over, tx, np.ones_like(tx), result.transformer_names, ViolationKind.TRANSFORMER, labels),
+        _rows(failed[:, None], np.full((steps, 1), np.nan), np.full((steps, 1), np.nan), [CIRCUIT],
+              ViolationKind.NONCONVERGENCE, labels),
     ]
-    out = pd.concat(frames, ignore_index=True)
-    out["_kind"] = (out["kind"] == ViolationKind.CURRENT.value).astype(int)
+    out = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+    out["_kind"] = out["kind"].map(_KIND_ORDER)
     out = out.sort_values(["step", "_kind"], kind="stable").drop(columns="_kind")
     return out.reset_index(drop=True)
 
@@ -188,19 +206,22 @@ def count_violations(violations: pd.DataFrame, *,
         Lower-case bus name -> community, for the community buses (buses where the
         community's agents connect). Each community gets a row, even with no violation.
     line_bus : mapping, optional
-        ``"line.name"`` -> the bus a line's violation counts for (its downstream bus,
-        :meth:`OpenDSSNetwork.downstream_buses`). A current violation belongs to a community
-        when that bus is one of its buses; without ``line_bus`` community rows count voltage
-        violations only.
+        ``"line.name"`` (or ``"transformer.name"``) -> the bus its violation counts for (its
+        downstream bus, :meth:`OpenDSSNetwork.downstream_buses`). A current or transformer
+        violation belongs to a community when that bus is one of its buses; without
+        ``line_bus`` community rows count voltage violations only. A step that did not
+        converge counts for the whole network only (no community row).
 
     Returns
     -------
     ViolationCounts
         Totals as a mapping (``counts["violations"]``) and ``counts.table``, indexed by
         ``scope``: ``"all"`` then each community in first-appearance order. Columns:
-        ``violations`` (= voltage + current), ``voltage_violations`` (distinct (bus, step)
-        pairs), ``current_violations`` (distinct (line, step) pairs), ``buses_violated``,
-        ``lines_violated``, ``steps_violated``, ``v_min_pu`` / ``v_max_pu`` (lowest
+        ``violations`` (= voltage + current + transformer + nonconverged),
+        ``voltage_violations`` (distinct (bus, step) pairs), ``current_violations`` (distinct
+        (line, step) pairs), ``transformer_violations`` (distinct (transformer, step) pairs),
+        ``nonconverged_steps``, ``buses_violated``, ``lines_violated``,
+        ``transformers_violated``, ``steps_violated``, ``v_min_pu`` / ``v_max_pu`` (lowest
         under-voltage and highest over-voltage among the violations [pu], NaN if none),
         ``loading_max_percent`` (highest current / limit among the violations [%], NaN if none).
     """
@@ -208,19 +229,23 @@ def count_violations(violations: pd.DataFrame, *,
     if missing:
         msg = f"violations table lacks column(s) {missing}; build it with check_limits"
         raise ValueError(msg)
-    df = violations.assign(owner=element_of(violations["element"]))
+    whole = violations["kind"].isin(_WHOLE_NAMES).to_numpy()
+    owner = element_of(violations["element"])
+    if whole.any():
+        owner[whole] = violations["element"].to_numpy(dtype=object)[whole]
+    df = violations.assign(owner=owner)
     rows = {"all": _summary(df)}
     if bus_community is not None:
         bc = {str(b).lower(): c for b, c in bus_community.items()}
         lb = {str(k).lower(): str(v).lower() for k, v in (line_bus or {}).items()}
         is_v = df["kind"] == ViolationKind.VOLTAGE.value
-        bus = df["owner"].where(is_v, df["owner"].map(lb))
+        bus = df["owner"].where(is_v, df["owner"].map(lb))  # non-convergence: no bus, no community
         community = bus.map(bc).to_numpy(dtype=object)
         for c in dict.fromkeys(bc.values()):
             rows[str(c)] = _summary(df[community == c])
     out = pd.DataFrame.from_dict(rows, orient="index", columns=COUNT_COLUMNS)
     out.index.name = "scope"
-    int_cols = COUNT_COLUMNS[:6]
+    int_cols = [c for c in COUNT_COLUMNS if c in _INT_COLUMNS]
     out[int_cols] = out[int_cols].astype(np.int64)
     return ViolationCounts(table=out)
 
@@ -229,12 +254,16 @@ def _summary(df: pd.DataFrame) -> list[float]:
     """One row of :func:`count_violations` for the violations in ``df``."""
     volt = df[df["kind"] == ViolationKind.VOLTAGE.value]
     curr = df[df["kind"] == ViolationKind.CURRENT.value]
+    trans = df[df["kind"] == ViolationKind.TRANSFORMER.value]
     v_pairs = len(volt[["owner", "step"]].drop_duplicates())
     i_pairs = len(curr[["owner", "step"]].drop_duplicates())
+    t_pairs = len(trans[["owner", "step"]].drop_duplicates())
+    failed = int(df.loc[df["kind"] == ViolationKind.NONCONVERGENCE.value, "step"].nunique())
     under = volt["value"][volt["value"] < volt["limit"]]
     above = volt["value"][volt["value"] > volt["limit"]]
     loading = (curr["value"] / curr["limit"] * 100.0) if len(curr) else pd.Series([], dtype=float)
-    return [v_pairs + i_pairs, v_pairs, i_pairs, volt["owner"].nunique(), curr["owner"].nunique(),
+    return [v_pairs + i_pairs + t_pairs + failed, v_pairs, i_pairs, t_pairs, failed,
+            volt["owner"].nunique(), curr["owner"].nunique(), trans["owner"].nunique(),
             df["step"].nunique(),
             float(under.min()) if len(under) else math.nan,
             float(above.max()) if len(above) else math.nan,
@@ -242,7 +271,8 @@ def _summary(df: pd.DataFrame) -> list[float]:
 
 
 def monitored_mask(node_names: Sequence[str], buses: pd.DataFrame,
-                   monitored: str | Sequence[str] = "all") -> np.ndarray:
+                   monitored: str | Sequence[str] = "all", *,
+                   customer_buses: Iterable[str] | None = None) -> np.ndarray:
     """Which nodes the voltage limits apply to.
 
     Parameters
@@ -251,9 +281,12 @@ def monitored_mask(node_names: Sequence[str], buses: pd.DataFrame,
         ``"bus.phase"`` (``PowerFlowResult.node_names``).
     buses : pandas.DataFrame
         ``OpenDSSNetwork.buses``: index lower-case bus name, column ``kv_base`` (LN [kV]).
-    monitored : ``"all"``, ``"lv"`` or sequence of str
+    monitored : ``"all"``, ``"lv"``, ``"customers"`` or sequence of str
         All nodes; low-voltage nodes only (line-to-line base at most 1 kV, i.e.
-        ``kv_base * sqrt(3) <= 1``); or the nodes of the named buses (case-insensitive).
+        ``kv_base * sqrt(3) <= 1``); the nodes of the buses where customers (agents) connect,
+        ``customer_buses``; or the nodes of the named buses (case-insensitive).
+    customer_buses : iterable of str, optional
+        Buses where the case's agents connect (nodes allowed); required for ``"customers"``.
 
     Returns
     -------
@@ -263,9 +296,16 @@ def monitored_mask(node_names: Sequence[str], buses: pd.DataFrame,
     Raises
     ------
     NetworkError
-        If named buses are not in the network (all of them are listed).
+        If named (or customer) buses are not in the network (all of them are listed).
+    ValueError
+        ``"customers"`` without ``customer_buses``.
     """
     bus_of = element_of(node_names)
+    if isinstance(monitored, str) and monitored.lower() == "customers":
+        if customer_buses is None:
+            msg = "monitored buses 'customers' need customer_buses (the buses where agents connect)"
+            raise ValueError(msg)
+        monitored = list(customer_buses)
     if isinstance(monitored, str) and monitored.lower() == "all":
         return np.ones(len(bus_of), dtype=bool)
     if isinstance(monitored, str) and monitored.lower() == "lv":

@@ -1,0 +1,511 @@
+"""The network-aware market's outer loop (shared MODEL.md, *Network-aware market*):
+clear → AC power flow (OpenDSS) → sensitivities at the new operating point and a grown
+active set → clear again, until the AC power flow is within limits or
+``[market].network_iterations`` clears have run.
+
+Entry point: :func:`clear_aware`. With ``[market].network = "blind"`` the study calls
+:func:`~gridmarket.market.clear_market` directly; :func:`clear_aware` is for ``"aware"``
+(with nothing near a limit it returns the blind clearing unchanged).
+
+Rows and their linear model (per step ``t``, around the last AC operating point ``p⁰``)::
+
+    voltage, upper:  K (p − p⁰) ≤ V_max − δ − V⁰         (pu)
+    voltage, lower: −K (p − p⁰) ≤ V⁰ − (V_min + δ)       (pu)
+    current:         S (p − p⁰) ≤ (1 − δ) I_max − |I⁰|    (A)
+    transformer:     T (p − p⁰) ≤ (1 − δ) − loading⁰       (fraction of the normal kVA)
+
+``p`` is each agent's net consumption [kW] (``(P + S) / step_hours``; passive agents have zero
+columns). **[choice]** The margin δ (``[market].network_margin_pu``) is kept from voltage
+limits in pu and, as the same fraction, from current and transformer ratings. A row enters
+the active set of its step when the AC power flow violates it or comes within the margin;
+rows never leave it (no cycling). **[choice]** Each row is divided by its largest agent
+sensitivity before it goes to the market, so its slack is in kW-equivalent (the agent that
+moves the quantity most would have to move that many kW) and ``[market].network_penalty`` is a
+price per kWh-equivalent as the case schema says; :attr:`AwareResult.duals` are converted back
+to currency per unit of the row's own quantity (pu, A, fraction) per step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from gridmarket.case.model import Case
+from gridmarket.enums import AgentKind
+from gridmarket.market import MarketResult, clear_market
+from gridmarket.market.network import NetworkConstraints
+from gridmarket.network import ElementSet, OpenDSSNetwork, PowerFlowResult, monitored_mask
+from gridmarket.network import sensitivity as sens
+from gridmarket.study.loop import dispatch_kw
+
+__all__ = ["RESIDUAL_COLUMNS", "SENSITIVITY_FLOOR", "AwareResult", "clear_aware"]
+
+Progress = Callable[[str, int, int], None]
+
+#: an agent whose |sensitivity| is below this cannot influence a row [pu/kW, A/kW, 1/kW]
+SENSITIVITY_FLOOR = 1e-6
+#: columns of :attr:`AwareResult.residual`
+RESIDUAL_COLUMNS = ("step", "time", "kind", "element", "value", "limit", "cause")
+_SLACK_TOL = 1e-6  # slack above this [kW-equivalent] counts as used
+
+
+@dataclass
+class AwareResult:
+    """Outcome of :func:`clear_aware`.
+
+    Attributes
+    ----------
+    market : MarketResult
+        The final clearing (with the network constraints of the last operating point).
+    flow : PowerFlowResult
+        The AC power flow of ``market``'s dispatch.
+    kw : numpy.ndarray
+        (steps, n_agents) the dispatch sent to OpenDSS (:func:`~gridmarket.study.loop.dispatch_kw`).
+    constraints : NetworkConstraints or None
+        The rows of the final clearing (scaled to kW-equivalent, see the module docstring);
+        None when no row was ever active (the blind clearing).
+    duals : numpy.ndarray
+        (R,) dual of each row of ``constraints`` in currency per unit of the row's quantity
+        (pu, A, fraction of rating) per step; ``market.network_duals`` divided by the row scale.
+    residual : pandas.DataFrame
+        Violations left in ``flow``, columns :data:`RESIDUAL_COLUMNS`, each with its cause.
+    linearisation_error_pu : float
+        max |V_AC − V_linear| over the voltage rows of the final clearing [pu]; 0 without rows.
+    outer_iterations : int
+        Clearings run (1 = the blind clearing was already within limits).
+    step_iterations : numpy.ndarray
+        (steps,) clearings in which the step had network rows, plus one.
+    history : list of dict
+        Per clearing: ``iteration``, ``rows``, ``violations``, ``near`` (rows within the margin not
+        yet active), ``welfare``, ``seconds_sensitivity``, ``seconds_market``, ``seconds_flow``.
+    stop_reason : str
+    method : str
+        Sensitivity method, ``"ymatrix"`` or ``"perturbed"``.
+    """
+
+    market: MarketResult
+    flow: PowerFlowResult
+    kw: np.ndarray
+    constraints: NetworkConstraints | None
+    duals: np.ndarray
+    residual: pd.DataFrame
+    linearisation_error_pu: float
+    outer_iterations: int
+    step_iterations: np.ndarray
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str = ""
+    method: str = "ymatrix"
+
+    def summary(self) -> dict[str, Any]:
+        """Plain numbers for summary.json: clearings, iterations per step, rows, linearisation error
+        [pu], residual violations (by kind), seconds spent (sensitivities, market, power flow)."""
+        h = self.history
+        return {
+            "network_outer_iterations": int(self.outer_iterations),
+            "network_step_iterations_max": int(self.step_iterations.max()) if self.step_iterations.size else 0,
+            "network_step_iterations_mean": float(self.step_iterations.mean()) if self.step_iterations.size else 0.0,
+            "network_rows": 0 if self.constraints is None else len(self.constraints.name),
+            "network_linearisation_error_pu": float(self.linearisation_error_pu),
+            "network_residual_violations": int(len(self.residual)),
+            "network_residual_by_kind": {str(k): int(v) for k, v in self.residual.groupby("kind").size().items()},
+            "network_stop_reason": self.stop_reason,
+            "network_sensitivity_method": self.method,
+            "network_seconds": {part: float(sum(x[f"seconds_{part}"] for x in h))
+                                for part in ("sensitivity", "market", "flow")},
+        }
+
+
+# --------------------------------------------------------------------------- limits
+
+
+@dataclass(frozen=True)
+class _Row:
+    kind: str  #: voltage | current | transformer
+    name: str  #: node, line conductor or transformer
+    side: int  #: +1 upper limit, −1 lower limit
+
+
+class _Limits:
+    """Every limited quantity of the network: monitored bus-phase voltages, rated line
+    conductors, rated transformers (winding 1)."""
+
+    def __init__(self, case: Case, model: sens.GridModel, node_names: list[str], monitored: np.ndarray) -> None:
+        self.vmin, self.vmax = case.network.vmin_pu, case.network.vmax_pu
+        self.delta = case.market.network_margin_pu
+        self.node_names = [n for n, m in zip(node_names, monitored, strict=True) if m]
+        y = {n: k for k, n in enumerate(model.node_names)}
+        self.node_y = np.array([y[n] for n in self.node_names], dtype=np.intp)
+        self.inv_base = 1.0 / model.base_v[self.node_y]
+        rated = np.isfinite(model.norm_amps) & (model.norm_amps > 0)
+        self.line_names = [n for n, r in zip(model.line_names, rated, strict=True) if r]
+        self.line_rows = model.line_rows[np.flatnonzero(rated)]
+        self.i_max = model.norm_amps[rated]
+        self.tx_rated = np.array([bool(np.all(kva > 0)) for kva in model.tx_kva], dtype=bool)
+        self.tx_names = [t for t, r in zip(model.tx_names, self.tx_rated, strict=True) if r]
+        self.model = model
+        self._cols: tuple[np.ndarray, np.ndarray] | None = None
+
+    def limit(self, row: _Row) -> float:
+        """The limit of ``row`` in its own unit (pu, A, fraction)."""
+        if row.kind == "voltage":
+            return self.vmax if row.side > 0 else self.vmin
+        if row.kind == "current":
+            return float(self.i_max[self.line_names.index(row.name)])
+        return 1.0
+
+    def tx_loading(self, v: np.ndarray) -> np.ndarray:
+        """Loading of the rated transformers at node voltages ``v`` [fraction]."""
+        return self.model.tx_loading(v)[self.tx_rated] if self.tx_names else np.zeros(0)
+
+    def near_any(self, v: np.ndarray, tx: np.ndarray, watch: float) -> bool:
+        """Whether anything is within the margin (plus ``watch``) of its limit at voltages ``v``."""
+        d = self.delta + watch
+        vm = np.abs(v[self.node_y]) * self.inv_base
+        if vm.size and (vm.max() >= self.vmax - d or vm.min() <= self.vmin + d):
+            return True
+        if self.i_max.size and np.any(np.abs(self.line_rows @ v) >= (1 - d) * self.i_max):
+            return True
+        return bool(tx.size and tx.max() >= 1 - d)
+
+    def scan(self, flow: PowerFlowResult, tx: np.ndarray, watch: float = 0.0
+             ) -> tuple[dict[int, list[tuple[_Row, float]]], dict[int, list[_Row]]]:
+        """Per step: violated rows with their values, and rows within the margin plus ``watch``
+        (violated included). ``tx``: (steps, rated transformers) loading."""
+        if self._cols is None:
+            vc = {n: k for k, n in enumerate(flow.node_names)}
+            lc = {n: k for k, n in enumerate(flow.line_phase_names)}
+            self._cols = (np.array([vc[n] for n in self.node_names], dtype=np.intp),
+                          np.array([lc[n] for n in self.line_names], dtype=np.intp))
+        viol: dict[int, list[tuple[_Row, float]]] = {}
+        near: dict[int, list[_Row]] = {}
+        d = self.delta + watch
+        v = flow.v_pu[:, self._cols[0]]
+        i = flow.i_amps[:, self._cols[1]]
+        ok = _converged(flow)
+        v, i, tx = v.copy(), i.copy(), tx.copy()
+        v[~ok], i[~ok], tx[~ok] = np.nan, np.nan, np.nan  # a step that did not converge has no limits to check
+        checks = (
+            ("voltage", self.node_names, v, self.vmax, self.vmax - d, 1),
+            ("voltage", self.node_names, v, self.vmin, self.vmin + d, -1),
+            ("current", self.line_names, i, self.i_max, (1 - d) * self.i_max, 1),
+            ("transformer", self.tx_names, tx, 1.0, 1.0 - d, 1),
+        )
+        for kind, names, x, lim, band, side in checks:
+            if x.shape[1] == 0:
+                continue
+            over = (x > lim + 1e-12) if side > 0 else (x < lim - 1e-12)
+            close = (x >= band) if side > 0 else (x <= band)
+            for t, k in zip(*np.nonzero(close), strict=True):
+                near.setdefault(int(t), []).append(_Row(kind, names[k], side))
+            for t, k in zip(*np.nonzero(over), strict=True):
+                viol.setdefault(int(t), []).append((_Row(kind, names[k], side), float(x[t, k])))
+        return viol, near
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _agent_p_kw(case: Case, market: MarketResult) -> np.ndarray:
+    """(steps, n_agents) each market agent's net consumption P + S [kW]; passive agents 0."""
+    dt = case.time.step_hours
+    p = (np.asarray(market.p_kwh) + np.asarray(market.s_kwh)) / dt
+    passive = np.array([a.kind is AgentKind.PASSIVE for a in case.agents])
+    p[:, passive] = 0.0
+    return p
+
+
+def _run_flow(net: OpenDSSNetwork, es: ElementSet, kw: np.ndarray, pf: np.ndarray | None, lim: _Limits,
+              keep: set[int], watch: float, label: str, progress: Progress | None
+              ) -> tuple[PowerFlowResult, dict[int, np.ndarray], np.ndarray]:
+    """The AC power flow of ``kw``; the complex node voltages [V] of the steps in ``keep`` and of
+    those where anything comes near its limit (the others are not kept: a year of states would
+    not fit in memory); the rated transformers' loading of every step."""
+    steps = kw.shape[0]
+    states: dict[int, np.ndarray] = {}
+    tx = np.full((steps, len(lim.tx_names)), np.nan)
+
+    def cb(t: int) -> None:
+        v = np.asarray(net.dss.Circuit.YNodeVArray(), dtype=float).view(np.complex128)
+        tx[t] = lim.tx_loading(v)
+        if t in keep or lim.near_any(v, tx[t], watch):
+            states[t] = v.copy()
+        if progress is not None:
+            progress(label, t + 1, steps)
+
+    flow = net.run_series(es, kw, pf=pf, progress=cb)
+    return flow, states, tx
+
+
+def _converged(flow: PowerFlowResult) -> np.ndarray:
+    """(steps,) True where the step's AC power flow converged (every step, for engines that raise instead)."""
+    conv = getattr(flow, "converged", None)
+    if conv is None or np.size(conv) != flow.steps:
+        return np.ones(flow.steps, dtype=bool)
+    return np.asarray(conv, dtype=bool)
+
+
+def _monitored(case: Case, net: OpenDSSNetwork, es: ElementSet) -> np.ndarray:
+    """Monitored nodes of ``net.node_names`` (``"customers"``: the buses of the agents' elements)."""
+    mon = case.network.monitored_buses
+    if isinstance(mon, str) and mon.lower() == "customers":
+        mon = tuple(sorted(set(net.element_buses(es))))
+    return monitored_mask(net.node_names, net.buses, mon)
+
+
+def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np.ndarray | None = None,
+                monitored: np.ndarray | None = None, method: str = "ymatrix", watch_pu: float = 0.0,
+                converge_pu: float | None = None, market_kw: Mapping[str, Any] | None = None,
+                progress: Progress | None = None) -> AwareResult:
+    """Clear ``case`` with the network's limits inside the market (outer loop).
+
+    Parameters
+    ----------
+    case : Case
+        The case (its placed batteries included as agents); ``case.market`` gives δ, the slack
+        penalty and the iteration limit.
+    net : OpenDSSNetwork
+        The compiled network; left at the last step of the final AC power flow.
+    elements : ElementSet
+        ``net.resolve(...)`` of every agent's element, in ``case.agents`` order (what the study
+        passes to ``run_series``).
+    pf : numpy.ndarray, optional
+        (n_agents,) power factor per agent (NaN = the element's own), as for ``run_series``.
+    monitored : numpy.ndarray of bool, optional
+        Which of ``net.node_names`` (the power flow's nodes) have voltage limits; default from
+        ``case.network.monitored_buses`` (``"customers"``: the agents' buses).
+    method : {"ymatrix", "perturbed"}
+        Sensitivities by the linearised power flow (default) or by perturbed OpenDSS solves.
+    watch_pu : float, default 0
+        Rows also enter the active set when the AC value is within ``δ + watch_pu`` of a limit
+        (as a fraction of the rating for currents and transformers); such rows constrain the
+        market at ``δ`` only, so they bind only if the market would push past it.
+    converge_pu : float, optional
+        Also iterate until the linearisation error is at most this [pu] (the loop's default stop
+        is an AC power flow without violations and without new rows within the margin).
+    market_kw : mapping, optional
+        Extra keywords of every :func:`~gridmarket.market.clear_market` call (a slice of a longer
+        run: ``soc_init``, ``steps_after``, ``soc_target``; ``method``), as the study passes them.
+    progress : callable, optional
+        ``progress(label, done, total)`` as the power flows' steps complete.
+
+    Notes
+    -----
+    The power flows run through ``net.run_series`` (snapshot method), so no shape session may be
+    open on ``net``; the network is left at the last step of the final power flow.
+
+    Returns
+    -------
+    AwareResult
+    """
+    if method not in ("ymatrix", "perturbed"):
+        msg = f"method must be 'ymatrix' or 'perturbed', got {method!r}"
+        raise ValueError(msg)
+    if len(elements) != len(case.agents):
+        msg = f"elements has {len(elements)} entries for {len(case.agents)} agents"
+        raise ValueError(msg)
+    steps, n_agents = case.time.steps, len(case.agents)
+    pf_arr = None if pf is None or np.all(np.isnan(pf)) else np.asarray(pf, dtype=float)
+    market_cols = np.array([a.kind is not AgentKind.PASSIVE for a in case.agents])
+    model = sens.grid_model(net)
+    q_ratio = sens.dispatch_q_ratio(net, elements, pf_arr)
+    limit_iter = case.market.network_iterations
+
+    t0 = time.perf_counter()
+    mkw = dict(market_kw or {})
+    market = clear_market(case, **mkw)
+    t_market = time.perf_counter() - t0
+    kw = dispatch_kw(case, market)
+    if monitored is None:
+        monitored = _monitored(case, net, elements)
+    lim = _Limits(case, model, net.node_names, monitored)
+    t0 = time.perf_counter()
+    flow, states, tx = _run_flow(net, elements, kw, pf_arr, lim, set(), watch_pu, "aware 1: power flow", progress)
+    t_flow = time.perf_counter() - t0
+    active: dict[int, list[_Row]] = {}
+    history: list[dict[str, Any]] = []
+    step_iter = np.ones(steps, dtype=int)
+    constraints: NetworkConstraints | None = None
+    scale = np.zeros(0)
+    lin_pred: dict[tuple[int, str], tuple[float, np.ndarray, np.ndarray]] = {}
+    base_op: sens.OperatingPoint | None = None
+    t_sens = 0.0
+    k = 1  # clearings run
+    while True:
+        viol, near = lim.scan(flow, tx, watch_pu)
+        lin_err = _lin_error(lin_pred, flow, _agent_p_kw(case, market))
+        n_viol = sum(len(x) for x in viol.values())
+        new = {t: [r for r in rows if r not in active.get(t, [])] for t, rows in near.items()}
+        new = {t: rows for t, rows in new.items() if rows}
+        history.append({"iteration": k, "rows": 0 if constraints is None else len(constraints.name),
+                        "violations": n_viol, "new_rows": sum(map(len, new.values())),
+                        "welfare": float(np.sum(market.welfare)), "linearisation_error_pu": lin_err,
+                        "seconds_sensitivity": t_sens, "seconds_market": t_market, "seconds_flow": t_flow})
+        if n_viol == 0 and not new and (converge_pu is None or lin_err <= converge_pu):
+            stop = "no violations"
+            break
+        if k >= limit_iter:
+            stop = f"reached network_iterations = {limit_iter}"
+            break
+        if (n_viol and not new and constraints is not None
+                and lin_err <= (0.5 * lim.delta if converge_pu is None else converge_pu)
+                and _explained(viol, constraints, market)):
+            stop = "only violations the market cannot remove are left (see the residual causes)"
+            break
+        if not new and k > 1 and history[-2]["violations"] == n_viol and _same(history) and lin_err <= 1e-6:
+            stop = "no progress: the active set, the dispatch and the violations did not change"
+            break
+        for t, rows in new.items():
+            active.setdefault(t, []).extend(rows)
+        # ---- linearise every active row at the present operating point
+        t0 = time.perf_counter()
+        p0 = _agent_p_kw(case, market)
+        st, nm, kd, rhs, sc = [], [], [], [], []
+        blocks = []
+        lin_pred = {}
+        for t in sorted(active):
+            rows = active[t]
+            keys = [(r.kind, r.name) for r in rows]
+            if method == "ymatrix":
+                if base_op is None:  # powers of the elements the market does not dispatch
+                    base_op = sens.read_operating_point(net, model)
+                op = _op_from(model, base_op, states[t], elements, kw[t], q_ratio)
+                s = sens.ymatrix_sensitivities(model, op, elements.names, keys, q_ratio)
+            else:
+                s = sens.perturbed_sensitivities(net, elements, kw[t], keys, model=model, pf=pf_arr)
+            dp = s.dp.copy()
+            dp[:, ~market_cols] = 0.0
+            for j, r in enumerate(rows):
+                g = dp[j] * r.side
+                # side·(x⁰ + K(p − p⁰)) ≤ side·bound  ⇔  side·K p ≤ side·(bound − x⁰) + side·K p⁰
+                b = r.side * (_bound(lim, r) - s.value[j]) + g @ p0[t]
+                m = float(np.max(np.abs(g)))
+                if m < SENSITIVITY_FLOOR:  # no agent can move it: left out, reported with its cause
+                    continue
+                scl = m
+                st.append(t)
+                nm.append(f"bus.{r.name}" if r.kind == "voltage" else r.name)
+                kd.append(r.kind)
+                rhs.append(b / scl)
+                sc.append(scl)
+                blocks.append(g / scl)
+                if r.kind == "voltage":
+                    lin_pred[(t, r.name)] = (float(s.value[j]), dp[j], p0[t])
+            step_iter[t] += 1
+        t_sens = time.perf_counter() - t0
+        scale = np.array(sc)
+        constraints = NetworkConstraints(step=np.array(st, dtype=int), name=tuple(nm), kind=tuple(kd),
+                                         sens=sp.csr_matrix(np.array(blocks).reshape(len(blocks), n_agents)),
+                                         rhs=np.array(rhs, dtype=float))
+        k += 1
+        t0 = time.perf_counter()
+        market = clear_market(case, network=constraints, **mkw)
+        t_market = time.perf_counter() - t0
+        kw = dispatch_kw(case, market)
+        t0 = time.perf_counter()
+        flow, states, tx = _run_flow(net, elements, kw, pf_arr, lim, set(active), watch_pu, f"aware {k}: power flow",
+                                     progress)
+        t_flow = time.perf_counter() - t0
+    duals = np.zeros(0)
+    if constraints is not None:
+        duals = np.asarray(getattr(market, "network_duals", np.zeros(len(scale))), dtype=float) / scale
+    residual = _residual(lim, viol, market, active, constraints, scale, case.time.index)
+    failed = np.flatnonzero(~_converged(flow))
+    if failed.size:
+        extra = pd.DataFrame({"step": failed, "time": [case.time.index[t] for t in failed],
+                              "kind": "nonconvergence", "element": "circuit", "value": np.nan, "limit": np.nan,
+                              "cause": "the AC power flow of this step did not converge: no operating point to "
+                                       "linearise around"})
+        residual = pd.concat([residual, extra], ignore_index=True) if len(residual) else extra
+    return AwareResult(market=market, flow=flow, kw=kw, constraints=constraints, duals=duals, residual=residual,
+                       linearisation_error_pu=lin_err, outer_iterations=k, step_iterations=step_iter,
+                       history=history, stop_reason=stop, method=method)
+
+
+def _lin_error(pred: dict[tuple[int, str], tuple[float, np.ndarray, np.ndarray]], flow: PowerFlowResult,
+               p: np.ndarray) -> float:
+    """max |V_AC − V_linear| [pu] over the voltage rows of the last linearisation."""
+    if not pred:
+        return 0.0
+    col = {n: c for c, n in enumerate(flow.node_names)}
+    err = 0.0
+    for (t, node), (v0, g, p0) in pred.items():
+        err = max(err, abs(float(flow.v_pu[t, col[node]]) - (v0 + float(g @ (p[t] - p0)))))
+    return err
+
+
+def _explained(viol: dict[int, list[tuple[_Row, float]]], constraints: NetworkConstraints,
+               market: MarketResult) -> bool:
+    """Every violated row is out of the market (no agent moves it) or its slack is positive."""
+    slack = np.asarray(getattr(market, "network_slack", np.zeros(0)), dtype=float)
+    rows = {(int(t), nm.removeprefix("bus.")): j
+            for j, (t, nm) in enumerate(zip(constraints.step, constraints.name, strict=True))}
+    for t, items in viol.items():
+        for r, _ in items:
+            j = rows.get((t, r.name))
+            if j is not None and not (slack.size > j and slack[j] > _SLACK_TOL):
+                return False
+    return True
+
+
+def _same(history: list[dict[str, Any]]) -> bool:
+    """Welfare of the last two clearings equal to 1e-6 relative."""
+    return abs(history[-1]["welfare"] - history[-2]["welfare"]) <= 1e-6 * max(1.0, abs(history[-1]["welfare"]))
+
+
+def _bound(lim: _Limits, r: _Row) -> float:
+    """The limit kept with the margin: V_max − δ, V_min + δ, (1 − δ) I_max, 1 − δ."""
+    d = lim.delta
+    if r.kind == "voltage":
+        return lim.vmax - d if r.side > 0 else lim.vmin + d
+    return (1.0 - d) * lim.limit(r)
+
+
+def _op_from(model: sens.GridModel, base: sens.OperatingPoint, v: np.ndarray, elements: ElementSet,
+             kw: np.ndarray, q_ratio: np.ndarray) -> sens.OperatingPoint:
+    """Operating point of a step from its voltages and the powers set on the dispatched elements
+    (constant power, shared equally among an element's branches); other elements as in ``base``."""
+    s = base.s_branch.copy()
+    pos = {nm: k for k, nm in enumerate(model.pc_names)}
+    col = np.full(len(model.pc_names), -1)
+    col[[pos[name] for name in elements.names]] = np.arange(len(elements))
+    bc = col[model.br_elem]
+    sel = bc >= 0
+    sign = np.array([-1.0 if c in ("PVSystem", "Generator") else 1.0 for c in elements.classes])
+    p = sign * kw  # consumption [kW]
+    s[sel] = 1000.0 * (p[bc[sel]] * (1.0 + 1j * q_ratio[bc[sel]])) * model.br_share[sel]
+    return sens.OperatingPoint(v=v, s_branch=s)
+
+
+def _residual(lim: _Limits, viol: dict[int, list[tuple[_Row, float]]], market: MarketResult,
+              active: dict[int, list[_Row]], constraints: NetworkConstraints | None, scale: np.ndarray,
+              times: Any) -> pd.DataFrame:
+    """The violations left, each with why the market could not remove it."""
+    out = []
+    slack = np.asarray(getattr(market, "network_slack", np.zeros(0)), dtype=float)
+    index: dict[tuple[int, str], int] = {}
+    if constraints is not None:
+        for r_idx, (t, nm) in enumerate(zip(constraints.step, constraints.name, strict=True)):
+            index[(int(t), nm.removeprefix("bus."))] = r_idx
+    for t in sorted(viol):
+        for r, value in viol[t]:
+            j = index.get((t, r.name))
+            unit = {"voltage": "pu/kW", "current": "A/kW", "transformer": "1/kW"}[r.kind]
+            if r not in active.get(t, []):
+                cause = "entered the active set only at the last AC power flow (iteration limit)"
+            elif j is None:
+                cause = f"no agent has sensitivity above {SENSITIVITY_FLOOR:g} {unit} to this {r.kind} row"
+            elif slack.size > j and slack[j] > _SLACK_TOL:
+                what = {"voltage": "pu", "current": "A", "transformer": "of the rating"}[r.kind]
+                cause = (f"slack > 0 ({slack[j] * scale[j]:.4g} {what} beyond the linearised limit): "
+                         "the agents that influence it reached their bounds")
+            else:
+                cause = "linearisation error larger than the margin δ at the last operating point (iteration limit)"
+            out.append({"step": t, "time": times[t], "kind": r.kind, "element": r.name, "value": value,
+                        "limit": lim.limit(r), "cause": cause})
+    return pd.DataFrame(out, columns=list(RESIDUAL_COLUMNS))
