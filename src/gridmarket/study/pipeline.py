@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from gridmarket import contract
 from gridmarket.case.model import Agent, Case, GridPrices
-from gridmarket.enums import AgentKind
+from gridmarket.enums import AgentKind, NetworkMode
 from gridmarket.errors import CaseError, GridmarketError, NetworkError, PowerFlowError, Problem, in_iteration
 from gridmarket.market import MarketResult, clear_market
 from gridmarket.network import OpenDSSNetwork, PowerFlowResult, check_limits, monitored_mask
@@ -467,6 +467,7 @@ class IterationOutcome:
     market: MarketResult | None = None  #: kept when the horizon was one chunk and ``keep``
     flow: PowerFlowResult | None = None
     violations: pd.DataFrame | None = None
+    network: list[dict[str, Any]] = field(default_factory=list)  #: aware market: its summary per chunk
 
 
 Progress = Callable[[int, int], None]  #: (steps done, steps total)
@@ -646,8 +647,9 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
     labels = _Labels.of(case, engine.agent_bus)
     pf = np.array([a.pf if a.pf is not None else np.nan for a in case.agents])
     pf_arg = None if np.isnan(pf).all() else pf
+    aware = case.market.network is NetworkMode.AWARE
     session = None
-    if power_flow in ("auto", "shapes"):
+    if power_flow in ("auto", "shapes") and not aware:  # the aware market runs its own power flows
         try:
             session = engine.net.shape_session(es)
         except ValueError:
@@ -662,6 +664,7 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
     target = {case.agents[i].name: case.battery.soc_init for i in bat_idx}  # cyclic: back where the run began
     breakdown: dict[str, float] = {}
     solvers: list[str] = []
+    network_notes: list[dict[str, Any]] = []  # the aware market's summary per chunk
     n_chunks = 0
     res: MarketResult | None = None
     kept: tuple[Any, Any, Any] | None = None
@@ -675,8 +678,17 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
             slice_kw: dict[str, Any] = {}
             if _SLICE_KW and (s0 > 0 or s1 < steps):
                 slice_kw = {"steps_after": steps - s1, "soc_target": target}
+            flow = None
             try:
-                res = clear_market(part, soc_init=soc, **slice_kw, **market_kw)
+                if aware:
+                    from gridmarket.study.aware import clear_aware  # it imports this module's dispatch
+
+                    aw = clear_aware(part, engine.net, es, pf=pf_arg, monitored=engine.mask,
+                                     market_kw={"soc_init": soc, **slice_kw, **market_kw})
+                    res, flow = aw.market, aw.flow
+                    network_notes.append(aw.summary())
+                else:
+                    res = clear_market(part, soc_init=soc, **slice_kw, **market_kw)
             except GridmarketError as exc:
                 raise in_iteration(_in_horizon(exc, s0), index) from exc
             start_soc = soc
@@ -703,8 +715,9 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
                 def cb(t: int) -> None:
                     progress(t + 1, steps)
             try:
-                flow = (session.run(kw, pf=pf_arg) if session is not None
-                        else engine.net.run_series(es, kw, pf=pf_arg, progress=cb))
+                if flow is None:
+                    flow = (session.run(kw, pf=pf_arg) if session is not None
+                            else engine.net.run_series(es, kw, pf=pf_arg, progress=cb))
             except PowerFlowError as exc:
                 raise in_iteration(_in_horizon(exc, s0), index) from exc
             except GridmarketError as exc:
@@ -728,7 +741,8 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
     return IterationOutcome(
         welfare=welfare, welfare_realised=realised, stored_energy_value=stored, breakdown=breakdown,
         solver=_combine_solvers(solvers), tally=tally, counts=tally.counts, chunks=n_chunks, stage_s=stage,
-        market=kept[0] if kept else None, flow=kept[1] if kept else None, violations=kept[2] if kept else None)
+        market=kept[0] if kept else None, flow=kept[1] if kept else None, violations=kept[2] if kept else None,
+        network=network_notes)
 
 
 def _in_horizon(exc: GridmarketError, s0: int) -> GridmarketError:
