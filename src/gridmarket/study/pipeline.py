@@ -119,10 +119,8 @@ def customer_buses(case: Case, agent_bus: Mapping[str, str]) -> list[str]:
 
 
 def _monitored(net: OpenDSSNetwork, case: Case, agent_bus: Mapping[str, str]) -> np.ndarray:
-    mb = case.network.monitored_buses
-    if isinstance(mb, str) and mb.lower() == "customers":
-        return monitored_mask(net.node_names, net.buses, customer_buses(case, agent_bus))
-    return monitored_mask(net.node_names, net.buses, mb)
+    return monitored_mask(net.node_names, net.buses, case.network.monitored_buses,
+                          customer_buses=customer_buses(case, agent_bus))
 
 
 # ---------------------------------------------------------------------------- network checks
