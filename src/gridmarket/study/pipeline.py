@@ -36,6 +36,7 @@ from gridmarket.enums import AgentKind, NetworkMode
 from gridmarket.errors import CaseError, GridmarketError, NetworkError, PowerFlowError, Problem, in_iteration
 from gridmarket.market import MarketResult, clear_market
 from gridmarket.network import OpenDSSNetwork, PowerFlowResult, check_limits, monitored_mask
+from gridmarket.study.dispatch import dispatch_kw
 from gridmarket.topology import bus_name
 
 __all__ = [
@@ -49,35 +50,10 @@ BATTERY_PREFIX = "SBU_"
 #: per-step files of the contract, in the order a chunk writes them
 STEP_FILES = ("market.parquet", "communities.parquet", "violations.parquet", "voltages.parquet", "steps.parquet")
 
-#: dispatch magnitudes below this are solver round-off [kW]
-_ROUND_OFF_KW = 1e-6
 _KINDS = ("voltage", "current", "transformer", "nonconvergence")
 
 
 # ---------------------------------------------------------------------------- case helpers
-
-def dispatch_kw(case: Case, market: MarketResult) -> np.ndarray:
-    """Stage III: the kW each agent's element gets per step, shape (steps, n_agents).
-
-    Consumers: ``P/Δt`` (consumed); producers: ``−P/Δt`` (produced, positive, as the
-    PVSystem's output); batteries: ``S/Δt`` (> 0 charging, drawn from the grid); passive
-    agents: their profile [kW].
-    """
-    dt = case.time.step_hours
-    kinds = np.array([a.kind.value for a in case.agents])
-    kw = np.array(case.profile_kw, dtype=float, copy=True)
-    p = np.asarray(market.p_kwh) / dt
-    s = np.asarray(market.s_kwh) / dt
-    cons = kinds == AgentKind.CONSUMER.value
-    prod = kinds == AgentKind.PRODUCER.value
-    bat = kinds == AgentKind.BATTERY.value
-    kw[:, cons] = p[:, cons]
-    # solver round-off can leave a producer at -1e-9 kW; that is zero output, not consumption
-    produced = -p[:, prod]
-    kw[:, prod] = np.where((produced < 0) & (produced > -_ROUND_OFF_KW), 0.0, produced)
-    kw[:, bat] = s[:, bat]
-    return kw
-
 
 def slice_case(case: Case, start: int, stop: int) -> Case:
     """The steps ``start .. stop − 1`` of ``case`` as a case of their own.
@@ -679,7 +655,7 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
             flow = None
             try:
                 if aware:
-                    from gridmarket.study.aware import clear_aware  # it imports this module's dispatch
+                    from gridmarket.study.aware import clear_aware  # below the study loop, above the market
 
                     aw = clear_aware(part, engine.net, es, pf=pf_arg, monitored=engine.mask,
                                      market_kw={"soc_init": soc, **slice_kw, **market_kw})
