@@ -154,7 +154,7 @@ def test_violation_table_counts_pairs_and_labels_phase_rows(page: tuple[Path, st
 def test_run_parameters_and_breakdown_shown(page: tuple[Path, str]) -> None:
     _, text = page
     params = dict(_table(_parse(text), table_id="parameters").itertuples(index=False, name=None))
-    assert params["network_mode"] == "blind" and params["terminal_soc"] == "cyclic"
+    assert params["Market network mode"] == "blind" and params["Battery terminal SoC"] == "cyclic"
     # agents.csv of the fixture: 2 consumers, 2 producers, 1 passive in C1 and C2
     assert params["agents (agents.csv)"] == "2 consumer, 1 passive, 2 producer"
     assert params["communities (agents.csv)"] == "2: C1, C2"

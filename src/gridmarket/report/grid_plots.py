@@ -86,8 +86,10 @@ def plot_voltage_profile(voltages: pd.DataFrame, buses: pd.DataFrame, *, before:
         ax = fig.subplots()
         for it, color, name in ((before, STYLE["limit"], "before"), (after, "#4c72b0", "after")):
             prof = voltage_profile(voltages, buses, iteration=it, step=step)
-            ax.scatter(prof["distance_km"], prof["v_pu"], s=10, color=color, alpha=0.7,
-                       label=f"{name} (iteration {it})")
+            hollow = name == "before"  # rings, so the points that did not move stay visible
+            ax.scatter(prof["distance_km"], prof["v_pu"], s=30 if hollow else 10,
+                       facecolors="none" if hollow else color, edgecolors=color, linewidths=1.0,
+                       label=f"{name} (iteration {it})", zorder=3 if hollow else 2)
         for lim in (vmin_pu, vmax_pu):
             ax.axhline(lim, color=STYLE["limit"], ls="--", lw=1.0)
         ax.set_xlabel("Distance from the source along the feeder [km]")

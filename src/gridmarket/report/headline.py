@@ -159,30 +159,33 @@ _SHOWN = {"case", "version", "welfare", "violations", "best_iteration", "stop_re
           "horizon", "step_hours", "vmin_pu", "vmax_pu", "iterations", "runtime_s", "command_runtime_s"}
 
 
+#: readable names (with units) of summary.json's run parameters; others show as their key
+_LABELS = {"network_mode": "Market network mode", "terminal_soc": "Battery terminal SoC", "steps": "Steps",
+           "mean_import_price": "Mean import price [{cur}/kWh]", "mean_export_price": "Mean export price [{cur}/kWh]",
+           "pv_kwp": "PV installed [kWp]", "communities": "Communities", "streamed": "Per-step tables streamed",
+           "chunk_steps": "Steps per chunk"}
+
+
 def run_parameters(summary: dict[str, Any], agents: pd.DataFrame | None) -> list[tuple[str, str]]:
-    """The run's parameters as (name, value) rows: every scalar (or flat dict) of
-    ``summary.json`` not shown elsewhere, then the agents per kind and the communities counted
-    from ``agents.csv``. Lists longer than 10 items are summarised."""
+    """The run's parameters as (name, value) rows: every scalar (or flat dict, e.g. agents by
+    kind) of ``summary.json`` not shown elsewhere (per-iteration lists are in the iteration
+    table), then the agents per kind and the communities counted from ``agents.csv``."""
     rows: list[tuple[str, str]] = []
+    cur = str(summary.get("currency") or "currency")
 
     def show(value: Any) -> str:
-        if isinstance(value, float):
-            return number(value, None)
-        if isinstance(value, list):
-            if len(value) > 10:
-                return f"{len(value)} items: " + ", ".join(str(x) for x in value[:10]) + ", …"
-            return ", ".join(str(x) for x in value)
-        return str(value)
+        return number(value, None) if isinstance(value, float) else str(value)
 
     for key, value in summary.items():
-        if key in _SHOWN or value is None:
+        if key in _SHOWN or value is None or isinstance(value, list):
             continue
+        label = _LABELS.get(key, key).format(cur=cur)
         if isinstance(value, dict):
-            for k2, v2 in value.items():
-                if not isinstance(v2, (dict, list)):
-                    rows.append((f"{key}.{k2}", show(v2)))
+            flat = {k: v for k, v in value.items() if not isinstance(v, (dict, list))}
+            if flat:
+                rows.append((f"{label} (summary.json)", ", ".join(f"{show(v)} {k}" for k, v in flat.items())))
         else:
-            rows.append((key, show(value)))
+            rows.append((label, show(value)))
     if agents is not None and len(agents):
         counts = agents["kind"].astype(str).value_counts().sort_index()
         rows.append(("agents (agents.csv)", ", ".join(f"{n} {k}" for k, n in counts.items())))

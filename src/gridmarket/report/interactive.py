@@ -137,7 +137,8 @@ def profile_figure(voltages: pd.DataFrame, buses: pd.DataFrame, *, before: int, 
         prof = voltage_profile(voltages, buses, iteration=it, step=step)
         fig.add_trace(go.Scatter(
             x=prof["distance_km"], y=prof["v_pu"], mode="markers", name=name,
-            marker={"color": color, "size": 6, "opacity": 0.75},
+            marker=({"color": "rgba(0,0,0,0)", "size": 9, "line": {"color": color, "width": 1.5}}
+                    if it == before and before != after else {"color": color, "size": 6, "opacity": 0.8}),
             customdata=np.column_stack([prof["bus"], prof["phase"]]) if len(prof) else None,
             hovertemplate="bus %{customdata[0]}.%{customdata[1]}<br>%{x:.3f} km<br>%{y:.4f} pu<extra></extra>"))
     for lim in (vmin_pu, vmax_pu):
