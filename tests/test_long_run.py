@@ -23,9 +23,9 @@ from gridmarket.case import load_case
 from gridmarket.case.model import Case
 from gridmarket.cases.synthetic import build_case
 from gridmarket.errors import ResultsError
-from gridmarket.outdir import MARKER
 from gridmarket.market import clear_market
 from gridmarket.network import OpenDSSNetwork, count_violations
+from gridmarket.outdir import MARKER
 from gridmarket.study.long_run import LONG_RUN_FILES, run_long, slice_case
 from gridmarket.study.loop import dispatch_kw, with_banks
 
