@@ -42,7 +42,7 @@ from gridmarket.market import MarketResult, clear_market
 from gridmarket.market.network import NetworkConstraints
 from gridmarket.network import ElementSet, OpenDSSNetwork, PowerFlowResult, monitored_mask
 from gridmarket.network import sensitivity as sens
-from gridmarket.study.loop import dispatch_kw
+from gridmarket.study.dispatch import dispatch_kw
 
 __all__ = ["RESIDUAL_COLUMNS", "SENSITIVITY_FLOOR", "AwareResult", "clear_aware"]
 

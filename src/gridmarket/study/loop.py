@@ -27,7 +27,7 @@ import pandas as pd
 from gridmarket import __version__, contract
 from gridmarket import economics as costs
 from gridmarket.case.model import Case
-from gridmarket.enums import AgentKind
+from gridmarket.enums import AgentKind, NetworkMode
 from gridmarket.errors import NetworkError
 from gridmarket.market import MarketResult
 from gridmarket.network import OpenDSSNetwork, PowerFlowResult
@@ -116,6 +116,7 @@ class Iteration:
     solver: str = "none"  #: what cleared this iteration's market
     runtime_s: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
+    network: list[dict[str, Any]] = field(default_factory=list)  #: aware market's outer loop, per chunk
 
     @property
     def battery_units(self) -> int:
@@ -217,6 +218,8 @@ class StudyResult:
             "violations": [int(v) for v in table["violations"]],
             "nonconverged_steps": [int(v) for v in table["nonconverged_steps"]],
             "battery_costed": costs.costed(case.battery),
+            **({"network_aware": [it.network for it in self.iterations]}
+               if case.market.network is NetworkMode.AWARE else {}),
             "break_even_capex_per_kwh": None if be is None or not math.isfinite(be) else round(be, 6),
             **self.params,
             "runtime_s": round(self.runtime_s, 3),
@@ -372,7 +375,8 @@ def _iteration(k: int, banks: Mapping[str, int], case: Case, out: IterationOutco
                      violations=out.violations, counts=out.counts, welfare=out.welfare,
                      welfare_realised=out.welfare_realised, stored_energy_value=out.stored_energy_value,
                      battery_annuity=costs.annuity(units, spec, case.time.steps, case.time.step_hours),
-                     breakdown=out.breakdown, solver=out.solver, runtime_s=runtime, stage_s=out.stage_s)
+                     breakdown=out.breakdown, solver=out.solver, runtime_s=runtime, stage_s=out.stage_s,
+                     network=out.network)
 
 
 def _reporter(k: int, limit: int, steps: int, t0: float, progress: Progress | None,
