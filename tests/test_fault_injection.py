@@ -110,7 +110,8 @@ def test_sigterm_and_sighup_are_reported_like_ctrl_c(sig: signal.Signals, tmp_pa
         "import gridmarket.study.loop as l; real = l.run_study\n"
         "def slow(*a, **k):\n"
         "    print('ready', flush=True); import time; time.sleep(30)\n"
-        "l.run_study = slow; import gridmarket.study as s; s.run_study = slow; "),
+        "l.run_study = slow; import gridmarket.study as s; s.run_study = slow; "
+        "import gridmarket.study.run as r; r.run_study = slow; "),
         "run", str(case), "--out", str(tmp_path / "out"), "-q"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None

@@ -29,7 +29,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from gridmarket import __version__
 from gridmarket import cli_cases as _cli_cases
@@ -99,6 +107,7 @@ def _progress(quiet: bool, *, one_bar: str | None = None) -> Iterator[Callable[[
         yield lambda label, done, total: None
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(),
                   console=err, transient=True) as bar:
         tasks: dict[str, TaskID] = {}
 
@@ -126,8 +135,7 @@ def run(
     """Run the study loop on CASE: market, power flow, limits, battery placement, report."""
     from gridmarket.case import load_case
     from gridmarket.outdir import check_out_dir
-    from gridmarket.results import write_results
-    from gridmarket.study import run_study
+    from gridmarket.study.run import run_to_folder
 
     start = _state.get("t0")  # main()'s start: the whole command
     t0 = start if isinstance(start, float) else time.perf_counter()
@@ -139,18 +147,16 @@ def run(
                            overwrite=overwrite, protect=[path])  # refuse before any work
     # run_study makes every check of `gridmarket check` (check_case_network) on the network it
     # compiles, before any work: one compile, as in the API (a second compile of the same master
-    # in one process is what `check` never does)
+    # in one process is what `check` never does). A long horizon streams its per-step tables.
     with _progress(quiet) as update:
-        res = run_study(c, progress=update)
-    extra = {}
-    if not no_report:
-        from gridmarket.report import build_report
+        extra = {}
+        if not no_report:  # drawn inside the folder before it is moved into place, with progress
+            from functools import partial
 
-        extra["report"] = build_report
-    # summary.json's command time: from the command's start to the tables being assembled (the
-    # report's figures and the writing follow; the console line below gives the whole command)
-    res.command_runtime_s = time.perf_counter() - t0
-    written = write_results(res.to_results(), target, extra=extra)
+            from gridmarket.report import build_report
+
+            extra["report"] = partial(build_report, progress=update)
+        res, written = run_to_folder(c, target, progress=update, extra=extra, t_command=t0)
     out.print(escape(run_summary(res, time.perf_counter() - t0)), highlight=False)
     out.print(f"results written to [bold]{escape(str(written))}[/bold]", highlight=False)
 
