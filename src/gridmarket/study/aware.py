@@ -38,13 +38,15 @@ import scipy.sparse as sp
 
 from gridmarket.case.model import Case
 from gridmarket.enums import AgentKind
+from gridmarket.errors import NetworkError
 from gridmarket.market import MarketResult, clear_market
 from gridmarket.market.network import NetworkConstraints
 from gridmarket.network import ElementSet, OpenDSSNetwork, PowerFlowResult, monitored_mask
 from gridmarket.network import sensitivity as sens
-from gridmarket.study.loop import dispatch_kw
+from gridmarket.study.pipeline import dispatch_kw
 
-__all__ = ["RESIDUAL_COLUMNS", "SENSITIVITY_FLOOR", "AwareResult", "clear_aware"]
+__all__ = ["RESIDUAL_COLUMNS", "RESIDUAL_FILE", "RESIDUAL_FILE_COLUMNS", "SENSITIVITY_FLOOR", "AwareResult",
+           "AwareTally", "clear_aware", "relief_per_kw"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -52,6 +54,9 @@ Progress = Callable[[str, int, int], None]
 SENSITIVITY_FLOOR = 1e-6
 #: columns of :attr:`AwareResult.residual`
 RESIDUAL_COLUMNS = ("step", "time", "kind", "element", "value", "limit", "cause")
+#: the study's results file of the violations the aware market left, and its columns
+RESIDUAL_FILE = "network_residual.csv"
+RESIDUAL_FILE_COLUMNS = ("iteration", *RESIDUAL_COLUMNS)
 _SLACK_TOL = 1e-6  # slack above this [kW-equivalent] counts as used
 
 
@@ -312,7 +317,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     steps, n_agents = case.time.steps, len(case.agents)
     pf_arr = None if pf is None or np.all(np.isnan(pf)) else np.asarray(pf, dtype=float)
     market_cols = np.array([a.kind is not AgentKind.PASSIVE for a in case.agents])
-    model = sens.grid_model(net)
+    model = _model(net)
     q_ratio = sens.dispatch_q_ratio(net, elements, pf_arr)
     limit_iter = case.market.network_iterations
 
@@ -427,6 +432,17 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
                        history=history, stop_reason=stop, method=method)
 
 
+def _model(net: OpenDSSNetwork) -> sens.GridModel:
+    """:func:`~gridmarket.network.sensitivity.grid_model` of ``net``; a circuit changed since its
+    last solve (a battery the study just placed) is solved once first, so OpenDSS has its Y
+    matrix and node references (the state it leaves is overwritten by the first power flow)."""
+    try:
+        return sens.grid_model(net)
+    except NetworkError:
+        net.dss.Solution.Solve()
+        return sens.grid_model(net)
+
+
 def _lin_error(pred: dict[tuple[int, str], tuple[float, np.ndarray, np.ndarray]], flow: PowerFlowResult,
                p: np.ndarray) -> float:
     """max |V_AC − V_linear| [pu] over the voltage rows of the last linearisation."""
@@ -509,3 +525,113 @@ def _residual(lim: _Limits, viol: dict[int, list[tuple[_Row, float]]], market: M
             out.append({"step": t, "time": times[t], "kind": r.kind, "element": r.name, "value": value,
                         "limit": lim.limit(r), "cause": cause})
     return pd.DataFrame(out, columns=list(RESIDUAL_COLUMNS))
+
+
+# --------------------------------------------------------------------------- in the study
+
+
+def relief_per_kw(result: AwareResult) -> np.ndarray:
+    """(n_agents,) ``Σ_r dual_r · |sens_r,n|`` over the final clearing's rows [currency per kW]:
+    the welfare one more kW of flexibility at agent ``n``'s connection, used in every step
+    where a row binds and in the direction that relieves it, would be worth (an upper bound:
+    it ignores the energy a battery needs to do so). The product is the same whether the rows
+    are scaled (the market's view) or in their own units (:attr:`AwareResult.duals`)."""
+    n = result.kw.shape[1]
+    nc = result.constraints
+    if nc is None or not nc.rows:
+        return np.zeros(n)
+    d = np.asarray(result.market.network_duals, dtype=float)
+    if d.size != nc.rows:
+        return np.zeros(n)
+    return np.asarray(abs(sp.csr_matrix(nc.sens)).T @ d).ravel()
+
+
+@dataclass
+class AwareTally:
+    """The aware market's facts of one study iteration, added chunk by chunk
+    (:func:`~gridmarket.study.pipeline.run_iteration` calls :meth:`add` after each chunk's
+    :func:`clear_aware`).
+
+    Attributes
+    ----------
+    step_iterations : list of numpy.ndarray
+        Per chunk, the clearings in which each step had network rows, plus one.
+    clearings : list of int
+        Per chunk, the outer loop's clearings.
+    linearisation_error_pu : float
+        Largest over the chunks [pu].
+    residual : list of pandas.DataFrame
+        Per chunk, :attr:`AwareResult.residual` with steps counted in the whole horizon.
+    congestion_rent, penalty_cost : float
+        Σ over the chunks [currency] (``MarketResult.network_congestion_rent`` and
+        ``network_penalty_cost``).
+    rows, binding : int
+        Network rows of the final clearings, and those with a dual above 1e-9.
+    relief : numpy.ndarray or None
+        (n_agents,) Σ over the chunks of :func:`relief_per_kw` [currency per kW].
+    stop_reasons : list of str
+        Per chunk, why its outer loop stopped.
+    seconds : dict
+        Time spent in sensitivities, market and power flows [s].
+    """
+
+    step_iterations: list[np.ndarray] = field(default_factory=list)
+    clearings: list[int] = field(default_factory=list)
+    linearisation_error_pu: float = 0.0
+    residual: list[pd.DataFrame] = field(default_factory=list)
+    congestion_rent: float = 0.0
+    penalty_cost: float = 0.0
+    rows: int = 0
+    binding: int = 0
+    relief: np.ndarray | None = None
+    stop_reasons: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("sensitivity", "market", "flow"), 0.0))
+
+    def add(self, result: AwareResult, s0: int) -> None:
+        """Add a chunk's outcome; its steps start at step ``s0`` of the horizon."""
+        self.step_iterations.append(np.asarray(result.step_iterations, dtype=int))
+        self.clearings.append(int(result.outer_iterations))
+        self.linearisation_error_pu = max(self.linearisation_error_pu, float(result.linearisation_error_pu))
+        if len(result.residual):
+            self.residual.append(result.residual.assign(step=result.residual["step"].to_numpy(dtype=np.int64) + s0))
+        self.congestion_rent += float(getattr(result.market, "network_congestion_rent", 0.0))
+        self.penalty_cost += float(getattr(result.market, "network_penalty_cost", 0.0))
+        if result.constraints is not None:
+            self.rows += result.constraints.rows
+            self.binding += int(np.count_nonzero(np.asarray(result.market.network_duals) > 1e-9))
+        r = relief_per_kw(result)
+        self.relief = r if self.relief is None else self.relief + r
+        self.stop_reasons.append(result.stop_reason)
+        for part in self.seconds:
+            self.seconds[part] += float(sum(h[f"seconds_{part}"] for h in result.history))
+
+    def residual_frame(self, iteration: int) -> pd.DataFrame:
+        """The residual violations of every chunk, columns :data:`RESIDUAL_FILE_COLUMNS`."""
+        if not self.residual:
+            return pd.DataFrame({c: pd.Series(dtype=object if c in ("time", "kind", "element", "cause") else float)
+                                 for c in RESIDUAL_FILE_COLUMNS})
+        df = pd.concat(self.residual, ignore_index=True)
+        df.insert(0, "iteration", iteration)
+        return df[list(RESIDUAL_FILE_COLUMNS)]
+
+    def summary(self) -> dict[str, Any]:
+        """Plain numbers for summary.json (one dict per iteration): outer iterations per step
+        (mean, max), clearings, linearisation error [pu], residual violations (total, by kind and
+        by cause), congestion rent and penalty cost [currency], rows, seconds."""
+        it = np.concatenate(self.step_iterations) if self.step_iterations else np.zeros(0, dtype=int)
+        res = pd.concat(self.residual, ignore_index=True) if self.residual else pd.DataFrame(columns=RESIDUAL_COLUMNS)
+        return {
+            "outer_iterations_per_step_mean": round(float(it.mean()), 6) if it.size else 0.0,
+            "outer_iterations_per_step_max": int(it.max()) if it.size else 0,
+            "clearings": int(sum(self.clearings)),
+            "linearisation_error_pu": float(self.linearisation_error_pu),
+            "residual_violations": int(len(res)),
+            "residual_by_kind": {str(k): int(v) for k, v in res.groupby("kind").size().items()},
+            "residual_by_cause": {str(k): int(v) for k, v in
+                                  res["cause"].astype(str).str.split(" (", regex=False).str[0].value_counts().items()},
+            "congestion_rent": round(self.congestion_rent, 10),
+            "penalty_cost": round(self.penalty_cost, 10),
+            "rows": int(self.rows), "binding_rows": int(self.binding),
+            "stop_reasons": sorted(set(self.stop_reasons)),
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+        }

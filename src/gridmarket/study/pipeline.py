@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from gridmarket import contract
 from gridmarket.case.model import Agent, Case, GridPrices
-from gridmarket.enums import AgentKind
+from gridmarket.enums import AgentKind, NetworkMode
 from gridmarket.errors import CaseError, GridmarketError, NetworkError, PowerFlowError, Problem, in_iteration
 from gridmarket.market import MarketResult, clear_market
 from gridmarket.network import OpenDSSNetwork, PowerFlowResult, check_limits, monitored_mask
@@ -463,6 +463,7 @@ class IterationOutcome:
     market: MarketResult | None = None  #: kept when the horizon was one chunk and ``keep``
     flow: PowerFlowResult | None = None
     violations: pd.DataFrame | None = None
+    aware: Any = None  #: gridmarket.study.aware.AwareTally of an aware market, else None
 
 
 Progress = Callable[[int, int], None]  #: (steps done, steps total)
@@ -643,7 +644,8 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
     pf = np.array([a.pf if a.pf is not None else np.nan for a in case.agents])
     pf_arg = None if np.isnan(pf).all() else pf
     session = None
-    if power_flow in ("auto", "shapes"):
+    aware = _aware_tally(case)  # [market] network = "aware": clear_aware runs the power flows itself
+    if power_flow in ("auto", "shapes") and aware is None:
         try:
             session = engine.net.shape_session(es)
         except ValueError:
@@ -672,7 +674,12 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
             if _SLICE_KW and (s0 > 0 or s1 < steps):
                 slice_kw = {"steps_after": steps - s1, "soc_target": target}
             try:
-                res = clear_market(part, soc_init=soc, **slice_kw, **market_kw)
+                if aware is not None:
+                    aw = _clear_aware(part, engine, es, pf_arg, {"soc_init": soc, **slice_kw, **market_kw})
+                    aware.add(aw, s0)
+                    res = aw.market
+                else:
+                    res = clear_market(part, soc_init=soc, **slice_kw, **market_kw)
             except GridmarketError as exc:
                 raise in_iteration(_in_horizon(exc, s0), index) from exc
             start_soc = soc
@@ -699,7 +706,7 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
                 def cb(t: int) -> None:
                     progress(t + 1, steps)
             try:
-                flow = (session.run(kw, pf=pf_arg) if session is not None
+                flow = (aw.flow if aware is not None else session.run(kw, pf=pf_arg) if session is not None
                         else engine.net.run_series(es, kw, pf=pf_arg, progress=cb))
             except PowerFlowError as exc:
                 raise in_iteration(_in_horizon(exc, s0), index) from exc
@@ -724,7 +731,22 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
     return IterationOutcome(
         welfare=welfare, welfare_realised=realised, stored_energy_value=stored, breakdown=breakdown,
         solver=_combine_solvers(solvers), tally=tally, counts=tally.counts, chunks=n_chunks, stage_s=stage,
-        market=kept[0] if kept else None, flow=kept[1] if kept else None, violations=kept[2] if kept else None)
+        market=kept[0] if kept else None, flow=kept[1] if kept else None, violations=kept[2] if kept else None,
+        aware=aware)
+
+
+def _aware_tally(case: Case) -> Any:
+    """An :class:`~gridmarket.study.aware.AwareTally` when the case's market is aware, else None."""
+    if case.market.network is not NetworkMode.AWARE:
+        return None
+    from gridmarket.study.aware import AwareTally  # aware imports this module
+    return AwareTally()
+
+
+def _clear_aware(part: Case, engine: Engine, es: Any, pf: np.ndarray | None, market_kw: dict[str, Any]) -> Any:
+    """The aware market's outer loop on a chunk (:func:`gridmarket.study.aware.clear_aware`)."""
+    from gridmarket.study.aware import clear_aware
+    return clear_aware(part, engine.net, es, pf=pf, monitored=engine.mask, market_kw=market_kw)
 
 
 def _in_horizon(exc: GridmarketError, s0: int) -> GridmarketError:
