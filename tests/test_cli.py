@@ -24,6 +24,7 @@ import pytest
 from casefactory import replace_in, write_stressed_case, write_tiny_case
 from gridmarket import __version__, contract
 from gridmarket.cli import main
+from gridmarket.outdir import mark_folder
 
 RESULT_FILES = ["summary.json", "iterations.csv", "market.parquet", "communities.parquet", "violations.parquet",
                 "voltages.parquet", "batteries.csv", "report.html"]
@@ -163,6 +164,7 @@ def test_interrupt_at_any_stage_leaves_no_results_and_no_temporary_files(
     if overwrite:
         out.mkdir(parents=True)
         (out / "old.csv").write_text("an earlier run\n")
+        mark_folder(out, "results")  # an earlier run's folder: gridmarket may replace it
     before = _tree(tmp_path)
     target, attr, calls = STAGES[stage]
     module, _, cls = target.partition(".OpenDSSNetwork")
@@ -206,12 +208,13 @@ CHILD = textwrap.dedent("""
     elif stage == "report":
         before(gridmarket.report, "build_report", stage)
     elif stage == "rename":  # inside the final rename: Ctrl-C is held back until the folder is whole
-        real_rename = os.rename
+        import gridmarket.outdir
+        real_rename = gridmarket.outdir._rename_noreplace
         def rename(src, dst, *a, **k):
             if os.path.basename(dst) == "res":
                 pause(stage, 3)
             return real_rename(src, dst, *a, **k)
-        os.rename = rename
+        gridmarket.outdir._rename_noreplace = rename
     from gridmarket.cli import main
     sys.exit(main(args))
 """)

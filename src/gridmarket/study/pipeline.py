@@ -184,6 +184,10 @@ def attach_agents(case: Case, net: OpenDSSNetwork) -> list[str]:
                 net.resolve([a.element])
             except NetworkError as exc:
                 problems.append(Problem("agents.csv", where(a), str(exc)))
+    if not problems:  # every element exists: their ratings (what the power flow would refuse)
+        from gridmarket.case.ratings import rating_problems
+
+        problems += rating_problems(case, net, where)
     known = set(net.buses.index)
     created: dict[str, str] = {}
     b = case.battery
