@@ -144,7 +144,8 @@ def test_value_placement_puts_the_unit_where_the_duals_value_relief_most(tmp_pat
     tally = res.iterations[0].aware
     vals = bus_values(tally.relief, case.agents, res.agent_buses, case.battery.unit_kw)
     assert list(vals.index[:2]) == ["ba", "bb"] and vals["ba"] > vals["bb"] > 0
-    assert res.stop_reason == "reached max_iterations = 2"
+    # after it, either nothing binds any more or the iteration limit stopped the loop
+    assert res.stop_reason in ("reached max_iterations = 2", "no network row binds: the duals value no relief")
 
 
 def test_value_placement_stops_below_the_annuity(tmp_path: Path) -> None:

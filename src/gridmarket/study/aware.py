@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -54,10 +54,15 @@ Progress = Callable[[str, int, int], None]
 SENSITIVITY_FLOOR = 1e-6
 #: columns of :attr:`AwareResult.residual`
 RESIDUAL_COLUMNS = ("step", "time", "kind", "element", "value", "limit", "cause")
+#: a row's sensitivities below this fraction of its largest are left out of it (sparse rows) [-]
+DROP_REL = 1e-2
+#: a row whose direction is within this cosine of a tighter row of its step is left to that row [-]
+MERGE_COS = 0.999
 #: the study's results file of the violations the aware market left, and its columns
 RESIDUAL_FILE = "network_residual.csv"
 RESIDUAL_FILE_COLUMNS = ("iteration", *RESIDUAL_COLUMNS)
-_SLACK_TOL = 1e-6  # slack above this [kW-equivalent] counts as used
+_SLACK_TOL = 1e-6
+_SAME_KW = 1e-7  # a step whose dispatch moved less than this [kW] keeps its power flow  # slack above this [kW-equivalent] counts as used
 
 
 @dataclass
@@ -226,25 +231,49 @@ def _agent_p_kw(case: Case, market: MarketResult) -> np.ndarray:
 
 
 def _run_flow(net: OpenDSSNetwork, es: ElementSet, kw: np.ndarray, pf: np.ndarray | None, lim: _Limits,
-              keep: set[int], watch: float, label: str, progress: Progress | None
+              keep: set[int], watch: float, label: str, progress: Progress | None,
+              prev: tuple[PowerFlowResult, np.ndarray, dict[int, np.ndarray], np.ndarray] | None = None
               ) -> tuple[PowerFlowResult, dict[int, np.ndarray], np.ndarray]:
     """The AC power flow of ``kw``; the complex node voltages [V] of the steps in ``keep`` and of
     those where anything comes near its limit (the others are not kept: a year of states would
-    not fit in memory); the rated transformers' loading of every step."""
+    not fit in memory); the rated transformers' loading of every step.
+
+    ``prev`` (flow, kw, states, loading of the last power flow): only the steps whose dispatch
+    changed by more than :data:`_SAME_KW` are solved again, the others keep their results (a
+    snapshot step depends on its own powers only)."""
     steps = kw.shape[0]
     states: dict[int, np.ndarray] = {}
     tx = np.full((steps, len(lim.tx_names)), np.nan)
+    todo = np.arange(steps)
+    if prev is not None and prev[0].steps == steps:
+        todo = np.flatnonzero(np.any(np.abs(kw - prev[1]) > _SAME_KW, axis=1))
+        tx = prev[3].copy()
+        states = {t: v for t, v in prev[2].items() if t not in set(todo.tolist())}
+        if todo.size == 0:
+            return prev[0], states, tx
 
-    def cb(t: int) -> None:
+    def cb(j: int) -> None:
+        t = int(todo[j])
         v = np.asarray(net.dss.Circuit.YNodeVArray(), dtype=float).view(np.complex128)
         tx[t] = lim.tx_loading(v)
         if t in keep or lim.near_any(v, tx[t], watch):
             states[t] = v.copy()
         if progress is not None:
-            progress(label, t + 1, steps)
+            progress(label, j + 1, todo.size)
 
-    flow = net.run_series(es, kw, pf=pf, progress=cb)
-    return flow, states, tx
+    flow = net.run_series(es, kw[todo], pf=pf, progress=cb)
+    if todo.size == steps:
+        return flow, states, tx
+    old = prev[0]  # type: ignore[index]
+    fields: dict[str, Any] = {}
+    for name in ("v_pu", "i_amps", "converged", "transformer_loading"):
+        a, b = getattr(old, name), getattr(flow, name)
+        if np.shape(a)[:1] != (steps,) or np.shape(b)[:1] != (todo.size,):
+            continue  # an engine without this field
+        a = np.array(a, copy=True)
+        a[todo] = b
+        fields[name] = a
+    return replace(old, **fields), states, tx
 
 
 def _converged(flow: PowerFlowResult) -> np.ndarray:
@@ -265,7 +294,8 @@ def _monitored(case: Case, net: OpenDSSNetwork, es: ElementSet) -> np.ndarray:
 
 def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np.ndarray | None = None,
                 monitored: np.ndarray | None = None, method: str = "ymatrix", watch_pu: float = 0.0,
-                converge_pu: float | None = None, market_kw: Mapping[str, Any] | None = None,
+                converge_pu: float | None = None, drop_rel: float = DROP_REL, merge_cos: float = MERGE_COS,
+                defer_near: bool = True, market_kw: Mapping[str, Any] | None = None,
                 progress: Progress | None = None) -> AwareResult:
     """Clear ``case`` with the network's limits inside the market (outer loop).
 
@@ -339,13 +369,17 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     scale = np.zeros(0)
     lin_pred: dict[tuple[int, str], tuple[float, np.ndarray, np.ndarray]] = {}
     base_op: sens.OperatingPoint | None = None
+    dropped: set[tuple[int, str]] = set()  # rows of the last linearisation left to a parallel, tighter row
     t_sens = 0.0
     k = 1  # clearings run
     while True:
         viol, near = lim.scan(flow, tx, watch_pu)
         lin_err = _lin_error(lin_pred, flow, _agent_p_kw(case, market))
         n_viol = sum(len(x) for x in viol.values())
-        new = {t: [r for r in rows if r not in active.get(t, [])] for t, rows in near.items()}
+        # a step enters the market when its AC power flow violates a limit; its rows near a limit
+        # come with it (a step only near its limits is within them: no rows, one QP fewer)
+        new = {t: [r for r in rows if r not in active.get(t, [])] for t, rows in near.items()
+               if t in viol or t in active or not defer_near}
         new = {t: rows for t, rows in new.items() if rows}
         history.append({"iteration": k, "rows": 0 if constraints is None else len(constraints.name),
                         "violations": n_viol, "new_rows": sum(map(len, new.values())),
@@ -359,7 +393,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
             break
         if (n_viol and not new and constraints is not None
                 and lin_err <= (0.5 * lim.delta if converge_pu is None else converge_pu)
-                and _explained(viol, constraints, market)):
+                and _explained(viol, constraints, market, dropped)):
             stop = "only violations the market cannot remove are left (see the residual causes)"
             break
         if not new and k > 1 and history[-2]["violations"] == n_viol and _same(history) and lin_err <= 1e-6:
@@ -373,6 +407,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
         st, nm, kd, rhs, sc = [], [], [], [], []
         blocks = []
         lin_pred = {}
+        dropped = set()
         for t in sorted(active):
             rows = active[t]
             keys = [(r.kind, r.name) for r in rows]
@@ -385,13 +420,25 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
                 s = sens.perturbed_sensitivities(net, elements, kw[t], keys, model=model, pf=pf_arr)
             dp = s.dp.copy()
             dp[:, ~market_cols] = 0.0
+            g_all = dp * np.array([r.side for r in rows], dtype=float)[:, None]
+            big = np.max(np.abs(g_all), axis=1) if len(rows) else np.zeros(0)
+            if drop_rel > 0:  # sparse rows: the agents that barely move a row are left out of it
+                g_all = np.where(np.abs(g_all) >= drop_rel * big[:, None], g_all, 0.0)
+            # room to the bound at the operating point, per unit of the row's largest sensitivity [kW]
+            room = np.array([r.side * (_bound(lim, r) - v) for r, v in zip(rows, s.value, strict=True)])
+            room = room / np.where(big > 0, big, 1.0)
+            violated_now = {r for r, _ in viol.get(t, [])}
+            keep = _distinct_rows(g_all, room, big, [r in violated_now for r in rows], merge_cos)
             for j, r in enumerate(rows):
-                g = dp[j] * r.side
-                # side·(x⁰ + K(p − p⁰)) ≤ side·bound  ⇔  side·K p ≤ side·(bound − x⁰) + side·K p⁰
-                b = r.side * (_bound(lim, r) - s.value[j]) + g @ p0[t]
-                m = float(np.max(np.abs(g)))
+                m = float(big[j])
                 if m < SENSITIVITY_FLOOR:  # no agent can move it: left out, reported with its cause
                     continue
+                if not keep[j]:  # parallel to a tighter row of the step: that one stands for it
+                    dropped.add((t, r.name))
+                    continue
+                g = g_all[j]
+                # side·(x⁰ + K(p − p⁰)) ≤ side·bound  ⇔  side·K p ≤ side·(bound − x⁰) + side·K p⁰
+                b = r.side * (_bound(lim, r) - s.value[j]) + g @ p0[t]
                 scl = m
                 st.append(t)
                 nm.append(f"bus.{r.name}" if r.kind == "voltage" else r.name)
@@ -400,7 +447,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
                 sc.append(scl)
                 blocks.append(g / scl)
                 if r.kind == "voltage":
-                    lin_pred[(t, r.name)] = (float(s.value[j]), dp[j], p0[t])
+                    lin_pred[(t, r.name)] = (float(s.value[j]), g * r.side, p0[t])
             step_iter[t] += 1
         t_sens = time.perf_counter() - t0
         scale = np.array(sc)
@@ -411,15 +458,15 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
         t0 = time.perf_counter()
         market = clear_market(case, network=constraints, **mkw)
         t_market = time.perf_counter() - t0
-        kw = dispatch_kw(case, market)
+        kw_prev, kw = kw, dispatch_kw(case, market)
         t0 = time.perf_counter()
         flow, states, tx = _run_flow(net, elements, kw, pf_arr, lim, set(active), watch_pu, f"aware {k}: power flow",
-                                     progress)
+                                     progress, prev=(flow, kw_prev, states, tx))
         t_flow = time.perf_counter() - t0
     duals = np.zeros(0)
     if constraints is not None:
         duals = np.asarray(getattr(market, "network_duals", np.zeros(len(scale))), dtype=float) / scale
-    residual = _residual(lim, viol, market, active, constraints, scale, case.time.index)
+    residual = _residual(lim, viol, market, active, constraints, scale, case.time.index, dropped)
     failed = np.flatnonzero(~_converged(flow))
     if failed.size:
         extra = pd.DataFrame({"step": failed, "time": [case.time.index[t] for t in failed],
@@ -456,17 +503,44 @@ def _lin_error(pred: dict[tuple[int, str], tuple[float, np.ndarray, np.ndarray]]
 
 
 def _explained(viol: dict[int, list[tuple[_Row, float]]], constraints: NetworkConstraints,
-               market: MarketResult) -> bool:
+               market: MarketResult, dropped: set[tuple[int, str]]) -> bool:
     """Every violated row is out of the market (no agent moves it) or its slack is positive."""
     slack = np.asarray(getattr(market, "network_slack", np.zeros(0)), dtype=float)
     rows = {(int(t), nm.removeprefix("bus.")): j
             for j, (t, nm) in enumerate(zip(constraints.step, constraints.name, strict=True))}
     for t, items in viol.items():
         for r, _ in items:
+            if (t, r.name) in dropped:  # left to a parallel row: the next clearing takes it itself
+                return False
             j = rows.get((t, r.name))
             if j is not None and not (slack.size > j and slack[j] > _SLACK_TOL):
                 return False
     return True
+
+
+def _distinct_rows(g: np.ndarray, room: np.ndarray, big: np.ndarray, forced: list[bool], merge_cos: float
+                   ) -> np.ndarray:
+    """Which rows of one step go to the market: rows are taken tightest first (least ``room`` to
+    their bound at the operating point, per unit of their largest sensitivity [kW]), and a row
+    whose direction is within ``cos > merge_cos`` of a row already taken is left out (the taken
+    row, parallel and tighter, stands for it: the same element on another phase, or a bus
+    downstream of another on the same lateral). Rows the AC power flow violates now
+    (``forced``) are always taken; ``merge_cos >= 1`` takes every row."""
+    n = g.shape[0]
+    keep = np.ones(n, dtype=bool)
+    if merge_cos >= 1.0 or n < 2:
+        return keep
+    norm = np.linalg.norm(g, axis=1)
+    unit = g / np.where(norm > 0, norm, 1.0)[:, None]
+    taken: list[int] = []
+    for j in np.argsort(room, kind="stable"):
+        if big[j] < SENSITIVITY_FLOOR:
+            continue
+        if not forced[j] and taken and float(np.max(unit[taken] @ unit[j])) > merge_cos:
+            keep[j] = False
+            continue
+        taken.append(int(j))
+    return keep
 
 
 def _same(history: list[dict[str, Any]]) -> bool:
@@ -500,7 +574,7 @@ def _op_from(model: sens.GridModel, base: sens.OperatingPoint, v: np.ndarray, el
 
 def _residual(lim: _Limits, viol: dict[int, list[tuple[_Row, float]]], market: MarketResult,
               active: dict[int, list[_Row]], constraints: NetworkConstraints | None, scale: np.ndarray,
-              times: Any) -> pd.DataFrame:
+              times: Any, dropped: set[tuple[int, str]]) -> pd.DataFrame:
     """The violations left, each with why the market could not remove it."""
     out = []
     slack = np.asarray(getattr(market, "network_slack", np.zeros(0)), dtype=float)
@@ -514,6 +588,9 @@ def _residual(lim: _Limits, viol: dict[int, list[tuple[_Row, float]]], market: M
             unit = {"voltage": "pu/kW", "current": "A/kW", "transformer": "1/kW"}[r.kind]
             if r not in active.get(t, []):
                 cause = "entered the active set only at the last AC power flow (iteration limit)"
+            elif (t, r.name) in dropped:
+                cause = ("left to a parallel, tighter row of the step at the last linearisation, and violated"
+                         " after it (iteration limit)")
             elif j is None:
                 cause = f"no agent has sensitivity above {SENSITIVITY_FLOOR:g} {unit} to this {r.kind} row"
             elif slack.size > j and slack[j] > _SLACK_TOL:
