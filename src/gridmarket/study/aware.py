@@ -57,12 +57,12 @@ RESIDUAL_COLUMNS = ("step", "time", "kind", "element", "value", "limit", "cause"
 #: a row's sensitivities below this fraction of its largest are left out of it (sparse rows) [-]
 DROP_REL = 1e-2
 #: a row whose direction is within this cosine of a tighter row of its step is left to that row [-]
-MERGE_COS = 0.999
+MERGE_COS = 0.99
 #: the study's results file of the violations the aware market left, and its columns
 RESIDUAL_FILE = "network_residual.csv"
 RESIDUAL_FILE_COLUMNS = ("iteration", *RESIDUAL_COLUMNS)
-_SLACK_TOL = 1e-6
-_SAME_KW = 1e-7  # a step whose dispatch moved less than this [kW] keeps its power flow  # slack above this [kW-equivalent] counts as used
+_SLACK_TOL = 1e-6  # slack above this [kW-equivalent] counts as used
+_SAME_KW = 1e-7  # a step whose dispatch moved less than this [kW] keeps its power flow
 
 
 @dataclass

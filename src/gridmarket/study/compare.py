@@ -1,7 +1,9 @@
 """The comparison a DSO asks for (issue 13): on the same case,
 
 1. ``blind``: the study's market, no batteries placed;
-2. ``blind+placement``: the study's market and the study's placement rule (its best iteration);
+2. ``blind+placement``: the study's market and the study's placement rule (the best iteration
+   with placed units, even when the study's best is iteration 0: the question is what its
+   placement does);
 3. ``aware``: the network-aware market, no batteries placed (what respecting the grid costs);
 4. ``aware+value``: the aware market and value placement (``[placement] rule = "value"``; the
    iteration the rule stopped at).
@@ -36,6 +38,7 @@ import pandas as pd
 
 from gridmarket.case.model import Case
 from gridmarket.enums import AgentKind, NetworkMode, PlacementRule
+from gridmarket.study import rules
 from gridmarket.study.loop import Iteration, StudyResult, run_study
 
 __all__ = ["COLUMNS", "COMPARISON_FILE", "SCENARIOS", "compare", "write_comparison"]
@@ -81,6 +84,15 @@ def _row(name: str, it: Iteration, base_realised: float, runtime: float) -> dict
             "linearisation_error_pu": lin, "runtime_s": runtime}
 
 
+def _placed(res: StudyResult) -> Iteration:
+    """The study's placement: its best iteration among those with placed units (by the study's
+    own rule, :func:`gridmarket.study.rules.best_iteration`); iteration 0 when it placed none."""
+    if len(res.iterations) == 1:
+        return res.iterations[0]
+    later = res.iterations[1:]
+    return later[rules.best_iteration([it.score for it in later])]
+
+
 def compare(case: Case, *, max_iterations: int | None = None) -> pd.DataFrame:
     """The four scenarios of the module docstring on ``case`` (its own ``[market].network`` and
     ``[placement].rule`` are overridden; every other key is kept), columns :data:`COLUMNS`.
@@ -100,7 +112,7 @@ def compare(case: Case, *, max_iterations: int | None = None) -> pd.DataFrame:
     base = blind.iterations[0].welfare_realised
     rows = [
         _row(SCENARIOS[0], blind.iterations[0], base, blind.iterations[0].runtime_s),
-        _row(SCENARIOS[1], blind.iterations[blind.best], base, t_blind),
+        _row(SCENARIOS[1], _placed(blind), base, t_blind),
         _row(SCENARIOS[2], aware.iterations[0], base, aware.iterations[0].runtime_s),
         _row(SCENARIOS[3], aware.iterations[-1], base, t_aware),
     ]
