@@ -260,3 +260,41 @@ def test_compare_scenario_1_is_a_plain_blind_run_and_3_a_plain_aware_clearing(tm
     # (4) the value rule's unit gives back part of what respecting the grid cost
     v = row.loc["aware+value"]
     assert v["battery_units"] == 1 and v["violations"] == 0 and v["welfare_realised"] > a["welfare_realised"]
+
+
+def test_compare_scenario_2_is_the_study_placement(tmp_path: Path) -> None:
+    case = _write(tmp_path, iterations=3)
+    row = compare(case).set_index("scenario")
+    placed = row.loc["blind+placement"]
+    # the blind market overvolts ba: the study's rule puts ladder[0] = 1 unit there first
+    assert placed["battery_units"] >= case.placement.ladder[0]
+    assert placed["net_benefit"] == pytest.approx(placed["welfare_realised"] - row.loc["blind", "welfare_realised"])
+
+
+# --------------------------------------------------------------------------- cheaper rows
+
+
+def test_rows_left_to_a_parallel_tighter_row_and_violated_rows_kept() -> None:
+    from gridmarket.study.aware import _distinct_rows
+    g = np.array([[1.0, 0.5, 0.0],   # tight
+                  [1.0, 0.5, 0.001],  # parallel to row 0, looser: left to it
+                  [0.0, 0.2, 1.0],   # another direction: kept
+                  [1.0, 0.5, 0.0]])  # parallel and looser, but violated now: kept
+    room = np.array([0.1, 0.5, 0.3, 0.9])
+    big = np.abs(g).max(axis=1)
+    keep = _distinct_rows(g, room, big, [False, False, False, True], 0.99)
+    assert keep.tolist() == [True, False, True, True]
+    assert _distinct_rows(g, room, big, [False] * 4, 1.0).all()
+
+
+def test_the_outer_loop_power_flow_equals_a_full_solve(tmp_path: Path) -> None:
+    """Only the steps whose dispatch changed are solved again; the spliced result equals a
+    power flow of the whole final dispatch."""
+    case = _write(tmp_path)
+    net = OpenDSSNetwork(case.network.master, tolerance=1e-10, max_iterations=100)
+    es = net.resolve(attach_agents(case, net))
+    res = clear_aware(case, net, es)
+    assert res.outer_iterations >= 2
+    full = net.run_series(es, res.kw)
+    assert np.abs(full.v_pu - res.flow.v_pu).max() < 1e-8
+    assert np.abs(full.i_amps - res.flow.i_amps).max() < 1e-6
