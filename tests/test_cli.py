@@ -144,7 +144,7 @@ def _interrupt_after(calls: int, real: Callable[..., Any]) -> Callable[..., Any]
 
 STAGES = {  # stage -> (object, attribute, call on which to interrupt)
     "load": ("gridmarket.case", "load_case", 1),
-    "network check": ("gridmarket.cli", "check_case_network", 1),
+    "network check": ("gridmarket.study.pipeline", "attach_agents", 1),
     "market, iteration 0": ("gridmarket.study.pipeline", "clear_market", 1),
     "market, iteration 1": ("gridmarket.study.pipeline", "clear_market", 2),
     "power flow, iteration 2": ("gridmarket.network.opendss.OpenDSSNetwork", "run_series", 3),

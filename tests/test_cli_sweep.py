@@ -21,11 +21,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _customers import runnable, study_takes_customers
 from casefactory import replace_in, write_tiny_case
 from gridmarket.case import load_case
 from gridmarket.cli import main
-from gridmarket.study import check_network, run_study
+from gridmarket.study import run_study
 from gridmarket.sweep.cli import SOME_FAILED
 
 _LOAD = re.compile(r"^New Load\.(\S+) phases=1 bus1=(\S+) ", re.IGNORECASE)
@@ -66,12 +65,9 @@ def test_new_case_from_a_feeder_with_options_passes_check(feeder: Path, tmp_path
     assert f"case 'syn-6x2h' written to {out}: 12 consumer(s), 12 producer(s); 3 communities" in text
     assert text.endswith(f"run it with: gridmarket run {out}\n")
 
-    if study_takes_customers(load_case(out)):  # monitored_buses = "customers", the new-case default
-        status, text, err = _run(["check", str(out)])
-        assert (status, err) == (0, "")
-        assert "24 agents in 3 communities, 6 steps of 2 h" in text
-    else:
-        check_network(runnable(load_case(out)))
+    status, text, err = _run(["check", str(out)])  # monitored_buses = "customers", the new-case default
+    assert (status, err) == (0, "")
+    assert "24 agents in 3 communities, 6 steps of 2 h" in text
 
     # one household per load of the feeder's DSS text, driving that load; one PV per household
     # on exactly the load's bus and phase, of the asked size

@@ -18,7 +18,6 @@ import opendssdirect
 import pandas as pd
 import pytest
 
-from _customers import runnable
 from conftest import shared_data
 from gridmarket.case import CaseWarning, load_case
 from gridmarket.cases import write_case_source
@@ -56,7 +55,7 @@ def _agents(case_dir: Path) -> pd.DataFrame:
 
 def _check_runs(case_dir: Path) -> dict[str, str]:
     """The case loads, every element exists in the network, one iteration runs; agent -> bus."""
-    case = runnable(load_case(case_dir))
+    case = load_case(case_dir)
     check_network(case)
     study = run_study(case, max_iterations=1)
     assert len(study.iterations) == 1

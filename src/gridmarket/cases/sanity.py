@@ -59,7 +59,7 @@ class BaseCaseGrid:
     """
 
     def __init__(self, case: Case, *, source_pu: float | None = None) -> None:
-        from gridmarket.study.loop import attach_agents
+        from gridmarket.study.pipeline import attach_agents
 
         self.case = case
         self.net = OpenDSSNetwork(case.network.master)
