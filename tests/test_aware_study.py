@@ -298,3 +298,13 @@ def test_the_outer_loop_power_flow_equals_a_full_solve(tmp_path: Path) -> None:
     full = net.run_series(es, res.kw)
     assert np.abs(full.v_pu - res.flow.v_pu).max() < 1e-8
     assert np.abs(full.i_amps - res.flow.i_amps).max() < 1e-6
+
+
+def test_the_aware_dispatch_is_the_pipeline_dispatch(tmp_path: Path) -> None:
+    """study.aware keeps its own copy of stage III (the pipeline imports it, not the reverse)."""
+    from gridmarket.study.aware import _dispatch_kw
+    case = _write(tmp_path)
+    c = with_banks(case, {"ba": 1}, {"ba": "C1"})
+    m = clear_market(c)
+    assert np.array_equal(_dispatch_kw(c, m), dispatch_kw(c, m))
+    assert np.any(np.asarray(m.s_kwh)[:, -1] != 0)  # the battery column is exercised

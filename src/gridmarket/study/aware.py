@@ -43,7 +43,6 @@ from gridmarket.market import MarketResult, clear_market
 from gridmarket.market.network import NetworkConstraints
 from gridmarket.network import ElementSet, OpenDSSNetwork, PowerFlowResult, monitored_mask
 from gridmarket.network import sensitivity as sens
-from gridmarket.study.pipeline import dispatch_kw
 
 __all__ = ["RESIDUAL_COLUMNS", "RESIDUAL_FILE", "RESIDUAL_FILE_COLUMNS", "SENSITIVITY_FLOOR", "AwareResult",
            "AwareTally", "clear_aware", "relief_per_kw"]
@@ -76,7 +75,7 @@ class AwareResult:
     flow : PowerFlowResult
         The AC power flow of ``market``'s dispatch.
     kw : numpy.ndarray
-        (steps, n_agents) the dispatch sent to OpenDSS (:func:`~gridmarket.study.loop.dispatch_kw`).
+        (steps, n_agents) the dispatch sent to OpenDSS (stage III, as :func:`gridmarket.study.pipeline.dispatch_kw`).
     constraints : NetworkConstraints or None
         The rows of the final clearing (scaled to kW-equivalent, see the module docstring);
         None when no row was ever active (the blind clearing).
@@ -221,6 +220,26 @@ class _Limits:
 # --------------------------------------------------------------------------- the loop
 
 
+def _dispatch_kw(case: Case, market: MarketResult) -> np.ndarray:
+    """Stage III (MODEL.md), as :func:`gridmarket.study.pipeline.dispatch_kw` (which imports this
+    module, so it is not imported here; tests/test_aware_study.py checks that both agree):
+    (steps, n_agents) kW per element — consumers ``P/Δt``, producers ``−P/Δt`` (solver round-off
+    below 1e-6 kW is zero output), batteries ``S/Δt`` (> 0 charging), passive agents their profile."""
+    dt = case.time.step_hours
+    kinds = np.array([a.kind.value for a in case.agents])
+    kw = np.array(case.profile_kw, dtype=float, copy=True)
+    p = np.asarray(market.p_kwh) / dt
+    s = np.asarray(market.s_kwh) / dt
+    cons = kinds == AgentKind.CONSUMER.value
+    prod = kinds == AgentKind.PRODUCER.value
+    bat = kinds == AgentKind.BATTERY.value
+    kw[:, cons] = p[:, cons]
+    produced = -p[:, prod]
+    kw[:, prod] = np.where((produced < 0) & (produced > -1e-6), 0.0, produced)
+    kw[:, bat] = s[:, bat]
+    return kw
+
+
 def _agent_p_kw(case: Case, market: MarketResult) -> np.ndarray:
     """(steps, n_agents) each market agent's net consumption P + S [kW]; passive agents 0."""
     dt = case.time.step_hours
@@ -355,7 +374,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     mkw = dict(market_kw or {})
     market = clear_market(case, **mkw)
     t_market = time.perf_counter() - t0
-    kw = dispatch_kw(case, market)
+    kw = _dispatch_kw(case, market)
     if monitored is None:
         monitored = _monitored(case, net, elements)
     lim = _Limits(case, model, net.node_names, monitored)
@@ -458,7 +477,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
         t0 = time.perf_counter()
         market = clear_market(case, network=constraints, **mkw)
         t_market = time.perf_counter() - t0
-        kw_prev, kw = kw, dispatch_kw(case, market)
+        kw_prev, kw = kw, _dispatch_kw(case, market)
         t0 = time.perf_counter()
         flow, states, tx = _run_flow(net, elements, kw, pf_arr, lim, set(active), watch_pu, f"aware {k}: power flow",
                                      progress, prev=(flow, kw_prev, states, tx))
