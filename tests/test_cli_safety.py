@@ -144,3 +144,11 @@ def test_report_that_cannot_be_written_is_a_clear_error(tmp_path: Path, capsys: 
     assert err.startswith(f"error: cannot write the report into {out}: ") and "Traceback" not in err
     assert err.count("\n") == 1
     assert [p.name for p in out.glob(".*")] == [".gridmarket"]  # no temporary file left (figures are whole files)
+
+
+def test_the_sweep_summary_names_the_currency(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    case = write_tiny_case(tmp_path / "case")
+    (tmp_path / "s.toml").write_text("[parameters]\nimport_price = [0.7]\n")
+    assert main(["sweep", str(case), str(tmp_path / "s.toml"), "--out", str(tmp_path / "o"), "--scheduler", "serial",
+                 "-q", "--no-report"]) == 0
+    assert re.search(r"welfare -?[\d,]+\.\d\d R\$, ", capsys.readouterr().out)

@@ -154,3 +154,42 @@ def test_files_put_into_an_empty_folder_during_the_run_survive(tmp_path: Path) -
         _fill(tmp, "results")
     assert (out / "mine.txt").read_text() == "mine"
     assert (tmp_path / "out-new" / "file.txt").read_text() == "results"
+
+
+def test_no_combination_lets_overwrite_reach_a_protected_or_foreign_folder(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every folder of a small tree, in every state (empty, the user's, gridmarket's of another
+    kind, gridmarket's results), with and without --overwrite: accepted exactly when it is free
+    to replace, and a protected one never."""
+    case = write_tiny_case(tmp_path / "w" / "p" / "case")
+    cwd = tmp_path / "w" / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    protected = {tmp_path, tmp_path / "w", tmp_path / "w" / "p", case, cwd}
+    free = [tmp_path / "w" / "x", tmp_path / "w" / "p" / "y", cwd / "z", case / "results"]
+    for folder in free:
+        folder.mkdir()
+    states = ["empty", "user", "other kind", "results"]
+    for folder in sorted(protected | set(free)):
+        for state in states:
+            for f in [folder / "u.txt", folder / MARKER]:
+                f.unlink(missing_ok=True)
+            if folder in free and state == "empty":
+                pass
+            elif state == "user":
+                (folder / "u.txt").write_text("mine")
+            elif state == "other kind":
+                mark_folder(folder, "case")
+            elif state == "results":
+                mark_folder(folder, "results")
+            for overwrite in (False, True):
+                empty = not any(folder.iterdir())
+                ok = folder not in protected and (empty or (overwrite and state == "results"))
+                try:
+                    check_out_dir(folder, overwrite=overwrite, protect=[case])
+                    accepted = True
+                except ResultsError:
+                    accepted = False
+                assert accepted == ok, (folder, state, overwrite)
+        for f in [folder / "u.txt", folder / MARKER]:
+            f.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ are raised as :class:`~gridmarket.errors.GridmarketError` (the CLI prints them, 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +56,11 @@ def sweep_command(case: str | Path, sweep_toml: str | Path, out: str | Path, *, 
     lines = [f"{len(table)} scenario(s): {len(ok)} ok ({int(ok['cached'].sum())} reused), {len(failed)} failed"]
     if len(ok):
         best = ok.sort_values(["violations_best", "welfare_best"], ascending=[True, False], kind="stable").iloc[0]
+        summary = out_path / str(best["results"]) / "summary.json"  # the currency of the welfare
+        currency = json.loads(summary.read_text()).get("currency", "") if summary.is_file() else ""
         lines.append(f"fewest violations: {best['scenario']} ({int(best['violations_best'])} violations, "
-                     f"welfare {best['welfare_best']:,.2f}, {int(best['battery_units'])} SBU(s))")
+                     f"welfare {best['welfare_best']:,.2f} {currency}".rstrip()
+                     + f", {int(best['battery_units'])} SBU(s))")
     for _, r in failed.iterrows():
         lines.append(f"  failed {r['scenario']}: {r['error']}")
     lines.append(f"table: {out_path / 'sweep.csv'}; page: {out_path / 'sweep.html'}")
