@@ -308,3 +308,13 @@ def test_the_aware_dispatch_is_the_pipeline_dispatch(tmp_path: Path) -> None:
     m = clear_market(c)
     assert np.array_equal(_dispatch_kw(c, m), dispatch_kw(c, m))
     assert np.any(np.asarray(m.s_kwh)[:, -1] != 0)  # the battery column is exercised
+
+
+def test_run_compare_writes_comparison_csv(tmp_path: Path) -> None:
+    from gridmarket.cli import main
+    _write(tmp_path / "case", iterations=2)
+    out = tmp_path / "res"
+    assert main(["run", str(tmp_path / "case"), "--out", str(out), "--compare", "--no-report", "-q"]) == 0
+    table = pd.read_csv(out / "comparison.csv")
+    assert tuple(table.columns) == COLUMNS and tuple(table["scenario"]) == SCENARIOS
+    assert (out / RESIDUAL_FILE).is_file()  # the case's own run is aware
