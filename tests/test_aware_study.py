@@ -318,3 +318,17 @@ def test_run_compare_writes_comparison_csv(tmp_path: Path) -> None:
     table = pd.read_csv(out / "comparison.csv")
     assert tuple(table.columns) == COLUMNS and tuple(table["scenario"]) == SCENARIOS
     assert (out / RESIDUAL_FILE).is_file()  # the case's own run is aware
+
+
+def test_value_rule_stops_when_the_last_unit_did_not_pay(tmp_path: Path) -> None:
+    from gridmarket.study.value_placement import next_unit
+    case = _write(tmp_path, capex=200.0)
+    ann = economics.annuity(1, case.battery, case.time.steps, case.time.step_hours)
+    relief = np.array([1e6, 0.0, 1.0, 0.0, 0.0])  # HA's connection valued far above the annuity
+    bus = {"HA": "ba", "PVA": "ba", "HB": "bb", "PVB": "bb", "P0": "b0"}
+    go = next_unit({"ba": 1}, relief, case, bus, last_gain=1.01 * ann)
+    assert go.stop is None and go.banks == {"ba": 2} and go.bus == "ba"
+    # mean over ba's market agents (HA and PVA) times unit_kw
+    assert go.value == pytest.approx(0.5 * 1e6 * case.battery.unit_kw)
+    stop = next_unit({"ba": 1}, relief, case, bus, last_gain=0.99 * ann)
+    assert stop.banks == {"ba": 1} and stop.stop is not None and "below its annuity" in stop.stop

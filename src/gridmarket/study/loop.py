@@ -344,7 +344,8 @@ def run_study(case: Case, *, progress: Progress | None = None, max_iterations: i
             scores = [i.score for i in iterations]
             if case.placement.rule is PlacementRule.VALUE:  # where the aware market's duals value relief
                 step = value_unit(banks, None if out.aware is None else out.aware.relief, ci, engine.agent_bus,
-                                  violations=int(out.counts["violations"]))
+                                  violations=int(out.counts["violations"]),
+                                  last_gain=it.welfare_realised - iterations[-2].welfare_realised if k else None)
                 grown, stop = step.banks, step.stop or (rules.max_iterations_reached(limit) if k + 1 >= limit
                                                         else None)
             else:

@@ -14,9 +14,12 @@ full power were available at ``b`` in every step where a row binds, in the direc
 relieves it: an upper bound (it ignores the energy a battery needs for that, and that the duals
 fall as units are added, which the next iteration's clearing measures).
 
-Stop (in this order): the iteration had no binding network row and no violation; the best
-bus's value is below the annuity of one unit (:func:`gridmarket.economics.annuity`) or, when
-the case gives no battery cost, below :data:`NO_COST_THRESHOLD` [currency].
+Stop (in this order): the unit placed last gained less realised welfare than its annuity
+(:func:`gridmarket.economics.annuity`; the value above is an upper bound, this is the
+measurement); the iteration had no binding network row; the best bus's value is below the
+annuity of one unit or, when the case gives no battery cost, below :data:`NO_COST_THRESHOLD`
+[currency]. The comparison (:mod:`gridmarket.study.compare`) reports the iteration with the
+fewest violations and, among those, the highest net benefit.
 """
 
 from __future__ import annotations
@@ -103,17 +106,26 @@ class ValueStep:
 
 
 def next_unit(banks: Mapping[str, int], relief: np.ndarray | None, case: Case, agent_bus: Mapping[str, str],
-              *, violations: int = 0) -> ValueStep:
+              *, violations: int = 0, last_gain: float | None = None) -> ValueStep:
     """The value rule's next round after an iteration of ``case`` (its agents, placed banks
     included) whose aware clearings gave ``relief`` (None or all zero: no binding row).
 
     ``violations`` are the iteration's AC violations (they are reported by the loop; a unit is
     placed only where the duals say it relieves a row, which covers the violations the market
-    could see)."""
+    could see). ``last_gain``: the realised welfare this iteration gained over the previous one
+    [currency], i.e. what the unit placed last actually gave; when it is below that unit's
+    annuity (or the no-cost threshold) placement stops: the relief value is an upper bound, and
+    the measured gain says the bound no longer holds up."""
     spec, t = case.battery, case.time
     costed = economics.costed(spec)
     annuity = economics.annuity(1, spec, t.steps, t.step_hours) if costed else 0.0
     threshold = annuity if costed else NO_COST_THRESHOLD
+    if last_gain is not None and last_gain < threshold:
+        what = f"its annuity over the run ({annuity:.4g} {case.currency})" if costed else \
+            f"{NO_COST_THRESHOLD:g} {case.currency} (no battery cost given)"
+        return ValueStep(dict(banks), None, float("nan"), annuity,
+                         f"the last unit placed gained {last_gain:.4g} {case.currency} of realised welfare,"
+                         f" below {what}")
     values = (bus_values(relief, case.agents, agent_bus, spec.unit_kw) if relief is not None
               else pd.Series(dtype=float))
     cur = case.currency
