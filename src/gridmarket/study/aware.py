@@ -18,8 +18,12 @@ Rows and their linear model (per step ``t``, around the last AC operating point 
 columns). **[choice]** The margin δ (``[market].network_margin_pu``) is kept from voltage
 limits in pu and, as the same fraction, from current and transformer ratings. A row enters
 the active set of its step when the AC power flow violates it or comes within the margin;
-rows never leave it (no cycling). **[choice]** Each row is divided by its largest agent
-sensitivity before it goes to the market, so its slack is in kW-equivalent (the agent that
+rows never leave it (no cycling); a step gets its rows once its AC power flow violates a
+limit. **[choice]** To keep the QP small, sensitivities below :data:`DROP_REL` of a row's
+largest are dropped and a row parallel (cosine above :data:`MERGE_COS`) to a tighter row of its
+step is left to that row (rows violated in the AC power flow are always kept); between outer
+iterations only the steps whose dispatch changed are solved again. **[choice]** Each row is
+divided by its largest agent sensitivity before it goes to the market, so its slack is in kW-equivalent (the agent that
 moves the quantity most would have to move that many kW) and ``[market].network_penalty`` is a
 price per kWh-equivalent as the case schema says; :attr:`AwareResult.duals` are converted back
 to currency per unit of the row's own quantity (pu, A, fraction) per step.
@@ -342,6 +346,18 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     converge_pu : float, optional
         Also iterate until the linearisation error is at most this [pu] (the loop's default stop
         is an AC power flow without violations and without new rows within the margin).
+    drop_rel : float, default :data:`DROP_REL`
+        Sparse rows: an agent whose sensitivity is below this fraction of the row's largest is
+        left out of the row (the row stays exact at the operating point; the linearisation
+        error reported is against the sparse rows the market saw).
+    merge_cos : float, default :data:`MERGE_COS`
+        A row whose sensitivity vector is within this cosine of a tighter row of its step (the
+        same element on another phase, a bus downstream of another) is left to that row; rows
+        the AC power flow violates are always kept. ``1.0`` keeps every row.
+    defer_near : bool, default True
+        Rows enter with their step only once the AC power flow violates a limit in that step
+        (a step only near its limits is within them and gets no rows); False: every step with a
+        row near its limit gets its rows at once.
     market_kw : mapping, optional
         Extra keywords of every :func:`~gridmarket.market.clear_market` call (a slice of a longer
         run: ``soc_init``, ``steps_after``, ``soc_target``; ``method``), as the study passes them.
