@@ -199,7 +199,11 @@ Set voltagebases""")
     case = replace(case, placement=replace(case.placement, rule=PlacementRule.VIOLATIONS, max_iterations=1))
     res = run_study(case)
     it = res.iterations[0]
-    summ = res.summary()["network_aware"][0]
+    summ = it.aware.summary()  # the iteration's chunks together (one here)
+    chunk = res.summary()["network_aware"][0][0]  # summary.json: per iteration, per chunk
+    assert chunk["network_residual_violations"] == summ["residual_violations"]
+    assert chunk["network_congestion_rent"] == pytest.approx(summ["congestion_rent"])
+    assert chunk["network_residual_by_cause"] == summ["residual_by_cause"]
     assert summ["clearings"] >= 2 and summ["outer_iterations_per_step_max"] >= 2
     assert summ["rows"] > 0 and summ["binding_rows"] > 0 and summ["congestion_rent"] > 0
     # the rent is what the agents pay through their network price components (MODEL.md)
@@ -298,16 +302,6 @@ def test_the_outer_loop_power_flow_equals_a_full_solve(tmp_path: Path) -> None:
     full = net.run_series(es, res.kw)
     assert np.abs(full.v_pu - res.flow.v_pu).max() < 1e-8
     assert np.abs(full.i_amps - res.flow.i_amps).max() < 1e-6
-
-
-def test_the_aware_dispatch_is_the_pipeline_dispatch(tmp_path: Path) -> None:
-    """study.aware keeps its own copy of stage III (the pipeline imports it, not the reverse)."""
-    from gridmarket.study.aware import _dispatch_kw
-    case = _write(tmp_path)
-    c = with_banks(case, {"ba": 1}, {"ba": "C1"})
-    m = clear_market(c)
-    assert np.array_equal(_dispatch_kw(c, m), dispatch_kw(c, m))
-    assert np.any(np.asarray(m.s_kwh)[:, -1] != 0)  # the battery column is exercised
 
 
 def test_run_compare_writes_comparison_csv(tmp_path: Path) -> None:

@@ -153,6 +153,9 @@ def run(
         from gridmarket.report import build_report
 
         extra["report"] = build_report
+    # summary.json's command time: from the command's start to the tables being assembled (the
+    # report's figures and the writing follow; the console line below gives the whole command)
+    res.command_runtime_s = time.perf_counter() - t0
     written = write_results(res.to_results(), target, extra=extra)
     out.print(escape(run_summary(res, time.perf_counter() - t0)), highlight=False)
     out.print(f"results written to [bold]{escape(str(written))}[/bold]", highlight=False)
@@ -164,19 +167,41 @@ def _money(value: float, currency: str) -> str:
 
 
 def run_summary(res: StudyResult, command_s: float) -> str:
-    """The console summary of a run: stop reason, base and best iteration (welfare with the
-    currency, violations, battery units), and the loop's and the whole command's time [s]."""
+    """The console summary of a run: stop reason, base and best iteration (realised welfare, net
+    benefit and the value of stored energy with the currency, violations, battery units), what
+    the batteries would have to cost to break even, and the loop's and the whole command's time [s].
+
+    Iterations are compared on realised welfare (shared MODEL.md, *Reported welfare*): money and
+    utility that changed hands, not the value the market puts on energy left in the batteries.
+    """
     t = res.iteration_table()
     base, best = t.iloc[0], t.iloc[res.best]
     cur = res.case.currency
     n = len(t)
-    return "\n".join([
+    lines = [
         f"case {res.case.name!r}: {n:,} iteration{'' if n == 1 else 's'}, stopped: {res.stop_reason}",
-        f"  base    : welfare {_money(float(base.welfare), cur)}, {int(base.violations):,} violations",
-        f"  best #{res.best:<2}: welfare {_money(float(best.welfare), cur)}, {int(best.violations):,} violations,"
-        f" {int(best.battery_units):,} battery unit(s)",
-        f"  time    : study loop {res.runtime_s:,.2f} s, whole command {command_s:,.2f} s",
-    ])
+        f"  base    : realised welfare {_money(float(base.welfare_realised), cur)},"
+        f" {int(base.violations):,} violations",
+        f"  best #{res.best:<2}: realised welfare {_money(float(best.welfare_realised), cur)},"
+        f" {int(best.violations):,} violations, {int(best.battery_units):,} battery unit(s)",
+    ]
+    if res.best != 0:
+        from gridmarket import economics
+
+        case = res.case
+        gain = float(best.welfare_realised - base.welfare_realised)
+        line = (f"  batteries: gain {_money(gain, cur)}, stored-energy value"
+                f" {_money(float(best.stored_energy_value), cur)}, annuity {_money(float(best.battery_annuity), cur)},"
+                f" net benefit {_money(float(best.net_benefit), cur)}")
+        if not economics.costed(case.battery):
+            line += " (not costed: set [battery] capex_per_kwh)"
+        be = economics.break_even_capex_per_kwh(gain, float(best.battery_units), case.battery, case.time.steps,
+                                                case.time.step_hours)
+        if be is not None:
+            line += f"; break-even capex {_money(be, cur)}/kWh"
+        lines.append(line)
+    lines.append(f"  time    : study loop {res.runtime_s:,.2f} s, whole command {command_s:,.2f} s")
+    return "\n".join(lines)
 
 
 @app.command()

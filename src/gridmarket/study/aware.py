@@ -47,6 +47,7 @@ from gridmarket.market import MarketResult, clear_market
 from gridmarket.market.network import NetworkConstraints
 from gridmarket.network import ElementSet, OpenDSSNetwork, PowerFlowResult, monitored_mask
 from gridmarket.network import sensitivity as sens
+from gridmarket.study.dispatch import dispatch_kw
 
 __all__ = ["RESIDUAL_COLUMNS", "RESIDUAL_FILE", "RESIDUAL_FILE_COLUMNS", "SENSITIVITY_FLOOR", "AwareResult",
            "AwareTally", "clear_aware", "relief_per_kw"]
@@ -79,7 +80,7 @@ class AwareResult:
     flow : PowerFlowResult
         The AC power flow of ``market``'s dispatch.
     kw : numpy.ndarray
-        (steps, n_agents) the dispatch sent to OpenDSS (stage III, as :func:`gridmarket.study.pipeline.dispatch_kw`).
+        (steps, n_agents) the dispatch sent to OpenDSS (:func:`~gridmarket.study.dispatch.dispatch_kw`).
     constraints : NetworkConstraints or None
         The rows of the final clearing (scaled to kW-equivalent, see the module docstring);
         None when no row was ever active (the blind clearing).
@@ -116,22 +117,38 @@ class AwareResult:
     method: str = "ymatrix"
 
     def summary(self) -> dict[str, Any]:
-        """Plain numbers for summary.json: clearings, iterations per step, rows, linearisation error
-        [pu], residual violations (by kind), seconds spent (sensitivities, market, power flow)."""
+        """Plain numbers for summary.json (the study writes one per chunk of each iteration):
+        clearings, outer iterations per step (max, mean), rows (and binding: dual > 1e-9),
+        linearisation error [pu], residual violations (total, by kind, by cause), the network
+        rows' congestion rent and penalty cost [currency] (``MarketResult.network_congestion_rent``,
+        ``network_penalty_cost``), seconds spent (sensitivities, market, power flow)."""
         h = self.history
+        duals = np.asarray(getattr(self.market, "network_duals", np.zeros(0)), dtype=float)
         return {
             "network_outer_iterations": int(self.outer_iterations),
             "network_step_iterations_max": int(self.step_iterations.max()) if self.step_iterations.size else 0,
             "network_step_iterations_mean": float(self.step_iterations.mean()) if self.step_iterations.size else 0.0,
             "network_rows": 0 if self.constraints is None else len(self.constraints.name),
+            "network_binding_rows": int(np.count_nonzero(duals > 1e-9)),
             "network_linearisation_error_pu": float(self.linearisation_error_pu),
             "network_residual_violations": int(len(self.residual)),
             "network_residual_by_kind": {str(k): int(v) for k, v in self.residual.groupby("kind").size().items()},
+            "network_residual_by_cause": _by_cause(self.residual),
+            "network_congestion_rent": float(getattr(self.market, "network_congestion_rent", 0.0)),
+            "network_penalty_cost": float(getattr(self.market, "network_penalty_cost", 0.0)),
             "network_stop_reason": self.stop_reason,
             "network_sensitivity_method": self.method,
             "network_seconds": {part: float(sum(x[f"seconds_{part}"] for x in h))
                                 for part in ("sensitivity", "market", "flow")},
         }
+
+
+def _by_cause(residual: pd.DataFrame) -> dict[str, int]:
+    """Residual violations counted by cause (the cause's text before its numbers)."""
+    if not len(residual):
+        return {}
+    causes = residual["cause"].astype(str).str.split(" (", regex=False).str[0]
+    return {str(k): int(v) for k, v in causes.value_counts().items()}
 
 
 # --------------------------------------------------------------------------- limits
@@ -222,26 +239,6 @@ class _Limits:
 
 
 # --------------------------------------------------------------------------- the loop
-
-
-def _dispatch_kw(case: Case, market: MarketResult) -> np.ndarray:
-    """Stage III (MODEL.md), as :func:`gridmarket.study.pipeline.dispatch_kw` (which imports this
-    module, so it is not imported here; tests/test_aware_study.py checks that both agree):
-    (steps, n_agents) kW per element — consumers ``P/Δt``, producers ``−P/Δt`` (solver round-off
-    below 1e-6 kW is zero output), batteries ``S/Δt`` (> 0 charging), passive agents their profile."""
-    dt = case.time.step_hours
-    kinds = np.array([a.kind.value for a in case.agents])
-    kw = np.array(case.profile_kw, dtype=float, copy=True)
-    p = np.asarray(market.p_kwh) / dt
-    s = np.asarray(market.s_kwh) / dt
-    cons = kinds == AgentKind.CONSUMER.value
-    prod = kinds == AgentKind.PRODUCER.value
-    bat = kinds == AgentKind.BATTERY.value
-    kw[:, cons] = p[:, cons]
-    produced = -p[:, prod]
-    kw[:, prod] = np.where((produced < 0) & (produced > -1e-6), 0.0, produced)
-    kw[:, bat] = s[:, bat]
-    return kw
 
 
 def _agent_p_kw(case: Case, market: MarketResult) -> np.ndarray:
@@ -390,7 +387,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     mkw = dict(market_kw or {})
     market = clear_market(case, **mkw)
     t_market = time.perf_counter() - t0
-    kw = _dispatch_kw(case, market)
+    kw = dispatch_kw(case, market)
     if monitored is None:
         monitored = _monitored(case, net, elements)
     lim = _Limits(case, model, net.node_names, monitored)
@@ -493,7 +490,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
         t0 = time.perf_counter()
         market = clear_market(case, network=constraints, **mkw)
         t_market = time.perf_counter() - t0
-        kw_prev, kw = kw, _dispatch_kw(case, market)
+        kw_prev, kw = kw, dispatch_kw(case, market)
         t0 = time.perf_counter()
         flow, states, tx = _run_flow(net, elements, kw, pf_arr, lim, set(active), watch_pu, f"aware {k}: power flow",
                                      progress, prev=(flow, kw_prev, states, tx))
@@ -727,7 +724,7 @@ class AwareTally:
         return df[list(RESIDUAL_FILE_COLUMNS)]
 
     def summary(self) -> dict[str, Any]:
-        """Plain numbers for summary.json (one dict per iteration): outer iterations per step
+        """Plain numbers of the whole iteration (benchmarks, comparisons): outer iterations per step
         (mean, max), clearings, linearisation error [pu], residual violations (total, by kind and
         by cause), congestion rent and penalty cost [currency], rows, seconds."""
         it = np.concatenate(self.step_iterations) if self.step_iterations else np.zeros(0, dtype=int)
@@ -739,8 +736,7 @@ class AwareTally:
             "linearisation_error_pu": float(self.linearisation_error_pu),
             "residual_violations": int(len(res)),
             "residual_by_kind": {str(k): int(v) for k, v in res.groupby("kind").size().items()},
-            "residual_by_cause": {str(k): int(v) for k, v in
-                                  res["cause"].astype(str).str.split(" (", regex=False).str[0].value_counts().items()},
+            "residual_by_cause": _by_cause(res),
             "congestion_rent": round(self.congestion_rent, 10),
             "penalty_cost": round(self.penalty_cost, 10),
             "rows": int(self.rows), "binding_rows": int(self.binding),

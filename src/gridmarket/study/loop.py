@@ -27,7 +27,7 @@ import pandas as pd
 from gridmarket import __version__, contract
 from gridmarket import economics as costs
 from gridmarket.case.model import Case
-from gridmarket.enums import AgentKind, PlacementRule
+from gridmarket.enums import AgentKind, NetworkMode, PlacementRule
 from gridmarket.errors import NetworkError
 from gridmarket.market import MarketResult
 from gridmarket.network import OpenDSSNetwork, PowerFlowResult
@@ -118,7 +118,8 @@ class Iteration:
     solver: str = "none"  #: what cleared this iteration's market
     runtime_s: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
-    aware: Any = None  #: gridmarket.study.aware.AwareTally of an aware market, else None
+    network: list[dict[str, Any]] = field(default_factory=list)  #: aware market's outer loop, per chunk
+    aware: Any = None  #: aware market: gridmarket.study.aware.AwareTally (residual rows, relief values), else None
 
     @property
     def battery_units(self) -> int:
@@ -220,10 +221,10 @@ class StudyResult:
             "violations": [int(v) for v in table["violations"]],
             "nonconverged_steps": [int(v) for v in table["nonconverged_steps"]],
             "battery_costed": costs.costed(case.battery),
+            **({"network_aware": [it.network for it in self.iterations]}
+               if case.market.network is NetworkMode.AWARE else {}),
             "break_even_capex_per_kwh": None if be is None or not math.isfinite(be) else round(be, 6),
             **self.params,
-            **({"network_aware": [it.aware.summary() for it in self.iterations]}
-               if any(it.aware is not None for it in self.iterations) else {}),
             "runtime_s": round(self.runtime_s, 3),
             "command_runtime_s": None if self.command_runtime_s is None else round(self.command_runtime_s, 3),
         }
@@ -390,7 +391,7 @@ def _iteration(k: int, banks: Mapping[str, int], case: Case, out: IterationOutco
                      welfare_realised=out.welfare_realised, stored_energy_value=out.stored_energy_value,
                      battery_annuity=costs.annuity(units, spec, case.time.steps, case.time.step_hours),
                      breakdown=out.breakdown, solver=out.solver, runtime_s=runtime, stage_s=out.stage_s,
-                     aware=out.aware)
+                     network=out.network, aware=out.aware)
 
 
 def _reporter(k: int, limit: int, steps: int, t0: float, progress: Progress | None,
