@@ -5,7 +5,7 @@ against the blind market + one AC power flow (time, outer iterations, violations
 Cases: the embedded default case and, when ../shared/data is present, Costa Rica MAR
 cases 1 and 2 (built into a temporary folder, never into the repository).
 
-    python benchmarks/bench_aware.py [--steps 3] [--cases default,cr1,cr2]
+    python benchmarks/bench_aware.py [--steps 3] [--cases default,cr1,cr2] [--parts study,compare]
 """
 
 from __future__ import annotations
@@ -13,16 +13,21 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from gridmarket.case.io import load_case
 from gridmarket.case.model import Case
+from gridmarket.enums import NetworkMode, PlacementRule
 from gridmarket.market import clear_market
 from gridmarket.network import OpenDSSNetwork, check_limits, monitored_mask
 from gridmarket.network import sensitivity as sens
+from gridmarket.study import run_study
 from gridmarket.study.aware import clear_aware
+from gridmarket.study.compare import compare
 from gridmarket.study.loop import attach_agents, dispatch_kw
 
 DEFAULT = Path(__file__).resolve().parents[1] / "src" / "gridmarket" / "data" / "default_case"
@@ -104,17 +109,49 @@ def bench_loop(name: str, case: Case) -> None:
         print(res.residual.to_string(max_rows=20, max_colwidth=70))
 
 
+def _variant(case: Case, network: NetworkMode, rule: PlacementRule) -> Case:
+    return replace(case, market=replace(case.market, network=network), placement=replace(case.placement, rule=rule))
+
+
+def bench_study(name: str, case: Case, repeat: int = 3) -> None:
+    """One study iteration (market, power flow, limits, tables) blind against aware, best of
+    ``repeat`` (the machine is shared), then the whole aware study with value placement."""
+    blind = _variant(case, NetworkMode.BLIND, PlacementRule.VIOLATIONS)
+    aware = _variant(case, NetworkMode.AWARE, PlacementRule.VALUE)
+    tb = min(run_study(blind, max_iterations=1).iterations[0].runtime_s for _ in range(repeat))
+    runs = [run_study(aware, max_iterations=1) for _ in range(repeat)]
+    ta = min(r.iterations[0].runtime_s for r in runs)
+    s = runs[0].iterations[0].aware.summary()
+    t0 = time.perf_counter()
+    full = run_study(aware)
+    t_full = time.perf_counter() - t0
+    print(f"{name} study: blind iteration {tb:.3f} s, aware iteration {ta:.3f} s ({ta / tb:.1f}x); outer iterations"
+          f" per step mean {s['outer_iterations_per_step_mean']:.2f} max {s['outer_iterations_per_step_max']};"
+          f" rows {s['rows']} ({s['binding_rows']} binding); seconds {s['seconds']}; whole aware study with value"
+          f" placement {t_full:.2f} s, {len(full.iterations)} iterations ({full.stop_reason})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", default="3,12,19", help="steps for the sensitivity comparison")
     ap.add_argument("--cases", default="default,cr1,cr2")
+    ap.add_argument("--parts", default="sensitivities,loop,study,compare",
+                    help="what to measure: sensitivities, loop (clear_aware), study (run_study), compare")
     args = ap.parse_args()
     steps = [int(s) for s in args.steps.split(",") if s.strip()]
+    parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in _cases(args.cases.split(","), Path(tmp)):
             case = load_case(path)
-            bench_sensitivities(name, case, steps)
-            bench_loop(name, case)
+            if "sensitivities" in parts:
+                bench_sensitivities(name, case, steps)
+            if "loop" in parts:
+                bench_loop(name, case)
+            if "study" in parts:
+                bench_study(name, case)
+            if "compare" in parts:
+                with pd.option_context("display.width", 200, "display.max_columns", 20):
+                    print(f"{name} comparison:\n{compare(case).to_string(index=False)}")
 
 
 if __name__ == "__main__":

@@ -238,7 +238,8 @@ def test_aware_equals_blind_when_no_limit_binds(tmp_path: Path) -> None:
     case, net, es, pf = _feeder(tmp_path, load=[1.0, 1.5, 2.0, 3.0], pv=[0.0, 3.0, 1.0, 0.0])
     blind = clear_market(case)
     # watch_pu puts every monitored voltage row into the clearing, none of them binds
-    res = clear_aware(case, net, es, pf=pf, watch_pu=0.2)
+    # (every row, not only those of violated steps, and none merged into a parallel one)
+    res = clear_aware(case, net, es, pf=pf, watch_pu=0.2, defer_near=False, merge_cos=1.0)
     assert res.constraints is not None and len(res.constraints.name) >= 2 * case.time.steps
     assert np.abs(res.duals).max() < 1e-6
     assert np.asarray(res.market.welfare) == pytest.approx(np.asarray(blind.welfare), abs=1e-6)

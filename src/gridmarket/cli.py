@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -131,6 +131,8 @@ def run(
                                             " wrote (never any other folder).")] = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip report.html and the figures.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    compare: Annotated[bool, typer.Option("--compare", help="Also write comparison.csv: blind and aware market,"
+                                          " without and with placed batteries (four more runs).")] = False,
 ) -> None:
     """Run the study loop on CASE: market, power flow, limits, battery placement, report."""
     from gridmarket.case import load_case
@@ -149,7 +151,11 @@ def run(
     # compiles, before any work: one compile, as in the API (a second compile of the same master
     # in one process is what `check` never does). A long horizon streams its per-step tables.
     with _progress(quiet) as update:
-        extra = {}
+        extra: dict[str, Any] = {}
+        if compare:  # before the report, which draws comparison.csv when present
+            from gridmarket.study.compare import write_comparison
+
+            extra["comparison"] = lambda folder: write_comparison(c, folder)
         if not no_report:  # drawn inside the folder before it is moved into place, with progress
             from functools import partial
 

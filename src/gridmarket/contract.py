@@ -253,6 +253,28 @@ TABLES: dict[str, Table] = {t.file: t for t in (
         _c("downstream_bus", "str", "", "the terminal's bus farther from the source", **_NEW),
         _c("kind", "str", "", "line or transformer", **_NEW),
     ), required=False),
+    Table("network_residual.csv", "one per limit the aware market left violated (element, step)",
+          "what the network-aware market could not fix, and why (shared MODEL.md, *Network-aware market*)", (
+        _IT, _STEP, _TIME,
+        _c("kind", "str", "", "voltage, current, transformer or nonconvergence"),
+        _c("element", "str", "", "node (bus.phase), conductor (line.name.phase) or transformer.name"),
+        _c("value", "float", "", "the AC power flow's value (pu, A or fraction of the rated kVA)"),
+        _c("limit", "float", "", "the limit it violates, same unit"),
+        _c("cause", "str", "", "why the market could not reach it (no agent influences it, slack > 0, ...)"),
+    ), required=False),
+    Table("comparison.csv", "one per scenario", "the DSO comparison (run --compare): the same case blind and"
+          " aware, without and with placed batteries", (
+        _c("scenario", "str", "", "blind, blind+placement, aware, aware+value"),
+        _c("violations", "int64", "", "(element, step) pairs out of limits in the AC power flow"),
+        _c("welfare_realised", "float", "currency", "realised welfare over the run"),
+        _c("net_benefit", "float", "currency", "realised welfare gain over 'blind' minus the batteries' annuity"),
+        _c("curtailed_kwh", "float", "kWh", "available PV energy not dispatched"),
+        _c("price_spread", "float", "currency/kWh", "highest minus lowest agent price over the run"),
+        _c("battery_units", "int64", "SBU", "battery units placed"),
+        _c("linearisation_error_pu", "float", "pu", "max |V_AC − V_linear| at the aware market's final point"
+           " (NaN for blind scenarios)"),
+        _c("runtime_s", "float", "s", "wall time of the scenario"),
+    ), required=False),
 )}
 
 #: keys of summary.json -> meaning

@@ -442,6 +442,7 @@ class IterationOutcome:
     flow: PowerFlowResult | None = None
     violations: pd.DataFrame | None = None
     network: list[dict[str, Any]] = field(default_factory=list)  #: aware market: its summary per chunk
+    aware: Any = None  #: aware market: gridmarket.study.aware.AwareTally (residual rows, relief values), else None
 
 
 Progress = Callable[[int, int], None]  #: (steps done, steps total)
@@ -639,6 +640,7 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
     breakdown: dict[str, float] = {}
     solvers: list[str] = []
     network_notes: list[dict[str, Any]] = []  # the aware market's summary per chunk
+    tally_aware: Any = None  # ... and its residual rows and relief values (gridmarket.study.aware.AwareTally)
     n_chunks = 0
     res: MarketResult | None = None
     kept: tuple[Any, Any, Any] | None = None
@@ -655,12 +657,14 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
             flow = None
             try:
                 if aware:
-                    from gridmarket.study.aware import clear_aware  # below the study loop, above the market
+                    from gridmarket.study.aware import AwareTally, clear_aware  # below the loop, above the market
 
                     aw = clear_aware(part, engine.net, es, pf=pf_arg, monitored=engine.mask,
                                      market_kw={"soc_init": soc, **slice_kw, **market_kw})
                     res, flow = aw.market, aw.flow
                     network_notes.append(aw.summary())
+                    tally_aware = tally_aware or AwareTally()
+                    tally_aware.add(aw, s0)
                 else:
                     res = clear_market(part, soc_init=soc, **slice_kw, **market_kw)
             except GridmarketError as exc:
@@ -716,7 +720,7 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
         welfare=welfare, welfare_realised=realised, stored_energy_value=stored, breakdown=breakdown,
         solver=_combine_solvers(solvers), tally=tally, counts=tally.counts, chunks=n_chunks, stage_s=stage,
         market=kept[0] if kept else None, flow=kept[1] if kept else None, violations=kept[2] if kept else None,
-        network=network_notes)
+        network=network_notes, aware=tally_aware)
 
 
 def _in_horizon(exc: GridmarketError, s0: int) -> GridmarketError:
