@@ -270,10 +270,10 @@ TABLES: dict[str, Table] = {t.file: t for t in (
         _c("net_benefit", "float", "currency", "realised welfare gain over 'blind' minus the batteries' annuity"),
         _c("curtailed_kwh", "float", "kWh", "available PV energy not dispatched"),
         _c("price_spread", "float", "currency/kWh", "highest minus lowest agent price over the run"),
-        _c("battery_units", "int64", "SBU", "battery units placed"),
-        _c("linearisation_error_pu", "float", "pu", "max |V_AC − V_linear| at the aware market's final point"
-           " (NaN for blind scenarios)"),
-        _c("runtime_s", "float", "s", "wall time of the scenario"),
+        _c("battery_units", "int64", "SBU", "battery units placed", **_NEW),
+        _c("linearisation_error_pu", "float", "pu", "largest absolute V_AC − V_linear at the aware market's final point"
+           " (NaN for blind scenarios)", **_NEW),
+        _c("runtime_s", "float", "s", "wall time of the scenario", **_NEW),
     ), required=False),
 )}
 
