@@ -98,6 +98,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -1280,54 +1281,86 @@ def _run_batteries(p: FastPlan, soc: np.ndarray, steps: np.ndarray, ch_hi: np.nd
 
     Per row and battery: charge at its upper limit (``ch_hi``) or lower limit (``ch_lo``) of the
     running SoC, else ``sch``; discharge at its limit (``dis_lo``), zero (``dis_hi``), else
-    ``sdis``. A plain loop over scalars: the batteries are few and each row needs the last.
+    ``sdis`` [kWh]. Each row needs the SoC after the last, so the rows run in order, every
+    battery of a row at once (numpy over the battery axis, the same floating-point operations
+    in the same order as one battery at a time: the result is the same to the bit).
     """
     d = p.data
     bt = d.battery
     n, nb = sch.shape
-    paper = bt.paper
+    out = np.empty((n, nb))
+    if not n or not nb:
+        return out
     keep, g_ch, g_dis = p.keep, p.g_ch, p.g_dis
     lo_s, hi_s = bt.soc_min, bt.soc_max
-    band_lo, band_hi = (x.T.tolist() for x in bt.band(steps))
+    paper = bt.paper
     eta_c, eta_d = bt.eff_charge, bt.eff_discharge
-    cap = d.cap_kwh.tolist()
-    rate_c = d.sch_max.tolist()
-    rate_d = d.sdis_max.tolist()
-    # each battery runs on its own: loop over its rows with plain floats; flags 1: charge at its
-    # upper limit, 2: at its lower limit, 4: discharge at its limit, 8: no discharge
-    flags = ch_hi.astype(np.int8)
-    flags |= ch_lo.astype(np.int8) << 1
-    flags |= dis_lo.astype(np.int8) << 2
-    flags |= dis_hi.astype(np.int8) << 3
-    cols = []
-    for b, (fl, row_c, row_d) in enumerate(zip(flags.T.tolist(), sch.T.tolist(), sdis.T.tolist(), strict=True)):
-        sb = float(soc[b])
-        cb, rc, rd = cap[b], rate_c[b], rate_d[b]
-        col = []
-        for f, c, dd, lo, hi in zip(fl, row_c, row_d, band_lo[b], band_hi[b], strict=True):
-            col.append(sb)
-            if f:
-                # limits of the running SoC: the step's band, the rates, paper headroom
-                if f & 1:
-                    c = max(min((hi - keep * sb) * cb / g_ch, rc), 0.0)
-                    if paper:
-                        c = min(c, (hi_s - sb) * cb / eta_c)
-                elif f & 2:
-                    c = max((lo - keep * sb) * cb / g_ch, 0.0)
-                if f & 4:
-                    dd = min(-((lo - keep * sb) * cb) / g_dis, rd)
-                    if paper:
-                        dd = min(dd, (sb - lo_s) * cb / eta_d)
-                    dd = max(dd, 0.0)
-                elif f & 8:
-                    dd = max((keep * sb - hi) * cb / g_dis, 0.0)  # forced by the band, else none
-            sb = keep * sb + (g_ch * c - g_dis * dd) / cb
-            if sb < lo_s:
-                sb = lo_s
-            elif sb > hi_s:
-                sb = hi_s
-        cols.append(col)
-    return np.array(cols).T.reshape(n, nb)
+    band_lo, band_hi = bt.band(steps)
+    cap, rate_c, rate_d = d.cap_kwh, d.sch_max, d.sdis_max
+    # the limits of the running SoC are computed only in rows where some battery sits at them;
+    # the flags' priorities: charge at the upper limit before the lower, discharge at its limit
+    # before none
+    ch_lo = ch_lo & ~ch_hi
+    dis_hi = dis_hi & ~dis_lo
+    any_row = cast("list[list[bool]]", np.stack([ch_hi, ch_lo, dis_lo, dis_hi]).any(axis=2).tolist())
+    rows_ch_hi, rows_ch_lo, rows_dis_lo, rows_dis_hi = any_row
+    sb = np.asarray(soc, dtype=float).copy()
+    e, room, lim, c, dd, tmp = (np.empty(nb) for _ in range(6))
+    for j in range(n):
+        out[j] = sb
+        np.multiply(keep, sb, out=e)  # keep·SoC
+        c[:] = sch[j]
+        dd[:] = sdis[j]
+        if rows_ch_hi[j]:
+            # charge up to the band's top, the rate, paper headroom
+            np.subtract(band_hi[j], e, out=room)
+            room *= cap
+            np.divide(room, g_ch, out=lim)
+            np.minimum(lim, rate_c, out=lim)
+            np.maximum(lim, 0.0, out=lim)
+            if paper:
+                np.subtract(hi_s, sb, out=tmp)
+                tmp *= cap
+                tmp /= eta_c
+                np.minimum(lim, tmp, out=lim)
+            np.copyto(c, lim, where=ch_hi[j])
+        if rows_ch_lo[j]:
+            # the charge the band's bottom forces
+            np.subtract(band_lo[j], e, out=room)
+            room *= cap
+            np.divide(room, g_ch, out=lim)
+            np.maximum(lim, 0.0, out=lim)
+            np.copyto(c, lim, where=ch_lo[j])
+        if rows_dis_lo[j]:
+            # discharge down to the band's bottom, the rate, paper headroom
+            np.subtract(band_lo[j], e, out=room)
+            room *= cap
+            np.negative(room, out=lim)
+            lim /= g_dis
+            np.minimum(lim, rate_d, out=lim)
+            if paper:
+                np.subtract(sb, lo_s, out=tmp)
+                tmp *= cap
+                tmp /= eta_d
+                np.minimum(lim, tmp, out=lim)
+            np.maximum(lim, 0.0, out=lim)
+            np.copyto(dd, lim, where=dis_lo[j])
+        if rows_dis_hi[j]:
+            # no discharge unless the band's top forces one
+            np.subtract(e, band_hi[j], out=room)
+            room *= cap
+            np.divide(room, g_dis, out=lim)
+            np.maximum(lim, 0.0, out=lim)
+            np.copyto(dd, lim, where=dis_hi[j])
+        # SoC after the row: keep·SoC + (g_ch S_ch − g_dis S_dis)/cap, clipped to [soc_min, soc_max]
+        c *= g_ch
+        dd *= g_dis
+        c -= dd
+        c /= cap
+        np.add(e, c, out=sb)
+        np.maximum(sb, lo_s, out=sb)
+        np.minimum(sb, hi_s, out=sb)
+    return out
 
 
 def _presimulate(p: FastPlan, steps: np.ndarray, soc: np.ndarray, *, passes: int = PRESIM_PASSES
