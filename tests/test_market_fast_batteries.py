@@ -58,19 +58,23 @@ def scalar_run(p: fast_module.FastPlan, soc: np.ndarray, steps: np.ndarray, ch_h
     return out
 
 
-def _plan(seed: int, model: str, terminal: str, self_discharge: float, steps: int) -> fast_module.FastPlan:
+def _plan(seed: int, model: str, terminal: str, self_discharge: float, steps: int,
+          n_batteries: int = 9) -> fast_module.FastPlan:
     spec = BatterySpec(soc_init=0.5, self_discharge=self_discharge)
-    case = random_case(seed, n_agents=10, n_communities=2, n_batteries=9, steps=steps, battery_model=model,
+    case = random_case(seed, n_agents=10, n_communities=2, n_batteries=n_batteries, steps=steps, battery_model=model,
                        battery_spec=spec, terminal_soc=terminal)
-    return fast_module.fast_plan(market_data(case))
+    return fast_module.fast_plan(market_data(case), merge=False)
 
 
 @pytest.mark.parametrize("model", ["physical", "paper"])
 @pytest.mark.parametrize("terminal", ["free", "cyclic"])
 @pytest.mark.parametrize("self_discharge", [0.0, 0.01])
-def test_vectorised_recursion_is_bitwise_the_scalar_one(model: str, terminal: str, self_discharge: float) -> None:
+@pytest.mark.parametrize("n_batteries", [3, 12])  # the Python-float path (few batteries) and the numpy one
+def test_vectorised_recursion_is_bitwise_the_scalar_one(model: str, terminal: str, self_discharge: float,
+                                                        n_batteries: int) -> None:
     steps = 40
-    p = _plan(7, model, terminal, self_discharge, steps)
+    p = _plan(7, model, terminal, self_discharge, steps, n_batteries)
+    assert (p.n_b <= fast_module.SCALAR_BATTERIES) == (n_batteries == 3)
     nb = p.n_b
     rng = np.random.default_rng(11)
     if terminal == "cyclic":

@@ -130,6 +130,9 @@ PRICE_MARGIN = 0.02
 PRESIM_PASSES = 2
 #: up to this many communities the membership matrices are dense, beyond it sparse
 DENSE_COMMUNITIES = 32
+#: up to this many batteries (or classes of equal ones) their SoC recursion runs on Python floats,
+#: beyond it on numpy rows
+SCALAR_BATTERIES = 8
 
 
 @dataclass(frozen=True)
@@ -283,8 +286,22 @@ def _battery_classes(d: MarketData) -> tuple[np.ndarray, np.ndarray]:
     they take the same S, SoC, Φ, α, β and ν in every step (the symmetric point is the solution).
     """
     bt = d.battery
-    key = np.column_stack([d.comm[d.bat].astype(float), bt.cap_kwh, bt.sch_max, bt.sdis_max, bt.a, bt.soc_init,
-                           bt.soc_target, bt.band_lo.T, bt.band_hi.T])
+    scalars = [d.comm[d.bat].astype(float), bt.cap_kwh, bt.sch_max, bt.sdis_max, bt.a, bt.soc_init, bt.soc_target]
+    # the bands (steps, n_b) enter through a hash of each column's bytes (equal columns, equal
+    # hashes); the classes found are then checked column by column, and the full comparison runs
+    # only if two bands shared a hash
+    hashes = [np.array([hash(c.tobytes()) for c in np.ascontiguousarray(x.T)], dtype=float)
+              for x in (bt.band_lo, bt.band_hi)]
+    cls, first = _row_classes(np.column_stack(scalars + hashes))
+    if not (np.array_equal(bt.band_lo, bt.band_lo[:, first[cls]])
+            and np.array_equal(bt.band_hi, bt.band_hi[:, first[cls]])):
+        cls, first = _row_classes(np.column_stack(scalars + [bt.band_lo.T, bt.band_hi.T]))
+    return cls, first
+
+
+def _row_classes(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class of every row of ``key`` (equal rows, one class) and the first row of each class, classes
+    in the order of their first row."""
     _, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")
     rank = np.empty(len(order), dtype=np.int64)
@@ -1364,8 +1381,10 @@ def _run_batteries(p: FastPlan, soc: np.ndarray, steps: np.ndarray, ch_hi: np.nd
     d = p.data
     bt = d.battery
     n, nb = sch.shape
+    if nb <= SCALAR_BATTERIES:
+        return _run_batteries_scalar(p, soc, steps, ch_hi, ch_lo, dis_lo, dis_hi, sch, sdis)
     out = np.empty((n, nb))
-    if not n or not nb:
+    if not n:
         return out
     keep, g_ch, g_dis = p.keep, p.g_ch, p.g_dis
     lo_s, hi_s = bt.soc_min, bt.soc_max
@@ -1436,6 +1455,56 @@ def _run_batteries(p: FastPlan, soc: np.ndarray, steps: np.ndarray, ch_hi: np.nd
         np.add(e, c, out=sb)
         np.maximum(sb, lo_s, out=sb)
         np.minimum(sb, hi_s, out=sb)
+    return out
+
+
+def _run_batteries_scalar(p: FastPlan, soc: np.ndarray, steps: np.ndarray, ch_hi: np.ndarray, ch_lo: np.ndarray,
+                          dis_lo: np.ndarray, dis_hi: np.ndarray, sch: np.ndarray, sdis: np.ndarray) -> np.ndarray:
+    """:func:`_run_batteries` one battery at a time with Python floats (faster for a few batteries,
+    where numpy's per-call cost dominates; the same operations, the same result)."""
+    d = p.data
+    bt = d.battery
+    n, nb = sch.shape
+    paper = bt.paper
+    keep, g_ch, g_dis = p.keep, p.g_ch, p.g_dis
+    lo_s, hi_s = bt.soc_min, bt.soc_max
+    band_lo, band_hi = (x.T.tolist() for x in bt.band(steps))
+    eta_c, eta_d = bt.eff_charge, bt.eff_discharge
+    cap = d.cap_kwh.tolist()
+    rate_c = d.sch_max.tolist()
+    rate_d = d.sdis_max.tolist()
+    # flags 1: charge at its upper limit, 2: at its lower limit, 4: discharge at its limit, 8: no discharge
+    flags = ch_hi.astype(np.int8)
+    flags |= ch_lo.astype(np.int8) << 1
+    flags |= dis_lo.astype(np.int8) << 2
+    flags |= dis_hi.astype(np.int8) << 3
+    out = np.empty((n, nb))
+    for b, (fl, row_c, row_d) in enumerate(zip(flags.T.tolist(), sch.T.tolist(), sdis.T.tolist(), strict=True)):
+        sb = float(soc[b])
+        cb, rc, rd = cap[b], rate_c[b], rate_d[b]
+        col = []
+        for f, c, dd, lo, hi in zip(fl, row_c, row_d, band_lo[b], band_hi[b], strict=True):
+            col.append(sb)
+            if f:
+                if f & 1:
+                    c = max(min((hi - keep * sb) * cb / g_ch, rc), 0.0)
+                    if paper:
+                        c = min(c, (hi_s - sb) * cb / eta_c)
+                elif f & 2:
+                    c = max((lo - keep * sb) * cb / g_ch, 0.0)
+                if f & 4:
+                    dd = min(-((lo - keep * sb) * cb) / g_dis, rd)
+                    if paper:
+                        dd = min(dd, (sb - lo_s) * cb / eta_d)
+                    dd = max(dd, 0.0)
+                elif f & 8:
+                    dd = max((keep * sb - hi) * cb / g_dis, 0.0)
+            sb = keep * sb + (g_ch * c - g_dis * dd) / cb
+            if sb < lo_s:
+                sb = lo_s
+            elif sb > hi_s:
+                sb = hi_s
+        out[:, b] = col
     return out
 
 
