@@ -163,3 +163,20 @@ def test_merged_fast_plan_keeps_unmerged_bits_without_classes(monkeypatch: pytes
         _unmerged(m)
         b = clear_market(case, method="fast")
     assert np.array_equal(a.s_kwh, b.s_kwh) and np.array_equal(a.solution.mu_imp, b.solution.mu_imp)
+
+
+def test_classes_do_not_rest_on_the_band_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every band hashing alike the exact column comparison decides: the same classes."""
+    d = market_data(bank_case(6, terminal_soc="cyclic"))
+    want = fast_module._battery_classes(d)
+    import builtins
+
+    monkeypatch.setattr(builtins, "hash", lambda _obj: 0)
+    got = fast_module._battery_classes(d)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    # a band that differs in one step splits a class
+    lo = d.battery.band_lo.copy()
+    lo[-1, 0] += 1e-12
+    d2 = replace(d, battery=replace(d.battery, band_lo=lo))
+    cls, reps = fast_module._battery_classes(d2)
+    assert len(reps) == len(want[1]) + 1 and cls[0] != cls[1]
