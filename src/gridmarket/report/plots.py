@@ -567,6 +567,9 @@ def _map_data(buses: pd.DataFrame, lines: pd.DataFrame, agents: pd.DataFrame | N
                     iteration=iteration, violated_iteration=violated_iteration)
 
 
+_MAX_AREA_PANELS = 16  #: more LV areas than this get no panel each (one per area is quadratic)
+
+
 def _shown_areas(net: _MapData, buses: pd.DataFrame, lines: pd.DataFrame,
                  agents: pd.DataFrame | None, *, lv_kv_max: float) -> list[list[str]]:
     """The LV areas that get a panel (buses with coordinates only); empty for a single map.
@@ -586,6 +589,11 @@ def _shown_areas(net: _MapData, buses: pd.DataFrame, lines: pd.DataFrame,
         drawn = [bus for bus in area if bus in net.xy.index]
         if drawn and (not marked or marked.intersection(area)):
             areas.append(drawn)
+    if len(areas) > _MAX_AREA_PANELS:  # hundreds of LV areas: panels only where batteries or violations are
+        flagged = set(net.units.index) | set(net.bad_buses)
+        areas = [area for area in areas if flagged.intersection(area)]
+        if len(areas) > _MAX_AREA_PANELS:
+            return []
     if len(areas) == 1:
         pts = net.xy.loc[areas[0]]
         extent = max(float(np.ptp(pts["x"])), float(np.ptp(pts["y"])))
