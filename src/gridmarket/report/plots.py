@@ -223,7 +223,7 @@ def _plot_energy_balance(market: pd.DataFrame, communities: pd.DataFrame | None,
     cur = currency or "currency"
     axp.set_ylabel(f"Community price\n[{cur}/kWh]")
     axp.grid(alpha=0.3)
-    if len(prices.columns):
+    if 0 < len(prices.columns) <= _MAX_LEGEND_COMMUNITIES:
         axp.legend(title="Community", loc="upper left", bbox_to_anchor=(1.01, 1.0),
                    frameon=False)
 
@@ -567,6 +567,7 @@ def _map_data(buses: pd.DataFrame, lines: pd.DataFrame, agents: pd.DataFrame | N
                     iteration=iteration, violated_iteration=violated_iteration)
 
 
+_MAX_LEGEND_COMMUNITIES = 24  #: more communities than this are not listed one by one in a legend
 _MAX_AREA_PANELS = 16  #: more LV areas than this get no panel each (one per area is quadratic)
 
 
@@ -652,12 +653,11 @@ def _draw_points(ax: Axes, net: _MapData, shown: Sequence[str], *, scale: float 
         pts = xy.loc[passive]
         ax.scatter(pts["x"], pts["y"], s=36 * scale, color="#bbbbbb", edgecolors="#666666",
                    linewidths=0.5 * min(scale, 1.0), zorder=5)
-    community = net.community[[bus in keep for bus in net.community.index]]
-    for name, color in net.colors.items():
-        pts = xy.loc[community.index[community == name]]
-        if len(pts):
-            ax.scatter(pts["x"], pts["y"], s=36 * scale, color=color, edgecolors="black",
-                       linewidths=0.4 * min(scale, 1.0), zorder=5)
+    community = net.community[[bus in keep and bus in xy.index for bus in net.community.index]]
+    if len(community):  # one scatter for every community (one each is slow with hundreds)
+        pts = xy.loc[community.index]
+        ax.scatter(pts["x"], pts["y"], s=36 * scale, color=[net.colors[name] for name in community],
+                   edgecolors="black", linewidths=0.4 * min(scale, 1.0), zorder=5)
 
 
 def _draw_rings(ax: Axes, net: _MapData, shown: Sequence[str], *, scale: float = 1.0) -> None:
@@ -702,6 +702,10 @@ def _legend_handles(net: _MapData) -> list[Line2D]:
         handles.append(Line2D([], [], color="#bbbbbb", marker="o", ls="", ms=6,
                               markeredgecolor="#666666", label="Passive agent (no market)"))
     for name, color in net.colors.items():
+        if len(net.colors) > _MAX_LEGEND_COMMUNITIES:  # hundreds: one entry, not a legend per community
+            handles.append(Line2D([], [], color=color, marker="o", ls="", ms=6, markeredgecolor="black",
+                                  label=f"Agent, coloured by community ({len(net.colors)})"))
+            break
         handles.append(Line2D([], [], color=color, marker="o", ls="", ms=6,
                               markeredgecolor="black", label=f"Community {name}"))
     if net.bad_buses or net.n_bad:
