@@ -65,7 +65,6 @@ def target_market(repeat: int) -> list[Row]:
         except (TypeError, KeyError):
             pass  # another signature: measure it here
     from _market_cases import random_case
-
     from gridmarket.market import clear_market
 
     case = random_case(3, n_agents=266, n_communities=5, n_batteries=6, steps=24, horizon=1)

@@ -77,7 +77,8 @@ def power_flow_notes(case: Path, *, vmin_pu: float = 0.95, vmax_pu: float = 1.05
         rows.append((h, p_kw, vmin, vmax, len(bad)))
     lines = [
         "## Power flow without the market (measured by scripts/build_default_case.py)",
-        "Every load at its hourly demand (at its agents.csv pf), every PV at its available power; OpenDSS snapshot per hour",
+        "Every load at its hourly demand (at its agents.csv pf), every PV at its available power;"
+        " OpenDSS snapshot per hour",
         f"(opendssdirect.py {dss.__version__}). LV nodes only; a bus counts once if any phase is outside "
         f"[{vmin_pu}, {vmax_pu}] pu. Positive grid power = import.",
         "",

@@ -47,6 +47,9 @@ def apply_edits(root: Path, edits: list[dict[str, Any]]) -> None:
         elif edit.get("folder"):
             path.unlink()
             path.mkdir()
+        elif "symlink" in edit:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.symlink_to(edit["symlink"])
         else:  # pragma: no cover - a broken catalogue entry
             raise AssertionError(f"unknown edit {edit}")
 
@@ -58,7 +61,10 @@ def _case(tmp_path: Path, entry: dict[str, Any]) -> Path:
 
 
 def _text(template: str, root: Path) -> str:
-    return template.replace("{root}", str(root))
+    """``template`` with ``{root}`` (the case folder), ``{cwd}`` (the working folder of the CLI
+    run: the case's parent) and ``{home}`` (the home folder) filled in."""
+    return (template.replace("{root}", str(root)).replace("{cwd}", str(root.parent))
+            .replace("{home}", str(Path.home().resolve())))
 
 
 def _assert_error(exc: BaseException, entry: dict[str, Any], root: Path) -> None:
@@ -72,7 +78,7 @@ def _assert_error(exc: BaseException, entry: dict[str, Any], root: Path) -> None
 
 def test_the_catalogue_is_complete() -> None:
     ids = [e["id"] for e in CATALOGUE]
-    assert len(ids) == len(set(ids)) >= 40
+    assert len(ids) == len(set(ids)) >= 80
     for e in CATALOGUE:
         assert e["stage"] in {"load", "check", "run", "cli"}, e["id"]
         assert e.get("what") and (("error" in e) != ("warning" in e)), e["id"]
@@ -156,3 +162,33 @@ def test_errors_of_the_study_loop_name_their_iteration() -> None:
     net = errors.in_iteration(errors.NetworkError("bus 'x' not found"), 3)
     assert type(net) is errors.NetworkError and str(net) == "iteration 3: bus 'x' not found"
     assert net.__cause__ is not None and net.__cause__ is not net
+
+
+LIST_PATH = Path(__file__).parent / "bad_cases" / "CATALOGUE.md"
+
+
+def catalogue_markdown() -> str:
+    """The catalogue as a Markdown table: input -> the first line of its error (or warning).
+
+    Regenerate tests/bad_cases/CATALOGUE.md with ``python tests/test_bad_cases.py``.
+    """
+    rows = ["# The bad-input catalogue", "",
+            "Generated from catalogue.toml by `python tests/test_bad_cases.py`; checked by"
+            " tests/test_bad_cases.py. `{root}` is the case folder, `{cwd}` the working folder.", "",
+            f"{len(CATALOGUE)} entries.", "",
+            "| # | id | stage | input | first line of the error |", "|---|---|---|---|---|"]
+    for k, e in enumerate(CATALOGUE, 1):
+        text = e.get("error", e.get("warning", "")).splitlines()[0]
+        if "warning" in e:
+            text = f"warning: {text}"
+        cell = text.replace("|", "\\|")
+        rows.append(f"| {k} | {e['id']} | {e['stage']} | {e['what'].replace('|', '/')} | `{cell}` |")
+    return "\n".join(rows) + "\n"
+
+
+def test_the_catalogue_list_is_current() -> None:
+    assert LIST_PATH.read_text(encoding="utf-8") == catalogue_markdown(), "run: python tests/test_bad_cases.py"
+
+
+if __name__ == "__main__":
+    LIST_PATH.write_text(catalogue_markdown(), encoding="utf-8")

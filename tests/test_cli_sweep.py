@@ -65,7 +65,7 @@ def test_new_case_from_a_feeder_with_options_passes_check(feeder: Path, tmp_path
     assert f"case 'syn-6x2h' written to {out}: 12 consumer(s), 12 producer(s); 3 communities" in text
     assert text.endswith(f"run it with: gridmarket run {out}\n")
 
-    status, text, err = _run(["check", str(out)])
+    status, text, err = _run(["check", str(out)])  # monitored_buses = "customers", the new-case default
     assert (status, err) == (0, "")
     assert "24 agents in 3 communities, 6 steps of 2 h" in text
 

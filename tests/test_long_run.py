@@ -25,6 +25,7 @@ from gridmarket.cases.synthetic import build_case
 from gridmarket.errors import ResultsError
 from gridmarket.market import clear_market
 from gridmarket.network import OpenDSSNetwork, count_violations
+from gridmarket.outdir import MARKER
 from gridmarket.study.long_run import LONG_RUN_FILES, run_long, slice_case
 from gridmarket.study.loop import dispatch_kw, with_banks
 
@@ -151,7 +152,7 @@ def test_files_whole_and_readable_by_the_report(case: Case, runs: dict[str, Path
     from gridmarket.report import load_results
 
     for folder in runs.values():
-        assert sorted(p.name for p in folder.iterdir()) == sorted(LONG_RUN_FILES)
+        assert sorted(p.name for p in folder.iterdir() if p.name != MARKER) == sorted(LONG_RUN_FILES)
         assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
     data = load_results(runs["days"])
     assert data.iterations["iteration"].tolist() == [0] and data.steps is not None and len(data.steps) == STEPS

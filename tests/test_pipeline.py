@@ -159,7 +159,11 @@ def test_source_pu_sets_the_source_voltage(case: Case) -> None:
 
 def test_run_to_folder_streams_long_horizons_and_leaves_no_stray_files(case: Case, tmp_path: Path) -> None:
     seen = []
-    res, out = run_to_folder(case, tmp_path / "out", stream=True, on_progress=seen.append, t_command=0.0)
+    from gridmarket.report import build_report
+
+    res, out = run_to_folder(case, tmp_path / "out", stream=True, on_progress=seen.append, t_command=0.0,
+                             extra={"report": build_report})
+    assert (out / "report.html").is_file()
     assert res.files == {} or all(not p.exists() for p in res.files.values())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     from gridmarket.report import load_results
@@ -169,3 +173,29 @@ def test_run_to_folder_streams_long_horizons_and_leaves_no_stray_files(case: Cas
     assert seen and seen[-1].done == seen[-1].total == STEPS
     assert {p.iteration for p in seen} == set(range(len(res.iterations)))
     assert any(p.eta_s is not None and "ETA" in p.text for p in seen)
+
+
+def test_aware_market_through_the_study(case: Case, tmp_path: Path) -> None:
+    """``[market] network = "aware"``: each iteration clears with the network's limits inside
+    (gridmarket.study.aware), streamed or not; the PV overvoltage of the blind market is gone and
+    the prices carry a voltage component."""
+    from gridmarket.enums import NetworkMode
+
+    aware = replace(case, market=replace(case.market, network=NetworkMode.AWARE))
+    blind = run_study(case, max_iterations=1)
+    study = run_study(aware, max_iterations=1)
+    assert blind.iterations[0].counts["violations"] > 0
+    assert study.iterations[0].counts["violations"] < blind.iterations[0].counts["violations"]
+    m = study.frames["market.parquet"]
+    mk = m[m["kind"] != "passive"]
+    np.testing.assert_allclose(mk["price"], mk["price_energy"] + mk["price_voltage"] + mk["price_congestion"],
+                               atol=1e-9)
+    assert (mk["price_voltage"].abs() > 1e-6).any()
+    s = study.summary()
+    assert s["network_mode"] == "aware" and s["network_aware"][0][0]["network_outer_iterations"] >= 2
+    streamed = run_study(aware, max_iterations=1, stream=True, chunk_steps=24, stream_dir=tmp_path / "s")
+    try:
+        assert len(streamed.iterations[0].network) == 2  # one outer loop per chunk
+        assert streamed.iterations[0].counts["violations"] < blind.iterations[0].counts["violations"]
+    finally:
+        streamed.cleanup()

@@ -9,6 +9,8 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
+
 from _results_fixture import (
     BUSES,
     LINES,
@@ -17,8 +19,6 @@ from _results_fixture import (
     WELFARE,
     build_results,
 )
-from matplotlib.figure import Figure
-
 from gridmarket import report
 from gridmarket.errors import ResultsError
 from gridmarket.report import (
@@ -31,14 +31,16 @@ from gridmarket.report import (
     plot_iterations,
     plot_network_map,
     plot_voltages,
-    plots,
     save_figures,
+    style,
     to_markdown,
 )
-from gridmarket.report._load import REQUIRED_FILES, violated_buses
+from gridmarket.report._load import REQUIRED_FILES
+from gridmarket.report.elements import violated_elements
+from gridmarket.report.network_map import lv_areas
 
 PNGS = {"iterations.png", "energy_balance_it0.png", "energy_balance_it2.png", "voltages.png",
-        "network_map.png"}
+        "violations_heatmap.png", "network_map.png"}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,7 @@ def test_build_report_writes_html_and_pngs(built: tuple[Path, Path]) -> None:
 def test_html_embeds_images_and_tables(built: tuple[Path, Path]) -> None:
     root, html_path = built
     page = html_path.read_text(encoding="utf-8")
-    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    uris = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(uris) == len(PNGS)
     embedded = {base64.b64decode(u) for u in uris}
     assert embedded == {(root / name).read_bytes() for name in PNGS}
@@ -81,7 +83,7 @@ def test_html_embeds_images_and_tables(built: tuple[Path, Path]) -> None:
     # community table: C1's mean price over the 4 steps = 0.55 + 0.05 * 1.5
     assert "C1" in page and "0.6250" in page
     assert "line.l45.1" in page  # worst current violation
-    assert "<script" not in page and "http" not in page  # self-contained
+    assert "<script src" not in page  # self-contained (tests/test_report_page.py checks more)
 
 
 def test_save_figures_is_deterministic(built: tuple[Path, Path], tmp_path: Path) -> None:
@@ -97,7 +99,7 @@ def test_save_figures_is_deterministic(built: tuple[Path, Path], tmp_path: Path)
 @pytest.fixture
 def fast_png(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip the (slow) rasterising where a test only checks which figures are made."""
-    monkeypatch.setattr(plots, "figure_png", lambda fig: b"\x89PNG-stub-" + fig.get_label().encode())
+    monkeypatch.setattr(style, "figure_png", lambda fig: b"\x89PNG-stub-" + fig.get_label().encode())
 
 
 @pytest.mark.usefixtures("fast_png")
@@ -106,7 +108,7 @@ def test_no_coordinates_skips_map_with_note(tmp_path: Path) -> None:
     page = build_report(root).read_text(encoding="utf-8")
     assert not (root / "network_map.png").exists()
     assert "Network map skipped" in page and "no coordinates" in page
-    assert page.count("data:image/png;base64,") == len(PNGS) - 1
+    assert page.count('<img src="data:image/png;base64,') == len(PNGS) - 1
 
 
 @pytest.mark.usefixtures("fast_png")
@@ -121,7 +123,7 @@ def test_single_iteration_base_is_best(tmp_path: Path) -> None:
     build_report(root)
     names = {p.name for p in root.glob("*.png")}
     assert names == {"iterations.png", "energy_balance_it0.png", "voltages.png",
-                     "network_map.png"}
+                     "violations_heatmap.png", "network_map.png"}
 
 
 # ----------------------------------------------------------------------------- errors
@@ -201,7 +203,7 @@ def test_markdown_table(results: Path) -> None:
 
 def test_violated_buses_maps_current_to_downstream_bus(results: Path) -> None:
     data = load_results(results)
-    buses, lines = violated_buses(data.violations, data.lines, iteration=0)
+    buses, lines = violated_elements(data.violations, data.lines, iteration=0)
     assert buses == ["b4", "b5"]
     assert lines == ["line.l45"]
 
@@ -283,16 +285,16 @@ def _buses_in_view(ax, buses: pd.DataFrame) -> set[str]:
 
 def test_lv_areas_of_the_fixtures() -> None:
     # from the circuit sketches in _results_fixture.py: b1-b3 behind t1, b4-b5 behind t2
-    assert plots.lv_areas(TWO_AREA_BUSES, TWO_AREA_LINES) == [["b1", "b2", "b3"], ["b4", "b5"]]
-    assert plots.lv_areas(BUSES, LINES) == [["b1", "b2", "b3", "b4", "b5"]]
-    assert plots.lv_areas(BUSES.drop(columns="kv_base"), LINES) == []
+    assert lv_areas(TWO_AREA_BUSES, TWO_AREA_LINES) == [["b1", "b2", "b3"], ["b4", "b5"]]
+    assert lv_areas(BUSES, LINES) == [["b1", "b2", "b3", "b4", "b5"]]
+    assert lv_areas(BUSES.drop(columns="kv_base"), LINES) == []
     # a base of 0 kV (OpenDSS without voltage bases) is unknown, not LV
     unknown = TWO_AREA_BUSES.assign(kv_base=TWO_AREA_BUSES["kv_base"].where(
         TWO_AREA_BUSES["bus"] != "b3", 0.0))
-    assert plots.lv_areas(unknown, TWO_AREA_LINES) == [["b1", "b2"], ["b4", "b5"]]
+    assert lv_areas(unknown, TWO_AREA_LINES) == [["b1", "b2"], ["b4", "b5"]]
     # ordered west to east: mirror the x coordinates and the order flips
     mirrored = TWO_AREA_BUSES.assign(x=-TWO_AREA_BUSES["x"])
-    assert plots.lv_areas(mirrored, TWO_AREA_LINES) == [["b4", "b5"], ["b1", "b2", "b3"]]
+    assert lv_areas(mirrored, TWO_AREA_LINES) == [["b4", "b5"], ["b1", "b2", "b3"]]
 
 
 def test_network_map_one_panel_per_lv_area(tmp_path: Path) -> None:
@@ -329,14 +331,14 @@ def test_network_map_one_panel_per_lv_area(tmp_path: Path) -> None:
     assert "transformer b4" in panels["lv_area_2"].get_title()
     # the overview holds the whole feeder and boxes both areas
     overview = panels["overview"]
-    png = plots.figure_png(fig)  # draws: the overview's limits are final after the aspect is applied
+    png = style.figure_png(fig)  # draws: the overview's limits are final after the aspect is applied
     assert _buses_in_view(overview, buses) == set(buses["bus"])
     assert len(overview.patches) == 2
     # one shared legend with both levels and both communities
     assert len(fig.legends) == 1
     labels = {t.get_text() for t in fig.legends[0].get_texts()}
     assert {"MV line", "LV line", "Community C1", "Community C2"} <= labels
-    assert png == plots.figure_png(plot_network_map(data.buses, data.lines, data.agents,
+    assert png == style.figure_png(plot_network_map(data.buses, data.lines, data.agents,
                                               data.batteries, data.violations, iteration=2))
 
 

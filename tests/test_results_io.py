@@ -18,15 +18,14 @@ def _results() -> Results:
 
 def test_written_whole(tmp_path: Path) -> None:
     out = write_results(_results(), tmp_path / "out")
-    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".gridmarket", "a.csv", "summary.json"]
     assert json.loads((out / "summary.json").read_text()) == {"case": "x"}
     assert (out / "a.csv").read_text() == "v\n0.1\n0.3333333333\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_existing_folder_is_refused_unless_overwrite(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
+    out = write_results(_results(), tmp_path / "out")
     (out / "keep.txt").write_text("x")
     with pytest.raises(ResultsError, match="already exists; pass --overwrite"):
         write_results(_results(), out)

@@ -51,6 +51,18 @@ def test_a_library_read_twice_is_not_a_cycle(tmp_path: Path) -> None:
     assert "line.l1" in net.lines.index
 
 
+def test_a_redirect_to_a_device_or_to_binary_bytes(tmp_path: Path) -> None:
+    master = tmp_path / "Master.dss"
+    master.write_text(CIRCUIT + "Redirect /dev/zero\n")  # OpenDSS would read it forever
+    device = r"^Master\.dss, line 3: redirect /dev/zero: /dev/zero is not a regular file"
+    with pytest.raises(NetworkError, match=device):
+        OpenDSSNetwork(master)
+    (tmp_path / "blob.dss").write_bytes(b"\x8f\x9a\xff\xfe junk\n")  # OpenDSS quotes them in its message
+    master.write_text(CIRCUIT + "Redirect blob.dss\n")
+    with pytest.raises(NetworkError, match=r"bytes that are not text in one of its scripts \(Master\.dss, blob\.dss\)"):
+        OpenDSSNetwork(master)
+
+
 def test_a_quote_in_the_case_path(tmp_path: Path) -> None:
     folder = tmp_path / 'my "best" feeder'
     folder.mkdir()

@@ -217,3 +217,10 @@ def test_a_community_csv_is_relative_to_the_sweep_file(tmp_path: Path) -> None:
     spec = read_sweep(tmp_path / "sweep.toml")
     assert [s.id for s in spec.scenarios] == ["communities-transformer", "communities-streets.csv"]
     assert spec.scenarios[1].params["communities"] == str((tmp_path / "streets.csv").resolve())
+
+
+def test_source_voltage_and_monitoring_have_short_names() -> None:
+    from gridmarket.sweep.spec import canonical
+
+    assert canonical("source_pu") == "network.source_pu"
+    assert canonical("monitored_buses") == "network.monitored_buses"

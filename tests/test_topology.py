@@ -194,3 +194,25 @@ def test_nearest_customer_matches_per_bus_search_on_meshes(seed: int) -> None:
         dist = _bfs(adj, bus)
         best = min((dist[c], c) for c in customers if c in dist)
         assert got[bus] == best[1], bus
+
+
+def test_children_and_below(topo: Topology) -> None:
+    kids = topo.children()
+    assert kids["m1"] == ["a0", "m2"] and kids["a2"] == [] and "x1" not in kids
+    assert topo.below("m2") == ["b0", "b1", "m2"]
+    assert topo.below("a0.1") == ["a0", "a1", "a2"]
+    assert topo.below("x1") == []
+
+
+def test_from_table_like_network_lines_csv(topo: Topology) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({
+        "element": [e.name for e in EDGES], "bus1": [e.bus1 for e in EDGES], "bus2": [e.bus2 for e in EDGES],
+        "kind": [e.kind for e in EDGES], "length_km": [e.length_km if e.name != "line.x" else np.nan for e in EDGES]})
+    again = Topology.from_table(frame, "src")
+    assert again.hops() == topo.hops() and again.distance_km() == topo.distance_km()
+    assert again.downstream_buses() == topo.downstream_buses() and again.lv_areas() == topo.lv_areas()
+    # without kind and length: 0 km lines, named by the 'line' column
+    bare = Topology.from_table(pd.DataFrame({"line": ["l1", "l2"], "bus1": ["b", "b"], "bus2": ["a", "c"]}), "a")
+    assert bare.downstream_buses() == {"l1": "b", "l2": "c"} and bare.kind("l1") == "line"

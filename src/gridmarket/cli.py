@@ -3,37 +3,55 @@
 Every :class:`~gridmarket.errors.GridmarketError` becomes a few readable lines and exit
 status 2 (a usage error too); an unexpected exception is a bug: exit status 1 and a request
 to report it, with the traceback only under ``--debug`` (which shows it for every error).
-Ctrl-C gives exit status 130 and says whether a results folder was left (never a partial
-one). ``gridmarket sweep`` exits with status 3 (:data:`~gridmarket.sweep.cli.SOME_FAILED`) when
-it finished but some scenarios failed. Warnings are one line each: ``warning: ...``.
+Ctrl-C gives exit status 130, SIGTERM 143 and SIGHUP 129 (handled alike), and says whether a
+results folder was left (never a partial one, and the previous one is kept unless the new one
+was complete). ``gridmarket sweep`` exits with status 3 (:data:`~gridmarket.sweep.cli.SOME_FAILED`)
+when it finished but some scenarios failed. Warnings of gridmarket are one line each:
+``warning: ...``; those of the libraries (numpy, matplotlib...) show only under ``--debug``.
+Folders are written through :mod:`gridmarket.outdir` (``--overwrite`` replaces only a folder
+gridmarket wrote). Other modules add commands through :data:`COMMAND_MODULES`.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from gridmarket import __version__
-from gridmarket.errors import GridmarketError, ResultsError
+from gridmarket import cli_cases as _cli_cases
+from gridmarket.errors import GridmarketError, GridmarketWarning, ResultsError
+from gridmarket.outdir import NAME_MAX, Terminated, termination_signals_as_interrupts
 
 if TYPE_CHECKING:
     from gridmarket.case import Case
+    from gridmarket.study import StudyResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Energy-community markets with batteries on real OpenDSS grids.")
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)  # piped: no hard wrap at 80 columns
+out = Console(soft_wrap=True)
 
 _state: dict[str, object] = {"debug": False}
 
@@ -89,6 +107,7 @@ def _progress(quiet: bool, *, one_bar: str | None = None) -> Iterator[Callable[[
         yield lambda label, done, total: None
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(),
                   console=err, transient=True) as bar:
         tasks: dict[str, TaskID] = {}
 
@@ -106,47 +125,110 @@ def _progress(quiet: bool, *, one_bar: str | None = None) -> Iterator[Callable[[
 @_records_interrupts
 def run(
     case: CaseArg = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Results folder"
-                                                 " (default: results/<case name>).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing results folder.")] = False,
+    out_dir: Annotated[str | None, typer.Option("--out", "-o", help="Results folder"
+                                                " (default: results/<case name>).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a results folder that gridmarket"
+                                            " wrote (never any other folder).")] = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip report.html and the figures.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    compare: Annotated[bool, typer.Option("--compare", help="Also write comparison.csv: blind and aware market,"
+                                          " without and with placed batteries (four more runs).")] = False,
 ) -> None:
     """Run the study loop on CASE: market, power flow, limits, battery placement, report."""
     from gridmarket.case import load_case
-    from gridmarket.results import prepare_out_dir, write_results
-    from gridmarket.study import run_study
+    from gridmarket.outdir import check_out_dir
+    from gridmarket.study.run import run_to_folder
 
+    start = _state.get("t0")  # main()'s start: the whole command
+    t0 = start if isinstance(start, float) else time.perf_counter()
     path = _case_path(case)
     c = load_case(path)
     if out_dir is None:
         _check_folder_name(c.name, "the results folder results/<name>")
-    target = out_dir if out_dir is not None else Path("results") / c.name
-    prepare_out_dir(target, overwrite=overwrite)  # refuse before any work
-    check_case_network(c)  # every mismatch with the network, named by file and row or key
+    target = check_out_dir(out_dir if out_dir is not None else Path("results") / c.name, kind="results",
+                           overwrite=overwrite, protect=[path])  # refuse before any work
+    # run_study makes every check of `gridmarket check` (check_case_network) on the network it
+    # compiles, before any work: one compile, as in the API (a second compile of the same master
+    # in one process is what `check` never does). A long horizon streams its per-step tables.
     with _progress(quiet) as update:
-        res = run_study(c, progress=update)
-    extra = {}
-    if not no_report:
-        from gridmarket.report import build_report
+        extra: dict[str, Any] = {}
+        if compare:  # before the report, which draws comparison.csv when present
+            from gridmarket.study.compare import write_comparison
 
-        extra["report"] = build_report
-    written = write_results(res.to_results(), target, overwrite=overwrite, extra=extra)
-    out.print(res.summary_text())
-    out.print(f"results written to [bold]{escape(str(written))}[/bold]")
+            extra["comparison"] = lambda folder: write_comparison(c, folder)
+        if not no_report:  # drawn inside the folder before it is moved into place, with progress
+            from functools import partial
+
+            from gridmarket.report import build_report
+
+            extra["report"] = partial(build_report, progress=update)
+        res, written = run_to_folder(c, target, progress=update, extra=extra, t_command=t0)
+    out.print(escape(run_summary(res, time.perf_counter() - t0)), highlight=False)
+    out.print(f"results written to [bold]{escape(str(written))}[/bold]", highlight=False)
+
+
+def _money(value: float, currency: str) -> str:
+    """A money figure as the console shows every one: ``1,234.57 R$``."""
+    return f"{value:,.2f} {currency}"
+
+
+def run_summary(res: StudyResult, command_s: float) -> str:
+    """The console summary of a run: stop reason, base and best iteration (realised welfare, net
+    benefit and the value of stored energy with the currency, violations, battery units), what
+    the batteries would have to cost to break even, and the loop's and the whole command's time [s].
+
+    Iterations are compared on realised welfare (shared MODEL.md, *Reported welfare*): money and
+    utility that changed hands, not the value the market puts on energy left in the batteries.
+    """
+    t = res.iteration_table()
+    base, best = t.iloc[0], t.iloc[res.best]
+    cur = res.case.currency
+    n = len(t)
+    lines = [
+        f"case {res.case.name!r}: {n:,} iteration{'' if n == 1 else 's'}, stopped: {res.stop_reason}",
+        f"  base    : realised welfare {_money(float(base.welfare_realised), cur)},"
+        f" {int(base.violations):,} violations",
+        f"  best #{res.best:<2}: realised welfare {_money(float(best.welfare_realised), cur)},"
+        f" {int(best.violations):,} violations, {int(best.battery_units):,} battery unit(s)",
+    ]
+    if res.best != 0:
+        from gridmarket import economics
+
+        case = res.case
+        gain = float(best.welfare_realised - base.welfare_realised)
+        line = (f"  batteries: gain {_money(gain, cur)}, stored-energy value"
+                f" {_money(float(best.stored_energy_value), cur)}, annuity {_money(float(best.battery_annuity), cur)},"
+                f" net benefit {_money(float(best.net_benefit), cur)}")
+        if not economics.costed(case.battery):
+            line += " (not costed: set [battery] capex_per_kwh)"
+        be = economics.break_even_capex_per_kwh(gain, float(best.battery_units), case.battery, case.time.steps,
+                                                case.time.step_hours)
+        if be is not None:
+            line += f"; break-even capex {_money(be, cur)}/kWh"
+        lines.append(line)
+    lines.append(f"  time    : study loop {res.runtime_s:,.2f} s, whole command {command_s:,.2f} s")
+    return "\n".join(lines)
 
 
 @app.command()
 @_records_interrupts
 def check(case: CaseArg = None) -> None:
     """Validate CASE without running it: files, keys, profiles, and every element in the network."""
-    from gridmarket.case import load_case
+    from gridmarket.case import CaseWarning, load_case
 
     c = load_case(_case_path(case))
     info = check_case_network(c)
     out.print(f"case {c.name!r} is valid: {len(c.agents)} agents in {len(c.communities)}"
               f" {'community' if len(c.communities) == 1 else 'communities'},"
               f" {c.time.steps} steps of {c.time.step_hours:g} h; {info}")
+    # the base case at no load and at peak load: a valid case can still be a meaningless study
+    # (a source at the upper limit, most buses violated before any market, one-member communities)
+    from gridmarket.cases.sanity import case_sanity
+
+    report = case_sanity(c)
+    out.print(f"base case: {report.summary()}", highlight=False, soft_wrap=True)
+    for note in report.warnings:
+        warnings.warn(CaseWarning(note), stacklevel=1)
 
 
 def check_case_network(case: Case) -> str:
@@ -164,134 +246,25 @@ def report(results: Annotated[Path, typer.Argument(help="A results folder writte
     """Rebuild report.html and the figures of a results folder."""
     from gridmarket.report import build_report
 
-    path = build_report(results)
-    out.print(f"report written to [bold]{path}[/bold]")
+    folder = results.expanduser()
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        msg = f"cannot write the report into {folder}: the folder is not writable"
+        raise ResultsError(msg)
+    try:
+        path = build_report(results)
+    except OSError as exc:
+        msg = f"cannot write the report into {folder}: {exc.strerror or exc}"
+        if exc.filename:
+            msg += f" ({exc.filename})"
+        raise ResultsError(msg) from exc
+    out.print(f"report written to [bold]{escape(str(path))}[/bold]", highlight=False)
 
 
-#: ``new-case`` options that apply to a feeder source only: keyword of
-#: :func:`gridmarket.cases.generic.new_case` -> command-line flag
-_FEEDER_FLAGS: dict[str, str] = {
-    "pv_kwp": "--pv-kwp", "pv_percent_of_peak": "--pv-percent", "communities": "--communities",
-    "template": "--template", "settings": "--set", "import_price": "--import-price",
-    "export_price": "--export-price", "steps": "--steps", "step_hours": "--step-hours", "start": "--start",
-    "start_hour": "--start-hour", "loadshape": "--loadshape", "name": "--name",
-}
-_FEEDER_PANEL = "Feeder sources (.dss)"
-
-
-def _check_new_case_options(source: str, out_dir: Path, feeder_flags: Sequence[str], *, study_case: int | None,
-                            data_dir: Path | None, both_pv: bool, overwrite: bool) -> None:
-    """Refuse ``new-case`` options that do not apply to ``source`` or to each other, naming their
-    flags, and an existing case folder without ``--overwrite``, before any work.
-
-    Raises
-    ------
-    GridmarketError
-        Feeder options for a named source; ``--case`` for anything but ``cr_mar``; ``--data``
-        for a feeder or ``default``; ``--pv-kwp`` with ``--pv-percent``; ``out_dir`` exists and
-        is not an empty folder.
-    """
-    from gridmarket.cases import FEEDER, source_kind
-
-    kind = source_kind(source)
-    if kind and kind != FEEDER and feeder_flags:
-        msg = (f"option(s) {', '.join(feeder_flags)} apply only to a feeder source (the path of an OpenDSS"
-               f" master .dss), not to {kind!r}")
-        raise GridmarketError(msg)
-    wrong = [flag for flag, given, ok in (("--case", study_case is not None, ("cr_mar",)),
-                                          ("--data", data_dir is not None, ("cr_mar", "ieee_eu_lv")))
-             if given and kind and kind not in ok]
-    if wrong:
-        what = "a feeder source (.dss)" if kind == FEEDER else repr(kind)
-        msg = (f"option(s) {', '.join(wrong)} do not apply to {what}: --case is for cr_mar, --data for cr_mar"
-               " and ieee_eu_lv")
-        raise GridmarketError(msg)
-    if both_pv:
-        msg = "give --pv-kwp or --pv-percent, not both"
-        raise GridmarketError(msg)
-    out = out_dir.expanduser()
-    if not overwrite and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        msg = f"cannot write the case to {out}: it exists and is not an empty folder; pass --overwrite to replace it"
-        raise GridmarketError(msg)
-
-
-@app.command("new-case", short_help="Write a case folder from a known feeder or any OpenDSS feeder (.dss).")
-@_records_interrupts
-def new_case(
-    source: Annotated[str, typer.Argument(help="'default' (copy of the embedded IEEE EU LV case), 'ieee_eu_lv'"
-                                          " (that case rebuilt from ../shared/data), 'cr_mar' (the Costa Rica"
-                                          " feeder in ../shared/data) or the path of any OpenDSS feeder's"
-                                          " master file (.dss).")],
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write the case into.")],
-    study_case: Annotated[int | None, typer.Option("--case", help="cr_mar only: 1 (one dispersed community)"
-                                                   " or 2 (five communities); default 1.")] = None,
-    data_dir: Annotated[Path | None, typer.Option("--data", help="cr_mar, ieee_eu_lv: folder holding the"
-                                                  " feeder data (default: ../shared/data or"
-                                                  " $GRIDMARKET_SHARED_DATA).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
-    pv_kwp: Annotated[float | None, typer.Option(
-        "--pv-kwp", help="PV per household \\[kWp] (without it or --pv-percent: the feeder's own PVSystems).",
-        rich_help_panel=_FEEDER_PANEL)] = None,
-    pv_percent: Annotated[float | None, typer.Option(
-        "--pv-percent", help="PV per household as % of its peak step-mean demand \\[%].",
-        rich_help_panel=_FEEDER_PANEL)] = None,
-    communities: Annotated[str | None, typer.Option(
-        "--communities", metavar="RULE", help="transformer (default), branch, knn:K (groups of K nearest"
-        " households) or a CSV path (columns load, community).", rich_help_panel=_FEEDER_PANEL)] = None,
-    template: Annotated[Path | None, typer.Option(
-        "--template", metavar="TOML", help="case.toml sections plus \\[consumers] and \\[producers] coefficients.",
-        rich_help_panel=_FEEDER_PANEL)] = None,
-    settings: Annotated[list[str] | None, typer.Option(
-        "--set", metavar="KEY=VALUE", help="Override one setting over the template, e.g. --set"
-        " grid.import_price=0.7 --set 'consumers.b=\\[0.9, 1.3]' (a TOML value; repeatable).",
-        rich_help_panel=_FEEDER_PANEL)] = None,
-    import_price: Annotated[float | None, typer.Option(
-        "--import-price", help="Grid tariff \\[currency/kWh].", rich_help_panel=_FEEDER_PANEL)] = None,
-    export_price: Annotated[float | None, typer.Option(
-        "--export-price", help="Feed-in price \\[currency/kWh].", rich_help_panel=_FEEDER_PANEL)] = None,
-    steps: Annotated[int | None, typer.Option(
-        "--steps", help="Number of steps (default 24).", rich_help_panel=_FEEDER_PANEL)] = None,
-    step_hours: Annotated[float | None, typer.Option(
-        "--step-hours", help="Length of a step \\[h] (default 1).", rich_help_panel=_FEEDER_PANEL)] = None,
-    start: Annotated[str | None, typer.Option(
-        "--start", metavar="ISO", help="Timestamp of step 0, e.g. 2024-06-01T00:00 (only labels the steps).",
-        rich_help_panel=_FEEDER_PANEL)] = None,
-    start_hour: Annotated[float | None, typer.Option(
-        "--start-hour", help="Hour of the feeder's loadshapes at which step 0 begins \\[h] (default 0).",
-        rich_help_panel=_FEEDER_PANEL)] = None,
-    loadshape: Annotated[str | None, typer.Option(
-        "--loadshape", help="Which shape of a load to use: auto (daily, yearly, duty; default), daily,"
-        " yearly or duty.", rich_help_panel=_FEEDER_PANEL)] = None,
-    name: Annotated[str | None, typer.Option(
-        "--name", help="\\[case].name (default: the master's file or folder name).",
-        rich_help_panel=_FEEDER_PANEL)] = None,
-) -> None:
-    """Write a case folder built from a known feeder or from any OpenDSS feeder (.dss master):
-    its loads become households with PV (the feeder's own, or one per household with --pv-kwp or
-    --pv-percent), grouped into communities by a rule; rules and defaults in docs/sweep.md.
-    \f
-    The feeder options are the keyword arguments of :func:`gridmarket.cases.generic.new_case`;
-    an option that does not apply to SOURCE is an error naming its flag (exit status 2).
-    """
-    from gridmarket.cases import source_kind
-    from gridmarket.sweep.cli import new_case_command
-
-    options: dict[str, object] = {
-        "pv_kwp": pv_kwp, "pv_percent_of_peak": pv_percent, "communities": communities, "template": template,
-        "settings": settings or None, "import_price": import_price, "export_price": export_price, "steps": steps,
-        "step_hours": step_hours, "start": start, "start_hour": start_hour, "loadshape": loadshape, "name": name,
-    }
-    given = {k: v for k, v in options.items() if v is not None}
-    _check_new_case_options(source, out_dir, [_FEEDER_FLAGS[k] for k in given], study_case=study_case,
-                            data_dir=data_dir, both_pv=pv_kwp is not None and pv_percent is not None,
-                            overwrite=overwrite)
-    if not source_kind(source):
-        given = {}  # an unknown source: let write_case_source name it, not the options
-    res = new_case_command(source, out_dir, overwrite=overwrite, study_case=study_case or 1, data_dir=data_dir,
-                           **given)
-    path = res.path if res.path is not None else out_dir
-    out.print(escape(res.text), highlight=False, soft_wrap=True)
-    out.print(f"run it with: gridmarket run {escape(str(path))}", highlight=False, soft_wrap=True)
+# new-case and calibrate live in gridmarket.cli_cases (helper "cases"); registered here
+app.command("new-case", short_help="Write a case folder from a known feeder or any OpenDSS feeder (.dss).")(
+    _records_interrupts(_cli_cases.new_case))
+app.command(short_help="Fit a case's source voltage to measured meter voltages.")(
+    _records_interrupts(_cli_cases.calibrate))
 
 
 @app.command(short_help="Run a case over the scenarios of a SWEEP.toml on Dask (exit 3: some failed).")
@@ -301,7 +274,7 @@ def sweep(
     sweep_toml: Annotated[Path, typer.Argument(metavar="SWEEP.toml", help="The scenarios: a grid"
                                                " (\\[parameters]) and/or a list (\\[\\[scenarios]]);"
                                                " see docs/sweep.md.")],
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Sweep folder (default:"
+    out_dir: Annotated[str | None, typer.Option("--out", "-o", help="Sweep folder (default:"
                                                  " results/<case name>-<SWEEP file name without .toml>)."
                                                  " Rerunning into the same folder reuses the scenarios"
                                                  " already done.")] = None,
@@ -335,7 +308,10 @@ def sweep(
         what = "serial runs" if scheduler == SERIAL else f"the scheduler {scheduler}"
         msg = f"--workers sizes the local cluster only; it does not apply to {what}"
         raise GridmarketError(msg)
-    target = out_dir if out_dir is not None else _default_sweep_dir(case, sweep_toml)
+    if out_dir is not None and not out_dir.strip():
+        msg = "--out is empty: give the sweep folder to write (an unset variable in a script?)"
+        raise ResultsError(msg)
+    target = Path(out_dir) if out_dir is not None else _default_sweep_dir(case, sweep_toml)
     try:
         with _progress(quiet, one_bar="scenarios") as update:
             res = sweep_command(case, sweep_toml, target, scheduler=scheduler, workers=workers,
@@ -362,12 +338,12 @@ def _default_sweep_dir(case: Path, sweep_toml: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CaseWarning)  # as run_sweep, which reads the case again
         name = load_case(case).name
-    _check_folder_name(name, "the sweep folder results/<name>-<sweep file name>")
+    _check_folder_name(name, "the sweep folder results/<name>-<sweep file name>", f"-{sweep_toml.stem}")
     return Path("results") / f"{name}-{sweep_toml.stem}"
 
 
-def _check_folder_name(name: str, what: str) -> None:
-    """Refuse a case name that cannot name a folder (empty, ``.``, ``..``, with a slash).
+def _check_folder_name(name: str, what: str, extra: str = "") -> None:
+    """Refuse a case name that cannot name a folder (empty, ``.``, ``..``, with a slash, over 255 bytes).
 
     Raises
     ------
@@ -377,6 +353,11 @@ def _check_folder_name(name: str, what: str) -> None:
     if name.strip() in ("", ".", "..") or any(ch in name for ch in "/\\"):
         msg = f"case name {name!r} ([case].name in case.toml) cannot name {what}: choose the folder with --out DIR"
         raise ResultsError(msg)
+    size = len(os.fsencode(name)) + (len(os.fsencode(extra)) if extra else 0)
+    if size > NAME_MAX:
+        msg = (f"case name {name[:40]!r}... ([case].name in case.toml) is too long to name {what} ({size} bytes;"
+               f" file names may have at most {NAME_MAX}): choose the folder with --out DIR")
+        raise ResultsError(msg)
 
 
 #: click's exception base class, whether typer vendors click (typer >= 0.17) or not
@@ -385,7 +366,17 @@ _ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: object = None, line: str | None = None) -> None:
-    """Print a warning as one line ``warning: ...`` (no source file and line of gridmarket)."""
+    """Print a warning of gridmarket as one line ``warning: ...`` (no source file and line).
+
+    Only warnings of a gridmarket class (:class:`~gridmarket.errors.GridmarketWarning`, e.g.
+    ``CaseWarning``) reach the user; those of the libraries (numpy, matplotlib, pandas) are
+    shown only under ``--debug``, with their category.
+    """
+    if not issubclass(category, GridmarketWarning):
+        if _state["debug"]:
+            err.print(f"[dim]debug: {category.__name__}: {escape(str(message))} ({escape(filename)}:{lineno})[/dim]",
+                      highlight=False, soft_wrap=True)
+        return
     err.print(f"[bold yellow]warning:[/bold yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
@@ -395,17 +386,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit statuses: 0 success; 2 a :class:`~gridmarket.errors.GridmarketError` (bad input or
     environment: printed as a few lines) or a command-line usage error; 3 ``gridmarket sweep``
     finished but some scenarios failed (:data:`~gridmarket.sweep.cli.SOME_FAILED`); 130 interrupted
-    (Ctrl-C; no results folder is left); 1 an unexpected exception, i.e. a bug: a request
+    (Ctrl-C; no partial results folder is left), 143 / 129 the same for SIGTERM / SIGHUP; 1 an
+    unexpected exception, i.e. a bug: a request
     to report it, and the traceback with ``--debug``. With ``--debug`` the traceback of a
     ``GridmarketError`` is shown too.
     """
+    # the whole command: from the process's start when this is the `gridmarket` command itself
+    _state["t0"] = time.perf_counter() - (_process_age_s() if argv is None else 0.0)
+    from gridmarket.outdir import PUBLISHED
+
+    PUBLISHED.clear()
     args = list(sys.argv[1:] if argv is None else argv)
     _state["debug"] = "--debug" in args
     _state.pop("interrupt", None)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), termination_signals_as_interrupts():
             warnings.simplefilter("default")
             warnings.showwarning = _show_warning
+            _register_commands()
             status = app(args=args, prog_name="gridmarket", standalone_mode=False)
         if status == 130 or "interrupt" in _state:  # typer's answer to Ctrl-C inside a command
             kept = _state.pop("interrupt", None)
@@ -419,7 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except (typer.Abort, KeyboardInterrupt) as exc:
-        return _interrupted(exc)
+        kept = _state.pop("interrupt", None)  # click turns the command's interrupt into Abort
+        cause = kept if isinstance(kept, BaseException) else exc.__cause__ or exc.__context__
+        return _interrupted(cause if isinstance(cause, KeyboardInterrupt) else exc)
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         if isinstance(exc, _ClickException):
             exc.show()  # type: ignore[attr-defined]
@@ -432,12 +432,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _process_age_s() -> float:
+    """Seconds since this process started (Linux ``/proc``; 0 where that is not available), so
+    that the "whole command" time includes the interpreter's start and the imports."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22 of stat(5): start time after boot [clock ticks]
+        uptime = float(Path("/proc/uptime").read_text().split()[0])  # [s]
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _interrupted(exc: BaseException | None) -> int:
-    """Say what an interrupt left behind (nothing, or a complete results folder); status 130."""
+    """Say what an interrupt left behind (nothing, or a complete results folder).
+
+    Status 130 for Ctrl-C (SIGINT), 128 + the signal's number for SIGTERM (143) and SIGHUP
+    (129), as a shell reports a process ended by them.
+    """
+    from gridmarket.outdir import LAST_TERMINATION, PUBLISHED, RESULTS_WRITTEN_NOTE
+
     notes = getattr(exc, "__notes__", [])
-    err.print(f"interrupted; {notes[-1]}" if notes else "interrupted; no results were written",
+    if not notes and PUBLISHED:  # the interrupt came after the folder was moved into place
+        notes = [f"{RESULTS_WRITTEN_NOTE} {PUBLISHED[-1]}"]
+    signum = exc.signum if isinstance(exc, Terminated) else (LAST_TERMINATION[0] if LAST_TERMINATION else None)
+    what = "interrupted" if signum is None else f"stopped by {signal.Signals(signum).name}"
+    err.print(f"{what}; {notes[-1]}" if notes else f"{what}; no results were written",
               highlight=False, soft_wrap=True)
-    return 130
+    return 130 if signum is None else 128 + signum
+
+
+# ------------------------------------------------------------------ commands of other modules
+
+#: modules that add commands to ``gridmarket``: each has ``register(app: typer.Typer) -> None``,
+#: called once before the command line is parsed (``new-case``/``calibrate`` live in their
+#: own module; add its name here)
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register_commands() -> None:
+    """Let each of :data:`COMMAND_MODULES` add its commands to :data:`app` (once)."""
+    if _state.get("registered"):
+        return
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+    _state["registered"] = True
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -253,6 +253,28 @@ TABLES: dict[str, Table] = {t.file: t for t in (
         _c("downstream_bus", "str", "", "the terminal's bus farther from the source", **_NEW),
         _c("kind", "str", "", "line or transformer", **_NEW),
     ), required=False),
+    Table("network_residual.csv", "one per limit the aware market left violated (element, step)",
+          "what the network-aware market could not fix, and why (shared MODEL.md, *Network-aware market*)", (
+        _IT, _STEP, _TIME,
+        _c("kind", "str", "", "voltage, current, transformer or nonconvergence"),
+        _c("element", "str", "", "node (bus.phase), conductor (line.name.phase) or transformer.name"),
+        _c("value", "float", "", "the AC power flow's value (pu, A or fraction of the rated kVA)"),
+        _c("limit", "float", "", "the limit it violates, same unit"),
+        _c("cause", "str", "", "why the market could not reach it (no agent influences it, slack > 0, ...)"),
+    ), required=False),
+    Table("comparison.csv", "one per scenario", "the DSO comparison (run --compare): the same case blind and"
+          " aware, without and with placed batteries", (
+        _c("scenario", "str", "", "blind, blind+placement, aware, aware+value"),
+        _c("violations", "int64", "", "(element, step) pairs out of limits in the AC power flow"),
+        _c("welfare_realised", "float", "currency", "realised welfare over the run"),
+        _c("net_benefit", "float", "currency", "realised welfare gain over 'blind' minus the batteries' annuity"),
+        _c("curtailed_kwh", "float", "kWh", "available PV energy not dispatched"),
+        _c("price_spread", "float", "currency/kWh", "highest minus lowest agent price over the run"),
+        _c("battery_units", "int64", "SBU", "battery units placed", **_NEW),
+        _c("linearisation_error_pu", "float", "pu", "largest absolute V_AC − V_linear at the aware market's final point"
+           " (NaN for blind scenarios)", **_NEW),
+        _c("runtime_s", "float", "s", "wall time of the scenario", **_NEW),
+    ), required=False),
 )}
 
 #: keys of summary.json -> meaning
@@ -300,21 +322,18 @@ def violation_owner(kind: Sequence[str] | pd.Series | np.ndarray,
     """What each violation row belongs to: the bus of a voltage violation (``"b5.1"`` -> ``"b5"``),
     the element of a current or transformer violation (``"line.l45.1"`` -> ``"line.l45"``,
     ``"transformer.tx1"`` -> itself), ``element`` as is otherwise (``"circuit"``). Lower case."""
-    kinds = np.asarray(kind, dtype=object).astype(str)
-    elems = np.asarray(element, dtype=object).astype(str)
-    out = np.char.lower(elems).astype(object)
-    if out.size == 0:
-        return out
-    uniq, inverse = np.unique(out.astype(str), return_inverse=True)
-    inverse = inverse.reshape(-1)
-    parts = [u.split(".") for u in uniq]
+    kinds, kind_words = pd.factorize(pd.Series(np.asarray(kind, dtype=object)).astype(str), sort=False)
+    codes, words = pd.factorize(pd.Series(np.asarray(element, dtype=object)).astype(str), sort=False)
+    if codes.size == 0:
+        return np.array([], dtype=object)
+    parts = [str(w).lower().split(".") for w in words]
     node_owner = np.array([".".join(p[:-1]) if len(p) > 1 else p[0] for p in parts], dtype=object)
     elem_owner = np.array([".".join(p[:2]) for p in parts], dtype=object)
-    is_v = kinds == "voltage"
-    is_e = (kinds == "current") | (kinds == "transformer")
-    out[is_v] = node_owner[inverse[is_v]]
-    out[is_e] = elem_owner[inverse[is_e]]
-    return out
+    as_is = np.array([".".join(p) for p in parts], dtype=object)
+    kw = [str(k) for k in kind_words]
+    is_v = np.isin(kinds, [i for i, k in enumerate(kw) if k == "voltage"])
+    is_e = np.isin(kinds, [i for i, k in enumerate(kw) if k in ("current", "transformer")])
+    return np.where(is_v, node_owner[codes], np.where(is_e, elem_owner[codes], as_is[codes]))
 
 
 # ---------------------------------------------------------------------------- conform
@@ -333,7 +352,9 @@ def _as_text(values: Any) -> pd.Series:
     s = pd.Series(values)
     if isinstance(s.dtype, pd.CategoricalDtype):
         s = s.astype(object)
-    return s.astype(object).where(s.notna(), "").map(str).astype(object)
+    codes, words = pd.factorize(s.astype(object), use_na_sentinel=True)  # few distinct names: map those
+    text = np.array([str(w) for w in words] + [""], dtype=object)
+    return pd.Series(text[codes], index=s.index, dtype=object)
 
 
 def _missing_value(col: Column) -> Any:
@@ -541,18 +562,23 @@ def _typed(frame: pd.DataFrame, name: str, cols: tuple[Column, ...], text: str) 
     out: dict[str, Any] = {}
     n = len(frame)
     for col in cols:
-        values = frame[col.name] if col.name in frame.columns else pd.Series([_missing_value(col)] * n)
+        values = (frame[col.name].reset_index(drop=True) if col.name in frame.columns
+                  else pd.Series([_missing_value(col)] * n))
         try:
             if col.dtype == "str":
-                v = values if isinstance(values.dtype, pd.CategoricalDtype) else _as_text(values)
-                out[col.name] = v.astype("category") if text == "category" else _as_text(v)
+                if text == "category":
+                    out[col.name] = (values if isinstance(values.dtype, pd.CategoricalDtype)
+                                     else _as_text(values).astype("category"))
+                else:
+                    out[col.name] = _as_text(values)
             elif col.dtype == "time":
                 out[col.name] = _as_time(values)
             elif col.dtype == "float":
-                out[col.name] = pd.to_numeric(values, errors="raise").astype("float64")
+                out[col.name] = (values if values.dtype == np.float64
+                                 else pd.to_numeric(values, errors="raise").astype("float64"))
             else:
                 out[col.name] = values.astype(col.pandas_dtype)
         except (TypeError, ValueError) as exc:
             msg = f"{name}: column {col.name!r} is not {col.dtype}: {exc}"
             raise ResultsError(msg) from exc
-    return pd.DataFrame({k: pd.Series(v).reset_index(drop=True) for k, v in out.items()})
+    return pd.DataFrame(out, copy=False)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "GridmarketError",
+    "GridmarketWarning",
     "CaseError",
     "Problem",
     "NetworkError",
@@ -22,6 +23,11 @@ __all__ = [
 
 class GridmarketError(Exception):
     """Base class of all errors caused by the input or the environment of a run."""
+
+
+class GridmarketWarning(UserWarning):
+    """Base class of the warnings gridmarket gives a user (the CLI shows only these: the
+    warnings of numpy, matplotlib and the other libraries stay hidden unless ``--debug``)."""
 
 
 @dataclass(frozen=True)

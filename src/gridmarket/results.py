@@ -11,11 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import tempfile
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +20,16 @@ import pandas as pd
 
 from gridmarket import contract
 from gridmarket.contract import FLOAT_FORMAT
-from gridmarket.errors import ResultsError
+from gridmarket.outdir import (
+    RESULTS_WRITTEN_NOTE,
+    OutDir,
+    check_out_dir,
+    staged,
+    write_bytes_atomic,
+)
+from gridmarket.outdir import interrupts_deferred as _interrupts_deferred  # noqa: F401 - the old name
 
-__all__ = ["FLOAT_FORMAT", "Results", "prepare_out_dir", "write_bytes_atomic", "write_results"]
-
-#: note added to a KeyboardInterrupt that arrived after the results folder was complete
-RESULTS_WRITTEN_NOTE = "the results were complete before the interrupt:"
+__all__ = ["FLOAT_FORMAT", "RESULTS_WRITTEN_NOTE", "Results", "prepare_out_dir", "write_bytes_atomic", "write_results"]
 
 
 @dataclass
@@ -48,29 +48,13 @@ class Results:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def prepare_out_dir(out: Path, *, overwrite: bool) -> Path:
-    """Check that ``out`` may be written; raise :class:`ResultsError` otherwise.
+def prepare_out_dir(out: Path, *, overwrite: bool, protect: Iterable[Path] = ()) -> Path:
+    """Check that the results folder ``out`` may be written (:func:`gridmarket.outdir.check_out_dir`,
+    kind ``"results"``); raise :class:`ResultsError` otherwise.
 
     Returns the absolute path. Nothing is created here: results appear only once complete.
     """
-    out = Path(out).expanduser().absolute()
-    if out.exists() and not overwrite:
-        msg = f"results folder {out} already exists; pass --overwrite to replace it"
-        raise ResultsError(msg)
-    if out.exists() and not out.is_dir():
-        msg = f"results path {out} exists and is not a folder"
-        raise ResultsError(msg)
-    parent = out.parent
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        msg = f"cannot write results to {out}: {probe} is a file, not a folder"
-        raise ResultsError(msg)
-    if not os.access(probe, os.W_OK | os.X_OK):
-        msg = f"cannot write results to {out}: {probe} is not writable"
-        raise ResultsError(msg)
-    return out
+    return check_out_dir(out, kind="results", overwrite=overwrite, protect=protect).path
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> None:
@@ -91,7 +75,7 @@ def _place_file(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def write_results(results: Results, out: Path, *, overwrite: bool = False,
+def write_results(results: Results, out: Path | OutDir, *, overwrite: bool = False,
                   extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``results`` to ``out`` atomically.
 
@@ -99,10 +83,12 @@ def write_results(results: Results, out: Path, *, overwrite: bool = False,
     ----------
     results : Results
         Summary and tables.
-    out : Path
-        The results folder. Written as a temporary sibling, then renamed into place.
+    out : Path or OutDir
+        The results folder, or what :func:`gridmarket.outdir.check_out_dir` returned for it
+        before the run (then a folder that appeared there during the run is never replaced).
+        Written as a temporary sibling, then moved into place.
     overwrite : bool
-        Replace an existing folder (only after the new one is complete).
+        Replace an existing folder written by gridmarket (only after the new one is complete).
     extra : mapping, optional
         ``name -> callable(path)`` writers of further files (figures, report) run inside
         the temporary folder before it is moved into place.
@@ -110,27 +96,17 @@ def write_results(results: Results, out: Path, *, overwrite: bool = False,
     Raises
     ------
     ResultsError
-        ``out`` exists (without ``overwrite``) or cannot be written (a file is in the way,
-        no permission, disk full); nothing is left behind.
+        ``out`` exists (without ``overwrite``), is not gridmarket's to replace, or cannot be
+        written (a file is in the way, no permission, disk full); nothing is left behind.
 
     Notes
     -----
-    An exception or Ctrl-C (``KeyboardInterrupt``) at any point leaves either the complete
-    new folder or none (with ``overwrite``: the old one, untouched), and no temporary files,
-    and no parent folders created for it. The rename into place and the clean-up hold a
-    Ctrl-C back until they are done.
+    An exception, Ctrl-C or SIGTERM/SIGHUP at any point leaves either the complete new folder
+    or none (with ``overwrite``: the old one, untouched), and no temporary files, and no parent
+    folders created for it (:func:`gridmarket.outdir.staged`).
     """
-    out = prepare_out_dir(out, overwrite=overwrite)
-    committed = False
-    created: list[Path] = []
-    tmp: Path | None = None
-    try:
-        with _interrupts_deferred():
-            for parent in reversed(out.parents):
-                if not parent.exists():
-                    parent.mkdir()
-                    created.append(parent)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    target = out if isinstance(out, OutDir) else check_out_dir(out, kind="results", overwrite=overwrite)
+    with staged(target) as tmp:
         for name in sorted(results.tables):
             _write_table(results.tables[name], tmp / name)
         for name, src in sorted(results.files.items()):
@@ -138,75 +114,7 @@ def write_results(results: Results, out: Path, *, overwrite: bool = False,
         (tmp / "summary.json").write_text(json.dumps(results.summary, indent=2, default=_json_default) + "\n")
         for writer in (extra or {}).values():
             writer(tmp)
-        try:
-            with _interrupts_deferred():
-                if out.exists():
-                    old = out.parent / f".{out.name}.old-{os.getpid()}"
-                    out.rename(old)
-                    try:
-                        tmp.rename(out)
-                    except BaseException:
-                        old.rename(out)
-                        raise
-                    committed = True
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    tmp.rename(out)
-                    committed = True
-        except KeyboardInterrupt as exc:
-            if committed:  # Ctrl-C during the rename, delivered after it: the folder is whole
-                exc.add_note(f"{RESULTS_WRITTEN_NOTE} {out}")
-            raise
-    except BaseException as exc:
-        with _interrupts_deferred():
-            if tmp is not None and tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-            for parent in reversed(created):
-                with suppress(OSError):  # not empty: something else was put there meanwhile
-                    parent.rmdir()
-        if isinstance(exc, OSError) and not isinstance(exc, ResultsError):
-            msg = f"cannot write results to {out}: {exc.strerror or exc}"
-            if exc.filename:
-                msg += f" ({exc.filename})"
-            raise ResultsError(msg) from exc
-        raise
-    return out
-
-
-def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    """Write one file whole or not at all: ``payload`` goes to a temporary file beside ``path``,
-    which is then moved into place (a reader never sees half a file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Hold back Ctrl-C (SIGINT) inside the block and deliver it at its end.
-
-    Used around the renames and the clean-up, so that an interrupt cannot leave half a
-    rename or a stray temporary folder. Outside the main thread (where signal handlers
-    cannot be set) the block runs as is.
-    """
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
-        yield  # no Python handler can be set here (another thread, or one installed outside Python)
-        return
-    pending: list[tuple[int, Any]] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append((signum, frame)))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if pending and callable(previous):
-            previous(*pending[0])  # Python's default handler raises KeyboardInterrupt here
-        elif pending and previous == signal.SIG_DFL:
-            signal.raise_signal(signal.SIGINT)
+    return target.path
 
 
 def _json_default(obj: object) -> object:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -134,6 +135,26 @@ class Topology:
     def from_pairs(cls, pairs: Iterable[tuple[str, str]], source: str) -> Topology:
         """A graph of unnamed 0-km lines ``(bus1, bus2)`` (names ``"e0"``, ``"e1"``...)."""
         return cls((Edge(f"e{k}", a, b) for k, (a, b) in enumerate(pairs)), source)
+
+    @classmethod
+    def from_table(cls, table: Any, source: str,
+                   buses: Iterable[str] = ()) -> Topology:
+        """A graph from a table of series elements, e.g. ``network_lines.csv`` read by pandas or
+        :attr:`OpenDSSNetwork.lines <gridmarket.network.OpenDSSNetwork.lines>` reset.
+
+        ``table`` has columns ``bus1``, ``bus2`` and a name column (``element``, ``line`` or
+        ``name``; row numbers when none), optionally ``kind`` (line | transformer | switch;
+        ``line`` when absent) and ``length_km`` (0 when absent or NaN).
+        """
+        b1 = [str(b) for b in table["bus1"]]
+        b2 = [str(b) for b in table["bus2"]]
+        n = len(b1)
+        name_col = next((c for c in ("element", "line", "name") if c in table), None)
+        names = [str(x) for x in table[name_col]] if name_col else [f"e{k}" for k in range(n)]
+        kinds = [str(x) for x in table["kind"]] if "kind" in table else ["line"] * n
+        km = [float(x) for x in table["length_km"]] if "length_km" in table else [0.0] * n
+        km = [x if np.isfinite(x) else 0.0 for x in km]
+        return cls((Edge(*row) for row in zip(names, b1, b2, km, kinds, strict=True)), source, buses)
 
     # ----------------------------------------------------------------- look-up
 
@@ -264,6 +285,32 @@ class Topology:
                 seen[child] = True
                 out[self.buses[child]] = (self.buses[int(i[r])], self.edges[int(k[r])].name)
         return out
+
+    def children(self) -> dict[str, list[str]]:
+        """The shortest-hop tree of :meth:`parents` read downwards: ``{bus: child buses}``
+        (sorted names; every bus connected to the source has an entry, a leaf an empty list)."""
+        out: dict[str, list[str]] = {}
+        for bus, up in self.parents().items():
+            out.setdefault(bus, [])
+            if up is not None:
+                out.setdefault(up[0], []).append(bus)
+        for kids in out.values():
+            kids.sort()
+        return out
+
+    def below(self, bus: str) -> list[str]:
+        """``bus`` and every bus under it in the shortest-hop tree from the source (sorted);
+        empty when ``bus`` is not connected to the source."""
+        kids = self.children()
+        start = bus_name(bus)
+        if start not in kids:
+            return []
+        out, todo = [], [start]
+        while todo:
+            b = todo.pop()
+            out.append(b)
+            todo.extend(kids[b])
+        return sorted(out)
 
     # ----------------------------------------------------------------- areas
 

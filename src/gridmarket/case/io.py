@@ -42,7 +42,7 @@ from gridmarket.case.model import (
 )
 from gridmarket.case.schema import EXPECTED, CaseToml
 from gridmarket.enums import AgentKind, BatteryModel, NetworkMode, PlacementRule
-from gridmarket.errors import CaseError, Problem
+from gridmarket.errors import CaseError, GridmarketWarning, Problem
 
 __all__ = ["AGENT_COLUMNS", "CaseWarning", "load_case", "ELEMENT_CLASSES"]
 
@@ -51,7 +51,7 @@ AGENTS_CSV = "agents.csv"
 PROFILES_CSV = "profiles.csv"
 
 
-class CaseWarning(UserWarning):
+class CaseWarning(GridmarketWarning):
     """Something in a case is suspicious but not wrong (e.g. an unused profile column)."""
 
 
@@ -379,6 +379,7 @@ def _read_agents(table: _Table, problems: list[Problem]) -> tuple[list[Agent], d
 
     agents: list[Agent] = []
     seen: dict[str, int] = {}
+    used: dict[str, tuple[int, str]] = {}  # element (lower case) -> line and name of its agent
     for line, cells in zip(table.lines, table.rows, strict=True):
         row = dict(zip(cols, cells, strict=True))
         name = row["name"]
@@ -409,7 +410,18 @@ def _read_agents(table: _Table, problems: list[Problem]) -> tuple[list[Agent], d
                                     " have an empty community"))
             ok = False
         element = row["element"]
-        ok &= _check_element(element, kind, name, where, problems)
+        element_ok = _check_element(element, kind, name, where, problems)
+        ok &= element_ok
+        key = element.strip().lower()
+        if element_ok and not key.startswith("bus:"):  # OpenDSS names are case-insensitive
+            if key in used:
+                first_line, first_name = used[key]
+                problems.append(Problem(f, f"{where}, column 'element'", f"element {element!r} is already driven"
+                                        f" by agent {first_name!r} (row {first_line}); one element belongs to one"
+                                        " agent: give each agent its own Load/PVSystem/Storage"))
+                ok = False
+            else:
+                used[key] = (line, name)
         profile = row.get("profile") or None
         if kind is AgentKind.BATTERY and profile is not None:
             problems.append(Problem(f, where, f"battery has profile {profile!r}; batteries take no profile"
@@ -607,6 +619,16 @@ def _read_profiles(text: str, steps: int | None, step_hours: float | None, start
     return pd.DataFrame(arr, columns=cols, index=pd.Index(lines, name="row"))
 
 
+def _offset_text(offset: dt.timedelta | None) -> str:
+    """A UTC offset as written in a timestamp: ``-05:00``, ``+01:00``, ``+05:30``."""
+    if offset is None:
+        return "none"
+    minutes = round(offset.total_seconds() / 60)
+    sign = "-" if minutes < 0 else "+"
+    h, m = divmod(abs(minutes), 60)
+    return f"{sign}{h:02d}:{m:02d}"
+
+
 def _check_first_column(first: str, cells: list[str], lines: list[int], step_hours: float | None,
                         start: pd.Timestamp | None, start_text: str | None, problems: list[Problem]) -> bool:
     f = PROFILES_CSV
@@ -629,11 +651,19 @@ def _check_first_column(first: str, cells: list[str], lines: list[int], step_hou
     if not times:
         return True
     zone = times[0].utcoffset()
-    for t, cell, line in zip(times, cells, lines, strict=True):
+    for k, (t, cell, line) in enumerate(zip(times, cells, lines, strict=True)):
         if t.utcoffset() != zone:
-            first_zone = "no time zone" if zone is None else f"UTC offset {zone}"
-            problems.append(Problem(f, f"{_row(line)}, column 'time'", f"time zone of {cell!r} differs from the"
-                                    f" first row's ({first_zone}); write every time in the same zone"))
+            here = t.utcoffset()
+            if zone is not None and here is not None:
+                before = times[k - 1].utcoffset()
+                change = f"{_offset_text(before)} to {_offset_text(here)}"
+                problems.append(Problem(f, f"{_row(line)}, column 'time'", f"the UTC offset changes from {change}"
+                                        f" at {cell!r} (a daylight-saving change?); the steps must be equally"
+                                        " spaced: write every time with one offset (e.g. standard time or UTC)"))
+            else:
+                first_zone = "no time zone" if zone is None else f"UTC offset {_offset_text(zone)}"
+                problems.append(Problem(f, f"{_row(line)}, column 'time'", f"time zone of {cell!r} differs from"
+                                        f" the first row's ({first_zone}); write every time in the same zone"))
             return False
     idx = pd.DatetimeIndex([pd.Timestamp(t) for t in times])
     seen: dict[pd.Timestamp, int] = {}

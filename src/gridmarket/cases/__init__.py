@@ -9,6 +9,12 @@
 - :func:`write_case_source`: write one of those by name, or from a feeder's ``.dss`` master
   (``gridmarket new-case``).
 - :func:`write_case`: write any case folder atomically (shared CASE_FORMAT.md).
+
+Parts of the generic builder: :mod:`~gridmarket.cases.communities` (community rules, public),
+:mod:`~gridmarket.cases.feeder_profiles` (a feeder's loadshapes as step means),
+:mod:`~gridmarket.cases.template` (case.toml from defaults, a template and settings).
+:mod:`~gridmarket.cases.sanity` checks a case's base case (no-load and peak-load power flows)
+and says what is worth a warning; :mod:`gridmarket.calibrate` fits the source voltage to meters.
 """
 
 from __future__ import annotations

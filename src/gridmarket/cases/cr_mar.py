@@ -57,10 +57,14 @@ __all__ = [
     "read_mar_loads",
     "communities",
     "build_case",
+    "measured_voltages",
     "PV_DATE",
 ]
 
 MASTER_REL = "cr_mar/DSS/Master_MAR.dss"
+METERS_REL = "cr_mar/DSS/profiles/edemand.json"  #: one measured day of V/P/Q per meter (96 x 15 min)
+METER_V_BASE = 240.0  #: [V] the meters read the 120/240 V service across both legs
+MEASURED_CSV = "measured_voltages.csv"  #: written into a calibrated case folder
 PVLIB_REL = "profiles/pvlib_costa_rica/pvlib_clearsky_sanjose_cr_2023_hourly.csv"
 PV_DATE = "2023-03-15"  #: mid dry season (Dec-Apr), clear sky is the typical day then
 CASE1_FIRST = 37  #: case 1: loads n_1FMAR37..92 are in the community
@@ -221,6 +225,7 @@ def build_case(
     pv_kwp: float = 3.0,
     overwrite: bool = False,
     days: int = 1,
+    calibrated: bool = False,
 ) -> Path:
     """Write Costa Rica MAR case 1 or 2 to ``out`` (atomically).
 
@@ -241,6 +246,11 @@ def build_case(
         Length of the case in days of 24 hourly steps from :data:`PV_DATE` (default 1: the
         measured day). Longer cases rotate the measured load shapes from day to day (module
         docstring); ``days=365`` is a year of 8,760 steps.
+    calibrated : bool
+        Fit ``[network] source_pu`` to the meters' measured voltages
+        (:func:`measured_voltages`, written to ``measured_voltages.csv`` in the case folder) with
+        :func:`gridmarket.calibrate.calibrate` (producers off: the measured feeder had no PV) and
+        write it; ``PROVENANCE.md`` gets the bias and RMSE before and after.
 
     Returns
     -------
@@ -342,8 +352,80 @@ def build_case(
         "master": master.as_posix(), "days": days,
     }
     extra = {"PROVENANCE.md": _provenance(f)}
-    return write_case(out, case_toml=_case_toml(f), agents=agents, profiles_header=header,
+    if calibrated:
+        extra[MEASURED_CSV] = measured_voltages(data).to_csv(index=False, lineterminator="\n")
+    path = write_case(out, case_toml=_case_toml(f), agents=agents, profiles_header=header,
                       profiles_rows=rows, network=network, extra=extra, overwrite=overwrite)
+    if calibrated:
+        _calibrate(path)
+    return path
+
+
+def measured_voltages(data_dir: Path | str | None = None) -> pd.DataFrame:
+    """The meters' measured day as calibration input (:mod:`gridmarket.calibrate`).
+
+    ``edemand.json`` holds 96 readings (15 min from 00:00) of voltage [V, across both legs of
+    the 120/240 V service], P and Q per meter ``ME...``; a meter is the load whose ``daily=``
+    loadshape is the meter's ``CurveName`` (case-insensitive). Meters whose curve several loads
+    share (the all-zero ``curve0_00R``/``curve0_00C``) cannot be placed and are left out.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``meter`` (agent name ``Load<kk>``), ``time`` (ISO, on :data:`PV_DATE`, the
+        case's day), ``volts`` [V] and ``v_base`` (240 V); zero readings are kept (the
+        calibration drops them as meter gaps).
+    """
+    import json
+
+    data = find_shared_data(data_dir, need=METERS_REL)
+    try:
+        meters = json.loads((data / METERS_REL).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        msg = f"cannot read {data / METERS_REL}: {exc}"
+        raise GridmarketError(msg) from exc
+    loads = read_mar_loads((data / MASTER_REL).parent)
+    by_shape: dict[str, list[MarLoad]] = {}
+    for ld in loads:
+        by_shape.setdefault(ld.shape.lower(), []).append(ld)
+    rows = []
+    for meter_id, m in meters.items():
+        owners = by_shape.get(str(m.get("CurveName", "")).lower(), [])
+        volts = m.get("Voltage") or []
+        if len(owners) != 1 or not volts:
+            continue
+        times = pd.date_range(PV_DATE, periods=len(volts), freq=pd.Timedelta(days=1) / len(volts))
+        for t, v in zip(times, volts, strict=True):
+            rows.append((owners[0].agent, t.strftime("%Y-%m-%dT%H:%M"), float(v), METER_V_BASE, meter_id))
+    if not rows:
+        msg = f"{data / METERS_REL}: no meter matches a load's loadshape"
+        raise GridmarketError(msg)
+    return pd.DataFrame(rows, columns=["meter", "time", "volts", "v_base", "meter_id"])
+
+
+def _calibrate(path: Path) -> None:
+    """Fit and write [network] source_pu of the case at ``path``; note the figures in PROVENANCE.md."""
+    import warnings
+
+    from gridmarket.calibrate import calibrate, write_source_pu
+    from gridmarket.case import CaseWarning, load_case
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CaseWarning)
+        case = load_case(path)
+    res = calibrate(case, path / MEASURED_CSV, producers=False)
+    write_source_pu(path, round(res.source_pu, 4))
+    note = f"""
+## Calibration (source voltage)
+`[network] source_pu` = {round(res.source_pu, 4):.4f} pu was fitted (least squares, `gridmarket calibrate`) to the
+measured voltages of {res.per_meter.shape[0]} meters (`{MEASURED_CSV}`, from `profiles/edemand.json`; {res.points}
+meter-hours, {res.dropped} zero readings dropped) on real OpenDSS solves of the case's loads without PV. Error
+(simulated − measured): bias {res.bias_before:+.4f} → {res.bias_after:+.4f} pu
+({res.bias_before * METER_V_BASE:+.2f} → {res.bias_after * METER_V_BASE:+.2f} V on 240 V),
+RMSE {res.rmse_before:.4f} → {res.rmse_after:.4f} pu; the feeder's own source is {res.source_pu_before:.4f} pu.
+"""
+    prov = path / "PROVENANCE.md"
+    prov.write_text(prov.read_text(encoding="utf-8") + note, encoding="utf-8")
 
 
 def _ranges(nums: Sequence[int]) -> str:

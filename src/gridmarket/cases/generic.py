@@ -3,7 +3,9 @@
 :func:`new_case` reads the feeder through OpenDSS (:func:`gridmarket.network.inspect.inspect_feeder`)
 and writes a case folder (shared CASE_FORMAT.md) whose ``network/Master.dss`` redirects the
 feeder's own master **by absolute path** (the feeder is never copied) and adds PV systems in
-``network/PVSystems.dss``.
+``network/PVSystems.dss``. The parts live in :mod:`gridmarket.cases.feeder_profiles` (profiles),
+:mod:`gridmarket.cases.communities` (community rules) and :mod:`gridmarket.cases.template`
+(case.toml); this module assembles the case.
 
 Rules (deterministic; each case's ``PROVENANCE.md`` repeats the ones it used)
 ------------------------------------------------------------------------------
@@ -38,9 +40,23 @@ load (its distribution transformer); ``"branch"`` — by feeder branch (the rule
 :func:`gridmarket.cases.ieee_eu_lv.feeder_branches`, from the source bus, 20 % share);
 ``"knn:<k>"`` — groups of ``k`` households: the unassigned load farthest from the source starts
 a group with its ``k − 1`` nearest unassigned loads (Euclidean on bus coordinates; electrical hops
-when any load bus has no coordinates); a CSV path — columns ``load`` (or ``agent``/``name``) and
-``community``, an empty community making the load a passive agent (no market, no PV).
-Communities are named ``C1``, ``C2``, ... in the order of their first load in the feeder.
+when any load bus has no coordinates), and a remainder of fewer than ``k`` joins the groups of its
+nearest grouped households (no group is smaller than ``k``); a CSV path — columns ``load`` (or
+``agent``/``name``) and ``community``, an empty community making the load a passive agent (no
+market, no PV). Communities are named ``C1``, ``C2``, ... in the order of their first load in the
+feeder (rules and details: :mod:`gridmarket.cases.communities`). A rule that yields a single
+community (``"transformer"`` on a feeder with one transformer) is a :class:`CaseWarning`.
+
+**Network.** ``[network] monitored_buses = "customers"`` (the voltage limits apply where agents
+connect, and placement only considers those buses) unless the template says otherwise;
+``source_pu`` sets ``[network] source_pu`` (the source voltage applied after the feeder is
+compiled [pu]). :func:`gridmarket.cases.sanity.case_sanity` checks the written case (no-load and
+peak-load power flows) and ``gridmarket new-case`` prints its warnings.
+
+**Time.** ``start`` (ISO) labels step 0 and ``start_hour`` is the hour of the loadshapes' clock at
+which step 0 begins; they must agree: a date-only ``start`` gets the time of day
+``start_hour mod 24``, a ``start`` without ``start_hour`` sets ``start_hour`` to its time of day,
+and a ``start`` whose time of day differs from ``start_hour mod 24`` is an error.
 
 **Economics** come from the arguments, then a template TOML, then the defaults below. The template
 holds any case.toml section except ``[network].master`` (``[case]``, ``[network]``, ``[time]``,
@@ -52,11 +68,10 @@ sequence of their position (:func:`gridmarket.cases.profiles.spread`).
 
 from __future__ import annotations
 
-import csv
-import difflib
 import math
-import tomllib
-from collections import deque
+import os
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,13 +79,28 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import ValidationError
 
-from gridmarket.case.schema import CaseToml
-from gridmarket.cases.profiles import spread
-from gridmarket.cases.writer import Key, Section, render_toml, write_case
+from gridmarket.case import CaseWarning
+from gridmarket.cases.communities import (
+    CommunityRule,
+    assign_communities,
+    communities_and_labels,
+    nearest_household,
+    parse_rule,
+)
+from gridmarket.cases.feeder_profiles import (
+    DEFAULT_RESIDENTIAL_SHAPE,
+    LoadProfile,
+    default_pv_shape,
+    load_profiles,
+    shape_of,
+    shape_step_means,
+    step_means_of,
+)
+from gridmarket.cases.template import AGENT_DEFAULTS, case_settings, case_toml_text, coefficient
+from gridmarket.cases.writer import write_case
 from gridmarket.errors import GridmarketError
-from gridmarket.network.inspect import FeederInfo, LoadInfo, LoadShapeInfo, PVInfo, inspect_feeder
+from gridmarket.network.inspect import FeederInfo, LoadInfo, inspect_feeder
 
 __all__ = [
     "AGENT_DEFAULTS",
@@ -82,493 +112,12 @@ __all__ = [
     "load_profiles",
     "new_case",
     "parse_rule",
+    "reconcile_start",
     "shape_step_means",
 ]
 
-#: Generic residential day used for loads without a loadshape: 24 hourly multipliers of the
-#: load's kW (hour h covers h:00-h+1:00), peak 1.0 at 19:00, a morning peak at 07:00-09:00 and an
-#: evening peak at 18:00-21:00; daily energy 13.9 × kW kWh. Illustrative, not measured.
-DEFAULT_RESIDENTIAL_SHAPE: tuple[float, ...] = (
-    0.40, 0.33, 0.30, 0.29, 0.29, 0.33, 0.47, 0.70, 0.75, 0.62, 0.55, 0.52,
-    0.52, 0.50, 0.48, 0.50, 0.58, 0.72, 0.90, 1.00, 0.95, 0.83, 0.68, 0.52,
-)
-
-#: Default agent coefficients (as the shipped default case): consumers a [currency/kWh²],
-#: b [currency/kWh], flex [-]; producers a, b, and the inverter kVA per kWp.
-AGENT_DEFAULTS: dict[str, dict[str, float]] = {
-    "consumers": {"a": 0.02, "b": 1.00, "flex": 0.2},
-    "producers": {"a": 0.01, "b": 0.05, "kva_ratio": 1.1},
-}
-_AGENT_KEYS = {"consumers": ("a", "b", "flex", "pf"), "producers": ("a", "b", "kva_ratio")}
-_CASE_SECTIONS = tuple(CaseToml.model_fields)
 _LV_KV = 1.0  #: loads rated below this [kV] are low voltage and get PV
-_PV_PEAK = 0.8  #: [kW/kWp] peak of the default clear-sky PV shape
-_SUBSAMPLES = 60  #: samples per step when averaging a continuous shape
 _MIN_KWP = 1e-3  #: [kWp] smaller PV systems are not written
-
-
-# ---------------------------------------------------------------------------- shapes
-
-def shape_step_means(values: np.ndarray, *, interval_h: float, steps: int, step_hours: float,
-                     start_hour: float = 0.0, hours: np.ndarray | None = None) -> np.ndarray:
-    """Mean of a periodic loadshape over each step.
-
-    Parameters
-    ----------
-    values : numpy.ndarray
-        Samples, shape (n,), any unit (the result has the same unit).
-    interval_h : float
-        Sample interval Δ [h]: sample ``i`` holds over ``[iΔ, (i+1)Δ)``; the shape repeats
-        every ``nΔ`` h. Use 0 with ``hours``.
-    steps, step_hours : int, float
-        The case's steps and their length Δt [h].
-    start_hour : float
-        Hour of the shape's clock at which step 0 begins [h].
-    hours : numpy.ndarray, optional
-        Time of each sample [h] for a variable-interval shape (``interval_h == 0``): values
-        in between are interpolated linearly and the shape repeats every ``hours[-1]`` h.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape (steps,): the exact mean over ``[start_hour + sΔt, start_hour + (s+1)Δt)``
-        (fixed interval), or the mean of 60 evenly spaced samples in it (``hours``).
-    """
-    v = np.asarray(values, dtype=float).reshape(-1)
-    edges = start_hour + step_hours * np.arange(steps + 1)
-    if interval_h > 0:
-        period = v.size * interval_h
-        cum = np.concatenate([[0.0], np.cumsum(v) * interval_h])  # energy at i·Δ
-        grid = interval_h * np.arange(v.size + 1)
-
-        def energy(t: np.ndarray) -> np.ndarray:
-            k = np.floor(t / period)
-            return k * cum[-1] + np.interp(t - k * period, grid, cum)
-
-        e = energy(edges)
-        return np.diff(e) / step_hours
-    if hours is None or np.asarray(hours).size != v.size or v.size < 2:
-        msg = "a variable-interval loadshape needs an hour array of the same length as its values"
-        raise GridmarketError(msg)
-    h = np.asarray(hours, dtype=float)
-    period = float(h[-1])
-    if not period > 0:
-        msg = f"a loadshape's hour array must end after hour 0, got {period}"
-        raise GridmarketError(msg)
-    t = edges[:-1, None] + step_hours * (np.arange(_SUBSAMPLES) + 0.5)[None, :] / _SUBSAMPLES
-    return np.interp(np.mod(t, period), h, v).mean(axis=1)
-
-
-def default_pv_shape(steps: int, *, step_hours: float = 1.0, start_hour: float = 0.0) -> np.ndarray:
-    """Clear-sky PV output per kWp, mean over each step [kW/kWp].
-
-    ``0.8 · sin(π (h − 6) / 12)^1.2`` for a clock hour ``h`` between 06:00 and 18:00, zero
-    otherwise (peak 0.8 kW/kWp at noon; 4.9 kWh/kWp a day); step ``s`` covers clock hours
-    ``[start_hour + sΔt, start_hour + (s+1)Δt)`` modulo 24, averaged over 60 samples.
-    """
-    edges = start_hour + step_hours * np.arange(steps)
-    t = edges[:, None] + step_hours * (np.arange(_SUBSAMPLES) + 0.5)[None, :] / _SUBSAMPLES
-    h = np.mod(t, 24.0)
-    bell = _PV_PEAK * np.clip(np.sin(np.pi * (h - 6.0) / 12.0), 0.0, None) ** 1.2
-    return bell.mean(axis=1)
-
-
-def _shape_of(load_or_pv: LoadInfo | PVInfo, choice: str) -> str:
-    order = {"auto": ("daily", "yearly", "duty"), "daily": ("daily",), "yearly": ("yearly",),
-             "duty": ("duty",)}[choice]
-    for attr in order:
-        name = getattr(load_or_pv, attr)
-        if name:
-            return str(name)
-    return ""
-
-
-@dataclass(frozen=True)
-class _Profile:
-    p_kw: np.ndarray  #: (steps,) [kW]
-    q_kvar: np.ndarray | None  #: (steps,) [kvar] when the shape has Qmult
-    source: str  #: "loadshape <name>" | "fixed" | "default shape"
-
-
-def _means(shape: LoadShapeInfo, mult: np.ndarray, steps: int, step_hours: float, start_hour: float
-           ) -> np.ndarray:
-    return shape_step_means(mult, interval_h=shape.interval_h, steps=steps, step_hours=step_hours,
-                            start_hour=start_hour, hours=shape.hours)
-
-
-def load_profiles(info: FeederInfo, *, steps: int, step_hours: float = 1.0, start_hour: float = 0.0,
-                  loadshape: str = "auto") -> dict[str, _Profile]:
-    """Demand of every load of ``info`` per step [kW] (the rules of the module docstring).
-
-    Returns
-    -------
-    dict
-        Load name -> profile with ``p_kw`` (steps,) [kW], ``q_kvar`` or None, and ``source``.
-    """
-    if loadshape not in ("auto", "daily", "yearly", "duty"):
-        msg = f"loadshape must be 'auto', 'daily', 'yearly' or 'duty', got {loadshape!r}"
-        raise GridmarketError(msg)
-    default = np.asarray(DEFAULT_RESIDENTIAL_SHAPE)
-    out: dict[str, _Profile] = {}
-    for ld in info.loads:
-        if ld.status == "fixed":
-            out[ld.name] = _Profile(np.full(steps, ld.kw), np.full(steps, ld.kvar), "fixed")
-            continue
-        name = _shape_of(ld, loadshape)
-        shape = info.loadshapes.get(name) if name else None
-        if shape is None:
-            p = ld.kw * shape_step_means(default, interval_h=1.0, steps=steps, step_hours=step_hours,
-                                         start_hour=start_hour)
-            out[ld.name] = _Profile(p, None, "default shape")
-            continue
-        p = _means(shape, shape.p_mult, steps, step_hours, start_hour)
-        q = None if shape.q_mult is None else _means(shape, shape.q_mult, steps, step_hours, start_hour)
-        if not shape.use_actual:
-            p = p * ld.kw
-            q = None if q is None else q * ld.kvar
-        out[ld.name] = _Profile(p, q, f"loadshape {shape.name}")
-    return out
-
-
-# ---------------------------------------------------------------------------- communities
-
-@dataclass(frozen=True)
-class CommunityRule:
-    """A parsed ``communities=`` rule: ``kind`` is ``transformer``, ``branch``, ``knn`` or ``csv``."""
-
-    kind: str
-    k: int = 0  #: knn group size
-    path: Path | None = None  #: csv file
-
-    def __str__(self) -> str:
-        if self.kind == "knn":
-            return f"knn:{self.k}"
-        if self.kind == "csv":
-            return str(self.path)
-        return self.kind
-
-
-def parse_rule(rule: str | Path | CommunityRule) -> CommunityRule:
-    """Parse ``"transformer"``, ``"branch"``, ``"knn:<k>"`` or a CSV path into a rule."""
-    if isinstance(rule, CommunityRule):
-        return rule
-    if isinstance(rule, Path):
-        return _csv_rule(rule)
-    text = str(rule).strip()
-    low = text.lower()
-    if low in ("transformer", "branch"):
-        return CommunityRule(low)
-    if low.startswith("knn:"):
-        try:
-            k = int(low[4:])
-        except ValueError:
-            k = 0
-        if k < 1:
-            msg = f"community rule {text!r}: k in 'knn:<k>' must be a whole number >= 1"
-            raise GridmarketError(msg)
-        return CommunityRule("knn", k=k)
-    if low.endswith(".csv") or Path(text).is_file():
-        return _csv_rule(Path(text))
-    msg = (f"unknown community rule {text!r}; use 'transformer', 'branch', 'knn:<k>' or the path of a "
-           "CSV file (columns load, community)")
-    raise GridmarketError(msg)
-
-
-def _csv_rule(path: Path) -> CommunityRule:
-    p = Path(path).expanduser().resolve()
-    if not p.is_file():
-        msg = f"community CSV {str(path)!r} not found"
-        raise GridmarketError(msg)
-    return CommunityRule("csv", path=p)
-
-
-def _read_community_csv(path: Path) -> dict[str, str | None]:
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        msg = f"community CSV {path} has no rows"
-        raise GridmarketError(msg)
-    cols = {c.strip().lower(): c for c in rows[0] if c is not None}
-    key = next((cols[c] for c in ("load", "agent", "name") if c in cols), None)
-    if key is None or "community" not in cols:
-        msg = f"community CSV {path} needs the columns 'load' (or 'agent'/'name') and 'community', got {list(cols)}"
-        raise GridmarketError(msg)
-    out: dict[str, str | None] = {}
-    for i, row in enumerate(rows, start=2):
-        name = (row.get(key) or "").strip().lower()
-        if not name:
-            msg = f"community CSV {path}, row {i}: empty {key!r}"
-            raise GridmarketError(msg)
-        if name in out:
-            msg = f"community CSV {path}, row {i}: {name!r} appears twice"
-            raise GridmarketError(msg)
-        out[name] = (row.get(cols["community"]) or "").strip() or None
-    return out
-
-
-def _bfs_tree(info: FeederInfo) -> dict[str, tuple[str, str] | None]:
-    """bus -> (parent bus, series element joining them), from the source; None at the source."""
-    adj: dict[str, list[tuple[str, str]]] = {}
-    for el in info.series:
-        for a in el.buses:
-            for b in el.buses:
-                if a != b:
-                    adj.setdefault(a, []).append((b, el.name))
-    parent: dict[str, tuple[str, str] | None] = {info.source_bus: None}
-    queue = deque([info.source_bus])
-    while queue:
-        u = queue.popleft()
-        for v, via in sorted(adj.get(u, [])):
-            if v not in parent:
-                parent[v] = (u, via)
-                queue.append(v)
-    return parent
-
-
-def _hops_from(info: FeederInfo, start: str, adj: dict[str, set[str]]) -> dict[str, int]:
-    dist = {start: 0}
-    queue = deque([start])
-    while queue:
-        u = queue.popleft()
-        for v in adj.get(u, ()):
-            if v not in dist:
-                dist[v] = dist[u] + 1
-                queue.append(v)
-    return dist
-
-
-def _by_transformer(info: FeederInfo, members: Mapping[str, str]) -> dict[str, str]:
-    parent = _bfs_tree(info)
-    out: dict[str, str] = {}
-    for name, bus in members.items():
-        b = bus
-        label = "(no transformer)"
-        while True:
-            up = parent.get(b)
-            if up is None:
-                break
-            b, el = up
-            if el.lower().startswith("transformer."):
-                label = el
-                break
-        out[name] = label
-    return out
-
-
-def _by_branch(info: FeederInfo, members: Mapping[str, str]) -> dict[str, str]:
-    from gridmarket.cases.ieee_eu_lv import feeder_branches
-
-    edges = [(a, b) for el in info.series for i, a in enumerate(el.buses) for b in el.buses[i + 1:]]
-    try:
-        split = feeder_branches(edges, info.source_bus, dict(members))
-    except GridmarketError as exc:
-        msg = f"community rule 'branch' does not apply to {info.master.name}: {exc}; try 'transformer' or 'knn:<k>'"
-        raise GridmarketError(msg) from exc
-    return {name: f"branch {g}" for name, g in split.group.items()}
-
-
-def _by_knn(info: FeederInfo, members: Mapping[str, str], k: int) -> dict[str, str]:
-    names = list(members)
-    xy = np.array([[info.buses[members[n]].x, info.buses[members[n]].y] for n in names], dtype=float)
-    use_xy = bool(names) and bool(np.isfinite(xy).all())
-    adj = info.adjacency()
-    if use_xy:
-        src = info.buses.get(info.source_bus)
-        origin = (np.array([src.x, src.y]) if src is not None and np.isfinite([src.x, src.y]).all()
-                  else xy.mean(axis=0))
-        far = np.hypot(*(xy - origin).T)
-    else:
-        hops = _hops_from(info, info.source_bus, adj)
-        far = np.array([hops.get(members[n], -1) for n in names], dtype=float)
-    free = list(range(len(names)))
-    out: dict[str, str] = {}
-    group = 0
-    while free:
-        group += 1
-        seed = max(free, key=lambda i: (far[i], -i))
-        if use_xy:
-            d = {i: float(np.hypot(*(xy[i] - xy[seed]))) for i in free}
-        else:
-            hs = _hops_from(info, members[names[seed]], adj)
-            d = {i: float(hs.get(members[names[i]], math.inf)) for i in free}
-        chosen = sorted(free, key=lambda i: (d[i], i))[:k]
-        for i in chosen:
-            out[names[i]] = f"group {group}"
-        free = [i for i in free if i not in chosen]
-    return out
-
-
-def _raw_communities(info: FeederInfo, members: Mapping[str, str], rule: CommunityRule
-                     ) -> tuple[dict[str, str | None], bool]:
-    """The rule's own label per household, and whether the labels are names to keep (CSV)."""
-    missing = [n for n, b in members.items() if b not in info.buses]
-    if missing:
-        msg = f"{len(missing)} household bus(es) not in the feeder: {missing[:5]}"
-        raise GridmarketError(msg)
-    if rule.kind in ("transformer", "branch", "knn"):
-        parent = _bfs_tree(info)
-        cut = [n for n, b in members.items() if b not in parent]
-        if cut:
-            msg = f"{len(cut)} load(s) are not connected to the source bus {info.source_bus!r}: {cut[:5]}"
-            raise GridmarketError(msg)
-    if rule.kind == "transformer":
-        return dict(_by_transformer(info, members)), False
-    if rule.kind == "branch":
-        return dict(_by_branch(info, members)), False
-    if rule.kind == "knn":
-        return dict(_by_knn(info, members, rule.k)), False
-    assert rule.path is not None
-    table = _read_community_csv(rule.path)
-    lower = {n.lower(): n for n in members}
-    absent = [n for n in members if n.lower() not in table]
-    unknown = [n for n in table if n not in lower]
-    if absent or unknown:
-        parts = []
-        if absent:
-            parts.append(f"{len(absent)} load(s) missing from it: {absent[:5]}")
-        if unknown:
-            hint = difflib.get_close_matches(unknown[0], list(lower), n=1)
-            parts.append(f"{len(unknown)} name(s) not in the feeder: {unknown[:5]}"
-                         + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-        msg = f"community CSV {rule.path}: " + "; ".join(parts)
-        raise GridmarketError(msg)
-    return {n: table[n.lower()] for n in members}, True
-
-
-def _renumber(raw: Mapping[str, str | None], order: Sequence[str], *, keep: bool) -> dict[str, str | None]:
-    """Labels -> C1, C2, ... in order of first appearance (``keep``: the labels are the names)."""
-    names: dict[str, str] = {}
-    out: dict[str, str | None] = {}
-    for n in order:
-        label = raw[n]
-        if label is None or keep:
-            out[n] = label
-            continue
-        if label not in names:
-            names[label] = f"C{len(names) + 1}"
-        out[n] = names[label]
-    return out
-
-
-def assign_communities(info: FeederInfo, members: Mapping[str, str],
-                       rule: str | Path | CommunityRule) -> dict[str, str | None]:
-    """Community of every household by ``rule`` (see the module docstring).
-
-    Parameters
-    ----------
-    info : FeederInfo
-        The feeder.
-    members : mapping
-        Household (load or consumer agent) name -> bus, in feeder order; names are matched
-        case-insensitively against a CSV rule.
-    rule : str, Path or CommunityRule
-
-    Returns
-    -------
-    dict
-        Name -> ``"C1"``, ``"C2"``, ... (numbered by first member in ``members`` order; a CSV's
-        own names are kept), or None for a passive household (CSV rule, empty community).
-
-    Raises
-    ------
-    GridmarketError
-        An unknown rule, a bus not connected to the source, a CSV that misses or adds loads.
-    """
-    raw, keep = _raw_communities(info, members, parse_rule(rule))
-    return _renumber(raw, list(members), keep=keep)
-
-
-def _communities_and_labels(info: FeederInfo, members: Mapping[str, str], rule: CommunityRule
-                            ) -> tuple[dict[str, str | None], dict[str, str]]:
-    raw, keep = _raw_communities(info, members, rule)
-    named = _renumber(raw, list(members), keep=keep)
-    labels = {} if keep else {str(named[n]): str(raw[n]) for n in members}
-    return named, labels
-
-
-# ---------------------------------------------------------------------------- case.toml
-
-def _merge(dst: dict[str, Any], section: str, values: Mapping[str, Any]) -> None:
-    dst.setdefault(section, {}).update(values)
-
-
-def _settings_tree(settings: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{"grid.import_price": 0.7}`` -> ``{"grid": {"import_price": 0.7}}``, keys checked."""
-    out: dict[str, dict[str, Any]] = {}
-    valid = [*(s for s in _CASE_SECTIONS), *_AGENT_KEYS]
-    for key, value in settings.items():
-        sec, dot, name = key.partition(".")
-        if not dot or sec not in valid:
-            hint = difflib.get_close_matches(sec, valid, n=1)
-            msg = (f"setting {key!r} must be 'section.key' with a section of {', '.join(valid)}"
-                   + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-            raise GridmarketError(msg)
-        out.setdefault(sec, {})[name] = value
-    return out
-
-
-def _read_template(path: Path) -> dict[str, dict[str, Any]]:
-    p = Path(path).expanduser()
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        msg = f"cannot read template {p}: {exc}"
-        raise GridmarketError(msg) from exc
-    out: dict[str, dict[str, Any]] = {}
-    valid = [*_CASE_SECTIONS, *_AGENT_KEYS]
-    for sec, values in data.items():
-        if sec not in valid or not isinstance(values, dict):
-            hint = difflib.get_close_matches(sec, valid, n=1)
-            msg = (f"template {p}: unknown section [{sec}]" + (f" (did you mean [{hint[0]}]?)" if hint else "")
-                   + f"; valid sections: {', '.join(valid)}")
-            raise GridmarketError(msg)
-        out[sec] = dict(values)
-    return out
-
-
-def case_toml_text(data: Mapping[str, Mapping[str, Any]], *, header: str = "",
-                   comments: Mapping[str, str] | None = None, where: str = "case.toml") -> str:
-    """Validate ``data`` against the case.toml schema and render it, every key explicit.
-
-    Parameters
-    ----------
-    data : mapping
-        Section -> key -> value (missing keys take the schema's defaults).
-    header, comments : str, mapping
-        Comment lines at the top, and per section.
-    where : str
-        Named in the error message.
-
-    Raises
-    ------
-    GridmarketError
-        Naming each key that breaks the schema.
-    """
-    try:
-        model = CaseToml.model_validate({k: dict(v) for k, v in data.items()})
-    except ValidationError as exc:
-        problems = "; ".join(f"[{'.'.join(str(x) for x in e['loc'][:2])}]: {e['msg']} (got {e.get('input')!r})"
-                             for e in exc.errors())
-        msg = f"{where}: {problems}"
-        raise GridmarketError(msg) from exc
-    dumped = model.model_dump()
-    sections = []
-    for sec in _CASE_SECTIONS:
-        keys = [Key(k, list(v) if isinstance(v, tuple) else v) for k, v in dumped[sec].items() if v is not None]
-        if sec == "communities" and isinstance(dumped[sec]["links"], list):
-            keys = [Key("links", [list(p) for p in dumped[sec]["links"]])]
-        sections.append(Section(sec, keys, comment=(comments or {}).get(sec, "")))
-    return render_toml(sections, header=header)
-
-
-def _coef(value: Any, k: int, offset: float, what: str) -> float:
-    """A coefficient: a number, or a [lo, hi] range spread over households (k = 1, 2, ...)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(x, (int, float)) for x in value):
-        return spread(k, float(value[0]), float(value[1]), offset=offset)
-    msg = f"{what} must be a number or a [lo, hi] range, got {value!r}"
-    raise GridmarketError(msg)
 
 
 # ---------------------------------------------------------------------------- the builder
@@ -596,16 +145,55 @@ def _unique_name(base: str, taken: set[str]) -> str:
     return name
 
 
-def _nearest_household(info: FeederInfo, bus: str, households: Mapping[str, str]) -> str | None:
-    """The household at ``bus``, else the electrically nearest one (fewest series elements)."""
-    at = [n for n, b in households.items() if b == bus]
-    if at:
-        return at[0]
-    if bus not in info.buses:
-        return None
-    dist = _hops_from(info, bus, info.adjacency())
-    best = min(((dist[b], i, n) for i, (n, b) in enumerate(households.items()) if b in dist), default=None)
-    return None if best is None else best[2]
+def reconcile_start(start: object, start_hour: float | None) -> tuple[str | None, float]:
+    """``[time].start`` and the loadshapes' start hour [h] of a new case, made to agree.
+
+    Parameters
+    ----------
+    start : str, datetime, date or None
+        The timestamp of step 0 (only labels the steps).
+    start_hour : float or None
+        Hour of the loadshapes' clock at which step 0 begins [h].
+
+    Returns
+    -------
+    tuple
+        ``(start, start_hour)``: ``start`` as ``YYYY-MM-DDTHH:MM`` (seconds when needed) whose
+        time of day is ``start_hour mod 24``, or None without a start.
+
+    Raises
+    ------
+    GridmarketError
+        ``start`` is not a timestamp, or its time of day is not ``start_hour mod 24``.
+    """
+    if start_hour is not None and not math.isfinite(float(start_hour)):
+        msg = f"start_hour must be a finite number of hours, got {start_hour!r}"
+        raise GridmarketError(msg)
+    if start is None or (isinstance(start, str) and not start.strip()):
+        return None, float(start_hour or 0.0)
+    text = start.isoformat() if hasattr(start, "isoformat") else str(start)
+    try:
+        ts = pd.Timestamp(text)
+    except ValueError as exc:
+        msg = f"start must be an ISO timestamp, got {text!r}"
+        raise GridmarketError(msg) from exc
+    has_time = re.search(r"[T ]\d", text.strip()) is not None
+    tod = (ts - ts.normalize()) / pd.Timedelta(hours=1)
+    if start_hour is None:
+        hour = float(tod)
+    elif not has_time:
+        hour = float(start_hour)
+        ts = ts.normalize() + pd.Timedelta(hours=hour % 24.0)
+    else:
+        hour = float(start_hour)
+        gap = (hour - tod) % 24.0
+        if min(gap, 24.0 - gap) > 1e-9:
+            msg = (f"start {text!r} puts step 0 at {ts:%H:%M} but start_hour {hour:g} starts the loadshapes at"
+                   f" {int(hour % 24):02d}:{round((hour % 1) * 60):02d}; give a start at that time of day, or a"
+                   " date only")
+            raise GridmarketError(msg)
+    fmt = "%Y-%m-%dT%H:%M" if ts.second == 0 and ts.microsecond == 0 else "%Y-%m-%dT%H:%M:%S"
+    return ts.strftime(fmt), hour
 
 
 def new_case(
@@ -622,11 +210,12 @@ def new_case(
     steps: int | None = None,
     step_hours: float | None = None,
     start: str | None = None,
-    start_hour: float = 0.0,
+    start_hour: float | None = None,
     loadshape: str = "auto",
     pv_shape: Sequence[float] | None = None,
     name: str | None = None,
     overwrite: bool = False,
+    source_pu: float | None = None,
 ) -> Path:
     """Write a case folder for any OpenDSS feeder (rules in the module docstring).
 
@@ -653,7 +242,7 @@ def new_case(
         Number of steps and their length [h] (default: the template's, else 24 and 1).
     start : str, optional
         ISO timestamp of step 0 (only labels the steps); without it steps are numbered.
-    start_hour : float
+    start_hour : float, optional
         Hour of the feeder's loadshapes (and of the PV day clock, modulo 24) at which step 0
         begins [h].
     loadshape : str
@@ -677,7 +266,8 @@ def new_case(
     GridmarketError
         Bad arguments, a feeder that cannot be read, or a rule that does not apply.
     """
-    master = Path(feeder_master).expanduser().resolve()
+    # absolute, as given: a symlinked data folder stays the path the user named
+    master = Path(os.path.abspath(Path(feeder_master).expanduser()))
     if pv_kwp is not None and pv_percent_of_peak is not None:
         msg = "give pv_kwp or pv_percent_of_peak, not both"
         raise GridmarketError(msg)
@@ -686,10 +276,13 @@ def new_case(
             msg = f"{label} must be a finite number >= 0, got {v!r}"
             raise GridmarketError(msg)
     rule = parse_rule(communities)
-    tree, cons, prod = _case_settings(master, template=template, settings=settings, import_price=import_price,
-                                      export_price=export_price, steps=steps, step_hours=step_hours, start=start,
-                                      name=name)
+    tree, cons, prod = case_settings(master, template=template, settings=settings, import_price=import_price,
+                                     export_price=export_price, steps=steps, step_hours=step_hours, start=start,
+                                     name=name, source_pu=source_pu)
     n_steps, dt = int(tree["time"]["steps"]), float(tree["time"]["step_hours"])
+    tree["time"]["start"], start_hour = reconcile_start(tree["time"].get("start"), start_hour)
+    if tree["time"]["start"] is None:
+        del tree["time"]["start"]
     kva_ratio = float(prod.get("kva_ratio", 1.1))
     if not kva_ratio >= 1:
         msg = f"[producers].kva_ratio must be >= 1 (inverter kVA per kWp), got {kva_ratio}"
@@ -708,10 +301,15 @@ def new_case(
         raise GridmarketError(msg)
     profiles = load_profiles(info, steps=n_steps, step_hours=dt, start_hour=start_hour, loadshape=loadshape)
     households = {ld.name: ld.bus for ld in info.loads}
-    com, labels = _communities_and_labels(info, households, rule)
+    com, labels = communities_and_labels(info, households, rule)
     if all(c is None for c in com.values()):
         msg = "every load is passive (empty community in the CSV): a case needs at least one community"
         raise GridmarketError(msg)
+    n_com = len({c for c in com.values() if c is not None})
+    if n_com == 1 and rule.kind in ("transformer", "branch"):
+        warnings.warn(CaseWarning(
+            f"community rule {str(rule)!r} gives one community for all {len(com)} households of"
+            f" {master.name} ({next(iter(labels.values()), '')}); use 'knn:<k>' or a CSV for several"), stacklevel=2)
 
     b = _Build(info=info, com=com, cons=cons, prod=prod, kva_ratio=kva_ratio,
                position={ld.name: k for k, ld in enumerate(info.loads, start=1)})
@@ -776,53 +374,6 @@ def new_case(
                       overwrite=overwrite)
 
 
-def _case_settings(master: Path, *, template: Path | str | None, settings: Mapping[str, Any] | None,
-                   import_price: float | None, export_price: float | None, steps: int | None,
-                   step_hours: float | None, start: str | None, name: str | None
-                   ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """case.toml sections, consumer and producer coefficients: defaults < template < settings <
-    arguments."""
-    tree: dict[str, dict[str, Any]] = {s: dict(v) for s, v in AGENT_DEFAULTS.items()}
-    if template is not None:
-        for sec, values in _read_template(Path(template)).items():
-            _merge(tree, sec, values)
-    for sec, values in _settings_tree(settings or {}).items():
-        _merge(tree, sec, values)
-    for sec in _AGENT_KEYS:
-        bad = [k for k in tree.get(sec, {}) if k not in _AGENT_KEYS[sec]]
-        if bad:
-            msg = f"[{sec}] has unknown key(s) {bad}; valid keys: {', '.join(_AGENT_KEYS[sec])}"
-            raise GridmarketError(msg)
-    if tree.get("network", {}).get("master") is not None:
-        msg = "[network].master is set by new_case (the feeder is redirected); remove it from the template"
-        raise GridmarketError(msg)
-    if import_price is not None:
-        _merge(tree, "grid", {"import_price": float(import_price)})
-    if export_price is not None:
-        _merge(tree, "grid", {"export_price": float(export_price)})
-    time_sec = tree.setdefault("time", {})
-    for key, value in (("steps", steps), ("step_hours", step_hours), ("start", start)):
-        if value is not None:
-            time_sec[key] = value
-    time_sec.setdefault("steps", 24)
-    time_sec.setdefault("step_hours", 1.0)
-    try:
-        n_steps, dt = int(time_sec["steps"]), float(time_sec["step_hours"])
-    except (TypeError, ValueError):
-        n_steps, dt = 0, 0.0
-    if n_steps < 1 or not dt > 0:
-        msg = f"steps must be >= 1 and step_hours > 0, got {time_sec['steps']!r} and {time_sec['step_hours']!r}"
-        raise GridmarketError(msg)
-    net = tree.setdefault("network", {})
-    net["master"] = "network/Master.dss"
-    net.setdefault("monitored_buses", "lv")
-    case_sec = tree.setdefault("case", {})
-    case_sec.setdefault("name", master.parent.name if master.stem.lower() == "master" else master.stem)
-    if name is not None:
-        case_sec["name"] = name
-    return tree, tree.pop("consumers"), tree.pop("producers")
-
-
 @dataclass
 class _Build:
     """Agents, profile columns and PV lines of a case being built."""
@@ -842,10 +393,10 @@ class _Build:
 
     def _producer(self, row: dict[str, Any], k: int, community: str) -> dict[str, Any]:
         return {**row, "kind": "producer", "community": community,
-                "a": _coef(self.prod.get("a"), k, 0.5, "[producers].a"),
-                "b": _coef(self.prod.get("b"), k, 0.7, "[producers].b"), "c": 0.0}
+                "a": coefficient(self.prod.get("a"), k, 0.5, "[producers].a"),
+                "b": coefficient(self.prod.get("b"), k, 0.7, "[producers].b"), "c": 0.0}
 
-    def add_households(self, profiles: Mapping[str, _Profile], *, pv_kwp: float | None,
+    def add_households(self, profiles: Mapping[str, LoadProfile], *, pv_kwp: float | None,
                        pv_percent: float | None) -> None:
         """A consumer (or passive load) per load and, with a penetration, its PV."""
         taken = {pv.name for pv in self.info.pvsystems}
@@ -867,9 +418,9 @@ class _Build:
                 self.agents.append({**row, "kind": "passive", "community": None})
                 continue
             self.agents.append({**row, "kind": "consumer", "community": c,
-                                "a": _coef(self.cons.get("a"), k, 0.1, "[consumers].a"),
-                                "b": _coef(self.cons.get("b"), k, 0.3, "[consumers].b"), "c": 0.0,
-                                "flex": _coef(self.cons.get("flex"), k, 0.5, "[consumers].flex")})
+                                "a": coefficient(self.cons.get("a"), k, 0.1, "[consumers].a"),
+                                "b": coefficient(self.cons.get("b"), k, 0.3, "[consumers].b"), "c": 0.0,
+                                "flex": coefficient(self.cons.get("flex"), k, 0.5, "[consumers].flex")})
             if (pv_kwp is None and pv_percent is None) or ld.kv >= _LV_KV:
                 continue
             kwp = pv_kwp if pv_kwp is not None else (pv_percent or 0.0) / 100.0 * float(self.columns[ld.name].max())
@@ -890,16 +441,16 @@ class _Build:
                         step_hours: float, start_hour: float, loadshape: str) -> None:
         """The feeder's own PVSystems as producers of the household at (or nearest) their bus."""
         for pv in self.info.pvsystems:
-            owner = _nearest_household(self.info, pv.bus, households)
+            owner = nearest_household(self.info, pv.bus, households)
             cap = min(pv.pmpp_kw, pv.kva) / pv.pmpp_kw if pv.pmpp_kw > 0 else 0.0
             if owner is None or cap <= 0:
                 continue
-            shape_name = _shape_of(pv, loadshape)
+            shape_name = shape_of(pv, loadshape)
             shape = self.info.loadshapes.get(shape_name) if shape_name else None
             if shape is None:
                 per_kwp, col = pv_pu, "pv_pu"
             else:
-                per_kwp = _means(shape, shape.p_mult, steps, step_hours, start_hour) * pv.irradiance
+                per_kwp = step_means_of(shape, shape.p_mult, steps, step_hours, start_hour) * pv.irradiance
                 col = f"pv_{shape.name}"
             if per_kwp.max() > cap + 1e-12:  # never ask for more than the inverter gives
                 per_kwp, col = np.minimum(per_kwp, cap), f"pv_{pv.name}"

@@ -25,7 +25,7 @@ Rules (all deterministic; they are repeated in the case's ``PROVENANCE.md``):
 from __future__ import annotations
 
 import re
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +33,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gridmarket.case.model import BatterySpec
 from gridmarket.cases._licences import EPRI_DSS_EXTENSIONS_BSD, TEAM_NANDO_BSD3
 from gridmarket.cases.profiles import ausnet_days, clearest_day, consecutive_runs, read_column_file, to_hourly
 from gridmarket.cases.shared import find_shared_data
-from gridmarket.cases.writer import Key, Section, render_toml, write_case
+from gridmarket.cases.writer import Cell, Key, Section, render_toml, write_case
 from gridmarket.errors import GridmarketError
+from gridmarket.topology import Topology, bus_name
 
 __all__ = [
     "IeeeLoad",
@@ -68,6 +70,7 @@ CONSUMER_FLEX = 0.2
 LOAD_PF = 0.95  #: the feeder's own load power factor (Loads.txt PF=0.95)
 PV_A = 0.01  #: [R$/kWh²]
 PV_B = 0.05  #: [R$/kWh]
+KVA_PER_KWP = 1.1  #: PV inverter kVA per kWp
 MIN_SHARE = 0.2
 #: Source voltage [pu]. Upstream is 1.05 pu, which keeps the whole LV network at 1.046-1.050 pu
 #: with no PV: any net export then lifts every LV bus above 1.05 pu. At 1.00 pu the midday
@@ -171,20 +174,16 @@ def feeder_branches(
         The junction bus and, per load, its group index: 0 for the trunk, 1, 2, ... for the
         branches, ordered by the position of their first load in ``load_bus``.
     """
-    adj: dict[str, list[str]] = defaultdict(list)
-    for a, b in edges:
-        adj[a].append(b)
-        adj[b].append(a)
-    parent: dict[str, str | None] = {root: None}
-    order = [root]
-    queue = deque([root])
-    while queue:
-        u = queue.popleft()
-        for v in sorted(adj[u]):
-            if v not in parent:
-                parent[v] = u
-                order.append(v)
-                queue.append(v)
+    try:
+        tree = Topology.from_pairs(edges, root)
+    except ValueError as exc:
+        msg = f"the feeder's lines do not reach its root bus {root!r}: {exc}"
+        raise GridmarketError(msg) from exc
+    hops = tree.hops()  # the feeder is radial: one path, so one parent, per bus
+    parent: dict[str, str | None] = {b: (None if up is None else up[0]) for b, up in tree.parents().items()}
+    order = sorted(parent, key=lambda b: (hops[b], b))
+    root = tree.source
+    load_bus = {name: bus_name(b) for name, b in load_bus.items()}
     missing = sorted({b for b in load_bus.values() if b not in parent})
     if missing:
         msg = f"load buses not connected to {root!r}: {missing[:5]}"
@@ -241,7 +240,7 @@ def _pv_dss(loads: Sequence[IeeeLoad]) -> str:
              "! any dispatched kW is produced. gridmarket sets each system's output per step."]
     for ld in loads:
         kwp = pv_kwp(ld.number)
-        lines.append(f"New PVSystem.PV{ld.number} phases=1 bus1={ld.bus1} kV=0.23 kVA={1.1 * kwp:.3g} "
+        lines.append(f"New PVSystem.PV{ld.number} phases=1 bus1={ld.bus1} kV=0.23 kVA={KVA_PER_KWP * kwp:.3g} "
                      f"Pmpp={kwp:g} irradiance=1 pf=1 %cutin=0 %cutout=0")
     return "\n".join(lines) + "\n"
 
@@ -325,7 +324,7 @@ def build_case(
              round(float(pv_pu[h]), 6)] for h, t in enumerate(times)]
 
     # --- agents --------------------------------------------------------------------------
-    agents = []
+    agents: list[dict[str, Cell]] = []
     for ld in loads:
         com = f"C{groups[ld.name] + 1}"
         agents.append({"name": ld.name, "kind": "consumer", "community": com, "element": f"Load.{ld.name}",
@@ -355,7 +354,7 @@ def build_case(
         "load_buses": sorted({ld.bus for ld in loads}, key=lambda b: (len(b), b)),
     }
 
-    network = {name: (feeder / name).read_bytes() for name in COPIED}
+    network: dict[str, str | bytes] = {name: (feeder / name).read_bytes() for name in COPIED}
     network["Loads.txt"] = _loads_dss(feeder / "Loads.txt")
     network["PVSystems.dss"] = _pv_dss(loads)
     network["Master.dss"] = MASTER.format(source_pu=source_pu)
@@ -371,8 +370,14 @@ def _hours(hours: Sequence[int]) -> str:
     return ", ".join(f"{a:02d}:00-{b + 1:02d}:00" for a, b in runs) if runs else "none"
 
 
+#: [battery] keys written to the default case; their values are the schema's defaults (BatterySpec())
+_SBU_KEYS = ("unit_kw", "unit_kwh", "soc_min", "soc_max", "soc_init", "eff_charge", "eff_discharge", "rate_charge",
+             "rate_discharge", "self_discharge", "value", "degradation_cost", "a")
+
+
 def _case_toml(f: dict) -> str:
     sizes = ", ".join(f"{c} {len(m)}" for c, m in f["members"].items())
+    sbu = BatterySpec()  # the study's SBU: defaults live once, in gridmarket.case.schema
     sections = [
         Section("case", [Key("name", "ieee-eu-lv-pv"), Key("currency", "R$")]),
         Section("network", [
@@ -404,12 +409,8 @@ def _case_toml(f: dict) -> str:
         Section("communities", [Key("links", "all")], comment=(
             f"Three communities by feeder branch ({sizes} houses; C1 = trunk near the transformer,\n"
             "C2 and C3 = the two large branches); each house's PV is in its load's community.")),
-        Section("battery", [
-            Key("unit_kw", 2.56), Key("unit_kwh", 10.24), Key("soc_min", 0.2), Key("soc_max", 0.8),
-            Key("soc_init", 0.5), Key("eff_charge", 0.96), Key("eff_discharge", 0.96),
-            Key("rate_charge", 0.25), Key("rate_discharge", 0.9375), Key("self_discharge", 1.72e-5),
-            Key("value", "mean-price"), Key("degradation_cost", 0.0), Key("a", 0.0),
-        ], comment="The study's Standard Battery Unit (Table III)."),
+        Section("battery", [Key(k, getattr(sbu, k)) for k in _SBU_KEYS],
+                comment="The study's Standard Battery Unit (Table III)."),
         Section("placement", [Key("ladder", [1, 3, 5]), Key("max_iterations", 10), Key("stop_when_worse", True)]),
     ]
     head = ("gridmarket default case, written by scripts/build_default_case.py (gridmarket.cases.ieee_eu_lv);\n"

@@ -40,6 +40,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gridmarket.cases.ieee_eu_lv import (  # the default case's economics: one home
+    CONSUMER_A,
+    CONSUMER_B,
+    CONSUMER_FLEX,
+    EXPORT_PRICE,
+    IMPORT_PRICE,
+    KVA_PER_KWP,
+    PV_A,
+    PV_B,
+)
 from gridmarket.cases.writer import Key, Section, render_toml, write_case
 from gridmarket.errors import GridmarketError
 
@@ -68,11 +78,7 @@ LOAD_PF = 0.95  #: lagging power factor of every household
 PV_SIZES_KWP = (3.0, 4.0, 5.0)  #: [kWp] rooftop sizes, drawn per household
 START = "2024-06-01T00:00"  #: nominal timestamp of step 0
 
-# economics, as the default case (R$): see build_case's case.toml comments
-IMPORT_PRICE = 0.80  #: [R$/kWh]
-EXPORT_PRICE = 0.30  #: [R$/kWh]
-CONSUMER_A, CONSUMER_B, CONSUMER_FLEX = 0.02, 1.00, 0.2  #: [R$/kWh²], [R$/kWh], [-]
-PV_A, PV_B = 0.01, 0.05  #: [R$/kWh²], [R$/kWh]
+# economics: those of the default case (R$), which live in gridmarket.cases.ieee_eu_lv
 
 #: cable data: (R1, X1, R0, X0) [ohm/km], normal ampacity [A]
 _LINECODES = {
@@ -344,7 +350,7 @@ def feeder_files(feeder: SyntheticFeeder, *, loadshapes: np.ndarray | None = Non
         if hh.pv_kwp > 0:
             pyear = " yearly=pv" if pv_shape is not None else ""
             pvs.append(f"New PVSystem.PV{hh.k} phases=1 bus1={hh.bus}.{hh.phase} kV={_num(kv_ln)} "
-                       f"kVA={_num(1.1 * hh.pv_kwp)} Pmpp={_num(hh.pv_kwp)} irradiance=1 pf=1 "
+                       f"kVA={_num(KVA_PER_KWP * hh.pv_kwp)} Pmpp={_num(hh.pv_kwp)} irradiance=1 pf=1 "
                        f"%cutin=0 %cutout=0{pyear}")
     coords = [f"{bus},{x:.2f},{y:.2f}" for bus, x, y in feeder.coords]
     master = [

@@ -78,6 +78,11 @@ def compile_master(ctx: Any, path: Path, out_dir: Path) -> None:
             if ctx.Basic.NumCircuits() == 0:
                 msg = f"OpenDSS master {str(path)!r} defines no circuit (no 'New Circuit')"
                 raise NetworkError(msg)
+    except UnicodeDecodeError as exc:  # OpenDSS's message quoted bytes that are not text
+        names = ", ".join(p.name for p in scan.files[:5]) + (", ..." if len(scan.files) > 5 else "")
+        msg = (f"cannot compile OpenDSS master {str(path)!r}: OpenDSS stopped on bytes that are not "
+               f"text in one of its scripts ({names})")
+        raise NetworkError(msg) from exc
     finally:
         os.chdir(cwd)
 

@@ -97,7 +97,14 @@ def _argument(rest: str) -> str:
 
 
 def _resolve(name: str, folder: Path) -> Path | None:
-    """The file a Redirect/Compile of ``name`` in a script of ``folder`` reads, or None."""
+    """The file a Redirect/Compile of ``name`` in a script of ``folder`` reads, or None when
+    there is none (OpenDSS then says so).
+
+    Raises
+    ------
+    NetworkError
+        ``name`` is a device, a pipe or another special file (OpenDSS would read it forever).
+    """
     if not name:
         return None
     base = Path(name).expanduser()
@@ -107,6 +114,9 @@ def _resolve(name: str, folder: Path) -> Path | None:
         try:
             if cand.is_file():
                 return cand.resolve()
+            if cand.exists() and not cand.is_dir():
+                msg = f"{cand} is not a regular file; OpenDSS cannot read a script from it"
+                raise NetworkError(msg)
         except OSError:
             return None
     return None
@@ -174,7 +184,11 @@ def scan_scripts(master: str | Path) -> ScriptScan:
             continue
         if word not in _INCLUDE:
             continue
-        target = _resolve(_argument(rest), path.parent)
+        try:
+            target = _resolve(_argument(rest), path.parent)
+        except NetworkError as exc:
+            msg = f"{path.name}, line {no}: {word} {rest.strip()}: {exc}"
+            raise NetworkError(msg) from None
         if target is None or target in done:
             continue
         if target in on_stack:

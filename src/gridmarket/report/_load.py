@@ -88,11 +88,17 @@ class ResultsData:
         return default if value is None else value
 
 
-def _read_table(path: Path, name: str) -> pd.DataFrame:
-    frame = contract.read_table(path, name)
+def _read_table(path: Path, name: str, text: str = "str") -> pd.DataFrame:
+    frame = contract.read_table(path, name, text="category" if text == "category" and name.endswith(".parquet")
+                                else "str")
     for col in _LOWER:
         if col in frame.columns:
-            frame[col] = frame[col].str.strip().str.lower()
+            cats = frame[col].cat.categories if isinstance(frame[col].dtype, pd.CategoricalDtype) else None
+            low = None if cats is None else [str(c).strip().lower() for c in cats]
+            if low is not None and len(set(low)) == len(low):  # rename the few categories, not the rows
+                frame[col] = frame[col].cat.rename_categories(low)
+            else:
+                frame[col] = frame[col].str.strip().str.lower()
     if name == "network_lines.csv":
         frame["line"] = frame["element"]  # the element name ("line.x"): what violations name without the phase
     return frame
@@ -110,13 +116,16 @@ def _read_summary(path: Path) -> dict[str, Any]:
     return summary
 
 
-def load_results(results_dir: str | Path) -> ResultsData:
+def load_results(results_dir: str | Path, *, text: str = "str") -> ResultsData:
     """Read a results folder.
 
     Parameters
     ----------
     results_dir : path
         Folder written by ``gridmarket run`` (shared CASE_FORMAT.md, *Results*).
+    text : {"str", "category"}
+        Name columns of the per-step (Parquet) tables as strings, or as pandas categories
+        (a year of results in a fraction of the memory).
 
     Returns
     -------
@@ -137,8 +146,9 @@ def load_results(results_dir: str | Path) -> ResultsData:
         msg = (f"results folder {str(root)!r} lacks required file(s): {', '.join(missing)}")
         raise ResultsError(msg)
     summary = _read_summary(root / "summary.json")
-    frames = {name: _read_table(root, name) for name in REQUIRED_FILES if name != "summary.json"}
-    optional = {name: (_read_table(root, name) if (root / name).is_file() else None) for name in OPTIONAL_FILES}
+    frames = {name: _read_table(root, name, text) for name in REQUIRED_FILES if name != "summary.json"}
+    optional = {name: (_read_table(root, name, text) if (root / name).is_file() else None)
+                for name in OPTIONAL_FILES}
     return ResultsData(
         path=root,
         summary=summary,

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from gridmarket.report.elements import violation_pairs
+
 __all__ = [
     "iteration_table",
     "community_table",
@@ -54,11 +56,21 @@ def bank_summary(units: Iterable[float]) -> str:
     return " + ".join(f"{n} × {_units_label(u)} SBU" for u, n in sorted(counts.items()))
 
 
+#: banks listed by name in a table cell; more are summarised (count, the largest, the CSV)
+MAX_LISTED = 10
+
+
 def _bank_buses(frame: pd.DataFrame) -> str:
+    """``"bus:units, ..."`` by bus name; beyond :data:`MAX_LISTED` buses the largest banks
+    (by units, then name) and how many more there are."""
     if frame.empty:
         return ""
-    per_bus = frame.groupby("bus", sort=True)["units"].sum()
-    return ", ".join(f"{bus}:{_units_label(u)}" for bus, u in per_bus.items())
+    per_bus = frame.groupby(frame["bus"].astype(str), sort=True)["units"].sum()
+    if len(per_bus) <= MAX_LISTED:
+        return ", ".join(f"{bus}:{_units_label(u)}" for bus, u in per_bus.items())
+    top = sorted(per_bus.items(), key=lambda kv: (-float(kv[1]), kv[0]))[:MAX_LISTED]
+    return (f"{len(per_bus)} buses; largest: " + ", ".join(f"{bus}:{_units_label(u)}" for bus, u in top)
+            + f", … {len(per_bus) - MAX_LISTED} more (batteries.csv)")
 
 
 def iteration_table(iterations: pd.DataFrame, batteries: pd.DataFrame | None = None, *,
@@ -84,20 +96,25 @@ def iteration_table(iterations: pd.DataFrame, batteries: pd.DataFrame | None = N
     -------
     DataFrame
         One row per iteration, sorted, with the input columns and
-        ``welfare_change_pct`` = 100·(W_i − W_base)/|W_base| [%] (NaN when W_base = 0),
+        ``welfare_change_pct`` = 100·(W_i − W_base)/|W_base| [%] (NaN when W_base = 0; W is
+        the realised welfare when ``iterations`` has it, else the study's welfare),
         ``banks`` (e.g. ``"3 × 1 SBU"``), ``bank_buses`` (``"bus:units, ..."``),
         ``best`` (bool) and, with ``voltages``, ``v_min_pu``, ``v_max_pu`` [pu].
     """
-    cols = ["iteration", "welfare", "violations", "voltage_violations", "current_violations",
-            "buses_violated", "lines_violated", "battery_units"]
+    cols = ["iteration", "welfare", "welfare_realised", "stored_energy_value", "battery_annuity",
+            "net_benefit", "violations", "voltage_violations", "current_violations",
+            "transformer_violations", "nonconverged_steps", "buses_violated", "lines_violated",
+            "battery_units"]
     table = iterations[[c for c in cols if c in iterations.columns]].copy()
     table = table.sort_values("iteration", kind="stable").reset_index(drop=True)
     table["iteration"] = table["iteration"].astype(int)
     if base_iteration is None:
         base_iteration = int(table["iteration"].min()) if len(table) else 0
-    base = table.loc[table["iteration"] == base_iteration, "welfare"]
+    wcol = ("welfare_realised" if "welfare_realised" in table.columns
+            and table["welfare_realised"].notna().any() else "welfare")
+    base = table.loc[table["iteration"] == base_iteration, wcol]
     w0 = float(base.iloc[0]) if len(base) else math.nan
-    welfare = table["welfare"].astype(float)
+    welfare = table[wcol].astype(float)
     if math.isfinite(w0) and w0 != 0.0:
         table["welfare_change_pct"] = 100.0 * (welfare - w0) / abs(w0)
     else:
@@ -147,33 +164,38 @@ def community_table(communities: pd.DataFrame, *,
 
 
 def violation_table(violations: pd.DataFrame) -> pd.DataFrame:
-    """Per iteration and kind: count, elements involved and the worst violation.
+    """Per iteration and kind: violations (element-step pairs), phase rows, elements, the worst.
 
     Parameters
     ----------
     violations : DataFrame
-        ``violations.csv``: ``iteration, step, time, kind, element, value, limit``.
+        ``violations.parquet``: ``iteration, step, time, kind, element, value, limit`` (a row
+        per phase).
 
     Returns
     -------
     DataFrame
-        ``iteration, kind, count, elements, worst_element, worst_step, worst_value,
-        worst_limit``; the worst violation is the one farthest from its limit (same unit as
-        ``value``: pu for voltage, A for current).
+        ``iteration, kind, count`` (violations as everywhere in the report: (bus, line or
+        transformer, step) pairs), ``phase_rows`` (the per-phase rows they stand for),
+        ``elements`` (distinct buses/lines/transformers), ``worst_element, worst_step,
+        worst_value, worst_limit`` (the row farthest from its limit, same unit as ``value``:
+        pu for voltage, A for current, loading fraction for transformers).
     """
-    cols = ["iteration", "kind", "count", "elements", "worst_element", "worst_step",
+    cols = ["iteration", "kind", "count", "phase_rows", "elements", "worst_element", "worst_step",
             "worst_value", "worst_limit"]
     if violations.empty:
         return pd.DataFrame(columns=cols)
+    pairs = violation_pairs(violations)
     v = violations.copy()
-    v["kind"] = v["kind"].astype(str).str.lower()
+    v["kind"] = v["kind"].astype(str).str.strip().str.lower()
     v["_excess"] = (v["value"].astype(float) - v["limit"].astype(float)).abs()
     rows = []
     for (it, kind), g in v.groupby(["iteration", "kind"], sort=True):
         worst = g.sort_values(["_excess", "step", "element"],
                               ascending=[False, True, True]).iloc[0]
-        rows.append({"iteration": int(it), "kind": kind, "count": len(g),
-                     "elements": g["element"].nunique(), "worst_element": worst["element"],
+        p = pairs[(pairs["iteration"] == it) & (pairs["kind"] == kind)]
+        rows.append({"iteration": int(it), "kind": kind, "count": len(p), "phase_rows": len(g),
+                     "elements": p["key"].nunique(), "worst_element": worst["element"],
                      "worst_step": int(worst["step"]), "worst_value": float(worst["value"]),
                      "worst_limit": float(worst["limit"])})
     return pd.DataFrame(rows, columns=cols)
@@ -184,7 +206,9 @@ def _num(value: object, fmt: str) -> str:
         x = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return str(value)
-    return _DASH if not math.isfinite(x) else format(x, fmt)
+    if not math.isfinite(x):
+        return _DASH
+    return format(x, fmt.replace(".", ",.", 1) if fmt.endswith("f") else fmt)
 
 
 def _int(value: object) -> str:
@@ -202,10 +226,19 @@ def format_iteration_table(table: pd.DataFrame, *, currency: str = "") -> pd.Dat
     out["Iteration"] = [f"{int(i)}{' *' if b else ''}"
                         for i, b in zip(table["iteration"], best, strict=True)]
     out[f"Welfare{cur}"] = [_num(v, ".2f") for v in table["welfare"]]
+    for col, head, fmt in (("welfare_realised", f"Realised welfare{cur}", ".2f"),
+                           ("stored_energy_value", f"Stored energy value{cur}", "+.2f"),
+                           ("battery_annuity", f"Battery annuity{cur}", ".2f"),
+                           ("net_benefit", f"Net benefit{cur}", "+.2f")):
+        if col in table.columns and table[col].notna().any():  # absent in older folders
+            out[head] = [_num(v, fmt) for v in table[col]]
     out["Δ welfare vs base [%]"] = [_num(v, "+.1f") for v in table["welfare_change_pct"]]
-    out["Violations"] = [_int(v) for v in table["violations"]]
+    out["Violations [pairs]"] = [_int(v) for v in table["violations"]]
     out["Voltage"] = [_int(v) for v in table["voltage_violations"]]
     out["Current"] = [_int(v) for v in table["current_violations"]]
+    for col, head in (("transformer_violations", "Transformer"), ("nonconverged_steps", "Steps not converged")):
+        if col in table.columns and table[col].notna().any():
+            out[head] = [_int(v) for v in table[col]]
     out["Buses violated"] = [_int(v) for v in table["buses_violated"]]
     out["Lines violated"] = [_int(v) for v in table["lines_violated"]]
     if "v_min_pu" in table:
@@ -237,12 +270,14 @@ def format_violation_table(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=table.index)
     out["Iteration"] = [str(int(i)) for i in table["iteration"]]
     out["Kind"] = list(table["kind"].astype(str))
-    out["Violations"] = [_int(v) for v in table["count"]]
+    out["Violations [pairs]"] = [_int(v) for v in table["count"]]
+    out["Per-phase rows"] = [_int(v) for v in table["phase_rows"]]
     out["Elements"] = [_int(v) for v in table["elements"]]
-    out["Worst element"] = list(table["worst_element"].astype(str))
+    out["Worst element (phase)"] = list(table["worst_element"].astype(str))
     out["At step"] = [_int(v) for v in table["worst_step"]]
-    unit = ["pu" if k == "voltage" else "A" for k in table["kind"]]
-    fmt = [".4f" if k == "voltage" else ".1f" for k in table["kind"]]
+    unit = [{"voltage": "pu", "current": "A", "transformer": "× rating"}.get(str(k), "")
+            for k in table["kind"]]
+    fmt = [".4f" if k == "voltage" else ".3f" if k == "transformer" else ".1f" for k in table["kind"]]
     out["Worst value"] = [f"{_num(v, f)} {u}" for v, f, u in
                           zip(table["worst_value"], fmt, unit, strict=True)]
     out["Limit"] = [f"{_num(v, f)} {u}" for v, f, u in
@@ -267,7 +302,7 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def _looks_numeric(text: str) -> bool:
-    t = text.rstrip(" *").replace("+", "", 1)
+    t = text.rstrip(" *").replace("+", "", 1).replace(",", "")
     if t == _DASH:
         return True
     try:

@@ -27,7 +27,8 @@ from typing import Any
 
 from gridmarket import contract
 from gridmarket.case.model import Case
-from gridmarket.results import prepare_out_dir, write_results
+from gridmarket.outdir import check_out_dir
+from gridmarket.results import write_results
 from gridmarket.study.loop import run_study
 from gridmarket.study.pipeline import STEP_FILES, slice_case
 
@@ -111,7 +112,8 @@ def run_long(case: Case, out_dir: Path | str, *, chunk_steps: int = 720, progres
         msg = f"power_flow must be 'auto', 'shapes' or 'snapshot', got {power_flow!r}"
         raise ValueError(msg)
     t_start = time.perf_counter()
-    out = prepare_out_dir(Path(out_dir), overwrite=overwrite)
+    target = check_out_dir(Path(out_dir), kind="results", overwrite=overwrite)
+    out = target.path
     stream_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.stream-", dir=nearest_folder(out)))
     try:
         study = run_study(case, max_iterations=1, stream=True, stream_dir=stream_dir, chunk_steps=chunk_steps,
@@ -124,7 +126,7 @@ def run_long(case: Case, out_dir: Path | str, *, chunk_steps: int = 720, progres
         results.summary.update({"kind": "long run (one iteration, no placement)", "chunks": chunks,
                                 "counts": {k: _json_number(v) for k, v in it.counts.items()},
                                 "stage_s": {k: round(v, 3) for k, v in it.stage_s.items()}})
-        write_results(results, out, overwrite=overwrite)
+        write_results(results, target, overwrite=overwrite)
         stage = dict(it.stage_s, write=time.perf_counter() - t_write)
         close = getattr(study.network, "close", None)  # the engine's private output folder
         if close is not None:

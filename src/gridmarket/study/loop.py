@@ -27,7 +27,7 @@ import pandas as pd
 from gridmarket import __version__, contract
 from gridmarket import economics as costs
 from gridmarket.case.model import Case
-from gridmarket.enums import AgentKind
+from gridmarket.enums import AgentKind, NetworkMode, PlacementRule
 from gridmarket.errors import NetworkError
 from gridmarket.market import MarketResult
 from gridmarket.network import OpenDSSNetwork, PowerFlowResult
@@ -47,6 +47,8 @@ from gridmarket.study.pipeline import (
     with_banks,
 )
 from gridmarket.study.placement import battery_community, next_banks
+from gridmarket.study.value_placement import check_rule
+from gridmarket.study.value_placement import next_unit as value_unit
 
 __all__ = ["BATTERY_PREFIX", "STREAM_STEPS", "CHUNK_STEPS", "Iteration", "StudyProgress", "StudyResult",
            "attach_agents", "check_network", "dispatch_kw", "run_study", "with_banks"]
@@ -116,6 +118,8 @@ class Iteration:
     solver: str = "none"  #: what cleared this iteration's market
     runtime_s: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
+    network: list[dict[str, Any]] = field(default_factory=list)  #: aware market's outer loop, per chunk
+    aware: Any = None  #: aware market: gridmarket.study.aware.AwareTally (residual rows, relief values), else None
 
     @property
     def battery_units(self) -> int:
@@ -217,6 +221,8 @@ class StudyResult:
             "violations": [int(v) for v in table["violations"]],
             "nonconverged_steps": [int(v) for v in table["nonconverged_steps"]],
             "battery_costed": costs.costed(case.battery),
+            **({"network_aware": [it.network for it in self.iterations]}
+               if case.market.network is NetworkMode.AWARE else {}),
             "break_even_capex_per_kwh": None if be is None or not math.isfinite(be) else round(be, 6),
             **self.params,
             "runtime_s": round(self.runtime_s, 3),
@@ -235,6 +241,10 @@ class StudyResult:
             "network_lines.csv": self.lines,
         }
         tables.update(self.frames)
+        if any(it.aware is not None for it in self.iterations):  # network_residual.csv
+            from gridmarket.study.aware import RESIDUAL_FILE
+            tables[RESIDUAL_FILE] = pd.concat([it.aware.residual_frame(it.index) for it in self.iterations
+                                               if it.aware is not None], ignore_index=True)
         return Results(summary=self.summary(), tables=tables, files=dict(self.files))
 
     def summary_text(self) -> str:
@@ -301,6 +311,7 @@ def run_study(case: Case, *, progress: Progress | None = None, max_iterations: i
     steps = case.time.steps
     streamed = (steps > STREAM_STEPS) if stream == "auto" else bool(stream)
     chunk = chunk_steps or (CHUNK_STEPS if streamed else max(steps, 1))
+    check_rule(case)
     engine = Engine(case)
     net = engine.net
     limit = max_iterations or case.placement.max_iterations
@@ -332,10 +343,17 @@ def run_study(case: Case, *, progress: Progress | None = None, max_iterations: i
             it = _iteration(k, banks, ci, out, spec, time.perf_counter() - t_it)
             iterations.append(it)
             scores = [i.score for i in iterations]
-            grown = next_banks(banks, out.tally.violated_buses(engine.downstream, engine.monitored_buses),
-                               case.placement.ladder)
-            stop = rules.stop_reason(scores, placement_changes=grown != banks, limit=limit,
-                                     stop_when_worse=case.placement.stop_when_worse)
+            if case.placement.rule is PlacementRule.VALUE:  # where the aware market's duals value relief
+                step = value_unit(banks, None if out.aware is None else out.aware.relief, ci, engine.agent_bus,
+                                  violations=int(out.counts["violations"]),
+                                  last_gain=it.welfare_realised - iterations[-2].welfare_realised if k else None)
+                grown, stop = step.banks, step.stop or (rules.max_iterations_reached(limit) if k + 1 >= limit
+                                                        else None)
+            else:
+                grown = next_banks(banks, out.tally.violated_buses(engine.downstream, engine.monitored_buses),
+                                   case.placement.ladder)
+                stop = rules.stop_reason(scores, placement_changes=grown != banks, limit=limit,
+                                         stop_when_worse=case.placement.stop_when_worse)
             if stop is not None:
                 break
             for bus in grown:
@@ -372,7 +390,8 @@ def _iteration(k: int, banks: Mapping[str, int], case: Case, out: IterationOutco
                      violations=out.violations, counts=out.counts, welfare=out.welfare,
                      welfare_realised=out.welfare_realised, stored_energy_value=out.stored_energy_value,
                      battery_annuity=costs.annuity(units, spec, case.time.steps, case.time.step_hours),
-                     breakdown=out.breakdown, solver=out.solver, runtime_s=runtime, stage_s=out.stage_s)
+                     breakdown=out.breakdown, solver=out.solver, runtime_s=runtime, stage_s=out.stage_s,
+                     network=out.network, aware=out.aware)
 
 
 def _reporter(k: int, limit: int, steps: int, t0: float, progress: Progress | None,

@@ -32,10 +32,11 @@ import pyarrow as pa
 
 from gridmarket import contract
 from gridmarket.case.model import Agent, Case, GridPrices
-from gridmarket.enums import AgentKind
+from gridmarket.enums import AgentKind, NetworkMode
 from gridmarket.errors import CaseError, GridmarketError, NetworkError, PowerFlowError, Problem, in_iteration
 from gridmarket.market import MarketResult, clear_market
 from gridmarket.network import OpenDSSNetwork, PowerFlowResult, check_limits, monitored_mask
+from gridmarket.study.dispatch import dispatch_kw
 from gridmarket.topology import bus_name
 
 __all__ = [
@@ -49,35 +50,10 @@ BATTERY_PREFIX = "SBU_"
 #: per-step files of the contract, in the order a chunk writes them
 STEP_FILES = ("market.parquet", "communities.parquet", "violations.parquet", "voltages.parquet", "steps.parquet")
 
-#: dispatch magnitudes below this are solver round-off [kW]
-_ROUND_OFF_KW = 1e-6
 _KINDS = ("voltage", "current", "transformer", "nonconvergence")
 
 
 # ---------------------------------------------------------------------------- case helpers
-
-def dispatch_kw(case: Case, market: MarketResult) -> np.ndarray:
-    """Stage III: the kW each agent's element gets per step, shape (steps, n_agents).
-
-    Consumers: ``P/Δt`` (consumed); producers: ``−P/Δt`` (produced, positive, as the
-    PVSystem's output); batteries: ``S/Δt`` (> 0 charging, drawn from the grid); passive
-    agents: their profile [kW].
-    """
-    dt = case.time.step_hours
-    kinds = np.array([a.kind.value for a in case.agents])
-    kw = np.array(case.profile_kw, dtype=float, copy=True)
-    p = np.asarray(market.p_kwh) / dt
-    s = np.asarray(market.s_kwh) / dt
-    cons = kinds == AgentKind.CONSUMER.value
-    prod = kinds == AgentKind.PRODUCER.value
-    bat = kinds == AgentKind.BATTERY.value
-    kw[:, cons] = p[:, cons]
-    # solver round-off can leave a producer at -1e-9 kW; that is zero output, not consumption
-    produced = -p[:, prod]
-    kw[:, prod] = np.where((produced < 0) & (produced > -_ROUND_OFF_KW), 0.0, produced)
-    kw[:, bat] = s[:, bat]
-    return kw
-
 
 def slice_case(case: Case, start: int, stop: int) -> Case:
     """The steps ``start .. stop − 1`` of ``case`` as a case of their own.
@@ -119,10 +95,8 @@ def customer_buses(case: Case, agent_bus: Mapping[str, str]) -> list[str]:
 
 
 def _monitored(net: OpenDSSNetwork, case: Case, agent_bus: Mapping[str, str]) -> np.ndarray:
-    mb = case.network.monitored_buses
-    if isinstance(mb, str) and mb.lower() == "customers":
-        return monitored_mask(net.node_names, net.buses, customer_buses(case, agent_bus))
-    return monitored_mask(net.node_names, net.buses, mb)
+    return monitored_mask(net.node_names, net.buses, case.network.monitored_buses,
+                          customer_buses=customer_buses(case, agent_bus))
 
 
 # ---------------------------------------------------------------------------- network checks
@@ -184,6 +158,10 @@ def attach_agents(case: Case, net: OpenDSSNetwork) -> list[str]:
                 net.resolve([a.element])
             except NetworkError as exc:
                 problems.append(Problem("agents.csv", where(a), str(exc)))
+    if not problems:  # every element exists: their ratings (what the power flow would refuse)
+        from gridmarket.case.ratings import rating_problems
+
+        problems += rating_problems(case, net, where)
     known = set(net.buses.index)
     created: dict[str, str] = {}
     b = case.battery
@@ -463,6 +441,8 @@ class IterationOutcome:
     market: MarketResult | None = None  #: kept when the horizon was one chunk and ``keep``
     flow: PowerFlowResult | None = None
     violations: pd.DataFrame | None = None
+    network: list[dict[str, Any]] = field(default_factory=list)  #: aware market: its summary per chunk
+    aware: Any = None  #: aware market: gridmarket.study.aware.AwareTally (residual rows, relief values), else None
 
 
 Progress = Callable[[int, int], None]  #: (steps done, steps total)
@@ -642,8 +622,9 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
     labels = _Labels.of(case, engine.agent_bus)
     pf = np.array([a.pf if a.pf is not None else np.nan for a in case.agents])
     pf_arg = None if np.isnan(pf).all() else pf
+    aware = case.market.network is NetworkMode.AWARE
     session = None
-    if power_flow in ("auto", "shapes"):
+    if power_flow in ("auto", "shapes") and not aware:  # the aware market runs its own power flows
         try:
             session = engine.net.shape_session(es)
         except ValueError:
@@ -658,6 +639,8 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
     target = {case.agents[i].name: case.battery.soc_init for i in bat_idx}  # cyclic: back where the run began
     breakdown: dict[str, float] = {}
     solvers: list[str] = []
+    network_notes: list[dict[str, Any]] = []  # the aware market's summary per chunk
+    tally_aware: Any = None  # ... and its residual rows and relief values (gridmarket.study.aware.AwareTally)
     n_chunks = 0
     res: MarketResult | None = None
     kept: tuple[Any, Any, Any] | None = None
@@ -671,8 +654,19 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
             slice_kw: dict[str, Any] = {}
             if _SLICE_KW and (s0 > 0 or s1 < steps):
                 slice_kw = {"steps_after": steps - s1, "soc_target": target}
+            flow = None
             try:
-                res = clear_market(part, soc_init=soc, **slice_kw, **market_kw)
+                if aware:
+                    from gridmarket.study.aware import AwareTally, clear_aware  # below the loop, above the market
+
+                    aw = clear_aware(part, engine.net, es, pf=pf_arg, monitored=engine.mask,
+                                     market_kw={"soc_init": soc, **slice_kw, **market_kw})
+                    res, flow = aw.market, aw.flow
+                    network_notes.append(aw.summary())
+                    tally_aware = tally_aware or AwareTally()
+                    tally_aware.add(aw, s0)
+                else:
+                    res = clear_market(part, soc_init=soc, **slice_kw, **market_kw)
             except GridmarketError as exc:
                 raise in_iteration(_in_horizon(exc, s0), index) from exc
             start_soc = soc
@@ -699,8 +693,9 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
                 def cb(t: int) -> None:
                     progress(t + 1, steps)
             try:
-                flow = (session.run(kw, pf=pf_arg) if session is not None
-                        else engine.net.run_series(es, kw, pf=pf_arg, progress=cb))
+                if flow is None:
+                    flow = (session.run(kw, pf=pf_arg) if session is not None
+                            else engine.net.run_series(es, kw, pf=pf_arg, progress=cb))
             except PowerFlowError as exc:
                 raise in_iteration(_in_horizon(exc, s0), index) from exc
             except GridmarketError as exc:
@@ -724,7 +719,8 @@ def run_iteration(engine: Engine, case: Case, index: int, sink: Sink, *, chunk_s
     return IterationOutcome(
         welfare=welfare, welfare_realised=realised, stored_energy_value=stored, breakdown=breakdown,
         solver=_combine_solvers(solvers), tally=tally, counts=tally.counts, chunks=n_chunks, stage_s=stage,
-        market=kept[0] if kept else None, flow=kept[1] if kept else None, violations=kept[2] if kept else None)
+        market=kept[0] if kept else None, flow=kept[1] if kept else None, violations=kept[2] if kept else None,
+        network=network_notes, aware=tally_aware)
 
 
 def _in_horizon(exc: GridmarketError, s0: int) -> GridmarketError:

@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from gridmarket.case.model import Case
-from gridmarket.results import prepare_out_dir, write_results
+from gridmarket.outdir import OutDir, check_out_dir
+from gridmarket.results import write_results
 from gridmarket.study.long_run import nearest_folder
 from gridmarket.study.loop import STREAM_STEPS, StudyProgress, StudyResult, run_study
 
 __all__ = ["run_to_folder"]
 
 
-def run_to_folder(case: Case, out: Path | str, *, overwrite: bool = False,
+def run_to_folder(case: Case, out: Path | str | OutDir, *, overwrite: bool = False,
                   progress: Callable[[str, int, int], None] | None = None,
                   on_progress: Callable[[StudyProgress], None] | None = None,
                   extra: Mapping[str, Callable[[Path], Any]] | None = None, stream: bool | str = "auto",
@@ -33,6 +34,9 @@ def run_to_folder(case: Case, out: Path | str, *, overwrite: bool = False,
 
     Parameters
     ----------
+    out : path or OutDir
+        The results folder, or what :func:`gridmarket.outdir.check_out_dir` returned for it
+        before the run (the CLI checks it before any work); a path is checked here.
     t_command : float, optional
         ``time.perf_counter()`` when the command started: ``summary.json`` gets
         ``command_runtime_s`` up to the end of writing the tables.
@@ -42,9 +46,9 @@ def run_to_folder(case: Case, out: Path | str, *, overwrite: bool = False,
     (StudyResult, Path)
         The run and the folder written.
     """
-    target = prepare_out_dir(Path(out), overwrite=overwrite)
+    target = out if isinstance(out, OutDir) else check_out_dir(out, kind="results", overwrite=overwrite)
     streamed = (case.time.steps > STREAM_STEPS) if stream == "auto" else bool(stream)
-    stream_dir = (Path(tempfile.mkdtemp(prefix=f".{target.name}.stream-", dir=nearest_folder(target)))
+    stream_dir = (Path(tempfile.mkdtemp(prefix=f".{target.path.name}.stream-", dir=nearest_folder(target.path)))
                   if streamed else None)
     try:
         res = run_study(case, progress=progress, on_progress=on_progress, stream=streamed, stream_dir=stream_dir)

@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gridmarket.cases.generic import _nearest_household, assign_communities, case_toml_text
+from gridmarket.case.model import BatterySpec
+from gridmarket.cases.communities import assign_communities, nearest_household
+from gridmarket.cases.template import case_toml_text
 from gridmarket.cases.writer import fmt, write_case
 from gridmarket.errors import GridmarketError
 from gridmarket.network.inspect import FeederInfo, inspect_feeder
@@ -122,8 +124,9 @@ def write_scenario_case(case_dir: str | Path, params: Mapping[str, Any], out: st
         elif key == "sbu_scale":
             f = _positive(value, "sbu_scale")
             bat = tree.setdefault("battery", {})
-            bat["unit_kw"] = float(bat.get("unit_kw", 2.56)) * f
-            bat["unit_kwh"] = float(bat.get("unit_kwh", 10.24)) * f
+            sbu = BatterySpec()  # the schema's defaults, when the case leaves them out
+            bat["unit_kw"] = float(bat.get("unit_kw", sbu.unit_kw)) * f
+            bat["unit_kwh"] = float(bat.get("unit_kwh", sbu.unit_kwh)) * f
         elif key == "communities":
             _reassign(agents, col, value, master)
             links = tree.setdefault("communities", {})
@@ -229,13 +232,13 @@ def _reassign(agents: list[list[str]], col: Mapping[str, int], rule: Any, master
         if bus is None:
             msg = f"{kind} {name!r}: {element} is not in {master.name}"
             raise GridmarketError(msg)
-        owner = _nearest_household(info, bus, homes if kind == "producer" else active)
+        owner = nearest_household(info, bus, homes if kind == "producer" else active)
         if owner is not None and com[owner] is None and kind == "producer":
             r[col["kind"]] = "passive"
             r[col["community"]] = ""
             continue
         if owner is None or com[owner] is None:
-            owner = _nearest_household(info, bus, active)
+            owner = nearest_household(info, bus, active)
         if owner is None:
             msg = f"{kind} {name!r} at bus {bus!r}: no household with a community is connected to it"
             raise GridmarketError(msg)

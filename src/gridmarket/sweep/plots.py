@@ -20,8 +20,9 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from gridmarket.report.plots import DPI, figure_png
+from gridmarket.report.style import DPI, figure_png
 from gridmarket.results import write_bytes_atomic
+from gridmarket.sweep.columns import MONEY_COLUMNS, RESULT_COLUMNS
 
 __all__ = ["plot_sweep", "render_sweep_html", "write_sweep_page"]
 
@@ -66,8 +67,6 @@ def plot_sweep(table: pd.DataFrame, swept: Sequence[str] | None = None, *, curre
     -------
     matplotlib.figure.Figure
     """
-    from gridmarket.sweep.run import RESULT_COLUMNS
-
     ok = table[table["status"] == "ok"].copy()
     params = [c for c in table.columns if c not in ("scenario", *RESULT_COLUMNS)]
     if swept is None:
@@ -152,10 +151,13 @@ tr.failed td{background:#fdecea}img{max-width:100%;border:1px solid #eee}"""
 
 
 def render_sweep_html(table: pd.DataFrame, png: bytes, *, title: str = "Sweep",
-                      out_dir: Path | None = None) -> str:
-    """A self-contained page: the figure (embedded) and the table with links to the results."""
+                      out_dir: Path | None = None, currency: str = "") -> str:
+    """A self-contained page: the figure (embedded) and the table with links to the results;
+    the welfare columns' headers name ``currency``."""
     cols = list(table.columns)
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    unit = currency or "currency"
+    head = "".join(f"<th>{html.escape(str(c) + (f' [{unit}]' if c in MONEY_COLUMNS else ''))}</th>"
+                   for c in cols)
     body = []
     for _, r in table.iterrows():
         cells = []
@@ -201,6 +203,6 @@ def write_sweep_page(table: pd.DataFrame, out_dir: str | Path, *, swept: Sequenc
     fig = plot_sweep(table, swept, currency=currency, title=title)
     png = figure_png(fig)
     write_bytes_atomic(out / "sweep.png", png)
-    page = render_sweep_html(table, png, title=title, out_dir=out)
+    page = render_sweep_html(table, png, title=title, out_dir=out, currency=currency)
     write_bytes_atomic(out / "sweep.html", page.encode("utf-8"))
     return out / "sweep.png", out / "sweep.html"

@@ -40,6 +40,7 @@ from gridmarket.case import CaseWarning, load_case
 from gridmarket.errors import GridmarketError
 from gridmarket.results import write_bytes_atomic
 from gridmarket.sweep.apply import base_master, write_scenario_case
+from gridmarket.sweep.columns import INT_COLUMNS, RESULT_COLUMNS
 from gridmarket.sweep.spec import Scenario, SweepSpec, read_sweep
 
 __all__ = [
@@ -55,26 +56,6 @@ __all__ = [
 SERIAL = "serial"
 SCENARIO_FILE = "scenario.json"
 SWEEP_CSV = "sweep.csv"
-
-#: Columns of ``sweep.csv`` after ``scenario`` and the parameter columns.
-RESULT_COLUMNS: tuple[str, ...] = (
-    "status",  # "ok" | "failed"
-    "error",  # the exception, one line ("" when ok)
-    "welfare_base",  # [currency] iteration 0 (no batteries placed)
-    "welfare_best",  # [currency] the best iteration (fewest violations, then higher welfare)
-    "violations_base",  # (bus or line, step) pairs out of limits, iteration 0
-    "violations_best",
-    "battery_units",  # SBUs placed in the best iteration
-    "iterations",
-    "best_iteration",
-    "stop_reason",
-    "runtime_s",  # [s] writing the case, the study, writing the results
-    "cached",  # True: reused from an earlier run of the sweep
-    "warnings",  # case warnings, "; "-joined
-    "results",  # the results folder, relative to the sweep's folder
-)
-
-_INT_COLUMNS = ("violations_base", "violations_best", "battery_units", "iterations", "best_iteration")
 
 Progress = Callable[[str, int, int], None]
 
@@ -219,9 +200,12 @@ def _execute(todo: Sequence[Scenario], case_dir: Path, out: Path, *, scheduler: 
                 raise GridmarketError(msg)
             # the scheduler always serves HTTP: ":0" takes a free port, so that clusters started
             # side by side never collide on 8787 (which distributed reports as a UserWarning)
-            cluster = stack.enter_context(LocalCluster(
-                n_workers=min(n, len(todo)), threads_per_worker=1, processes=True,
-                dashboard_address=":0", silence_logs=logging.CRITICAL))
+            from gridmarket.outdir import children_ignore_interrupts
+
+            with children_ignore_interrupts():  # Ctrl-C stops the sweep here, without a traceback per worker
+                cluster = stack.enter_context(LocalCluster(
+                    n_workers=min(n, len(todo)), threads_per_worker=1, processes=True,
+                    dashboard_address=":0", silence_logs=logging.CRITICAL))
             client = stack.enter_context(Client(cluster))
         else:
             try:
@@ -253,7 +237,7 @@ def sweep_table(spec: SweepSpec, rows: dict[str, dict[str, Any]]) -> pd.DataFram
     cols = ["scenario", *params, *RESULT_COLUMNS]
     data = [{c: rows.get(sc.id, _empty_row(sc)).get(c) for c in cols} for sc in spec.scenarios]
     table = pd.DataFrame(data, columns=cols)
-    for c in _INT_COLUMNS:
+    for c in INT_COLUMNS:
         table[c] = table[c].astype("Int64")
     for c in ("welfare_base", "welfare_best", "runtime_s"):
         table[c] = table[c].astype(float)

@@ -46,6 +46,8 @@ ALIASES: dict[str, str] = {
     "unit_kwh": "battery.unit_kwh",
     "vmin_pu": "network.vmin_pu",
     "vmax_pu": "network.vmax_pu",
+    "source_pu": "network.source_pu",
+    "monitored_buses": "network.monitored_buses",
 }
 
 #: Parameters whose single value is a list (always, or it may be).

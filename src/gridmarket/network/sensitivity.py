@@ -1,0 +1,649 @@
+"""Linear sensitivities of voltages, line currents and transformer loadings to the agents'
+powers, around the operating point of an OpenDSS power flow (shared MODEL.md,
+*Network-aware market*).
+
+Two ways, both three-phase and unbalanced, both from the compiled network itself:
+
+* :func:`ymatrix_sensitivities` (the default): the admittance matrix of the network's
+  series and shunt elements (lines, transformers, capacitors, reactors, the source's Norton
+  impedance) read from each element's primitive matrix, and the power-conversion elements
+  (Loads, PVSystems, Storage, Generators) as constant-power branches. The power-flow
+  equations ``Y V + Σ_b c_b conj(S_b / (c_bᵀ V)) = I_source`` are linearised at the solved
+  voltages (in ``V`` and ``conj V``: constant power is not holomorphic), giving one sparse
+  real system ``M [ΔRe V; ΔIm V] = R Δp``; the rows that are asked for are computed with the
+  adjoint ``Mᵀ λ = w`` (one LU, one solve per row), so the cost grows with the active set,
+  not with the agents. The loads' own voltage dependence (a non-constant-power model, or a
+  load outside its voltage band) is neglected; :func:`perturbed_sensitivities` measures that.
+* :func:`perturbed_sensitivities`: one power flow per element and direction (central
+  differences of real OpenDSS solves), then the elements are restored.
+
+Units and signs. Columns are the elements of an :class:`~gridmarket.network.ElementSet`;
+each column is the derivative with respect to the element's **consumption** in kW (load
+reference: a PVSystem producing 1 kW more is a column value times −1), with the element's
+reactive power following its dispatch rule (a Load's kvar = kW × its kvar/kW ratio; PV and
+Storage at unity power factor), i.e. exactly what a change of the agent's cleared ``P`` or
+``S`` does in :meth:`~gridmarket.network.OpenDSSNetwork.run_series`. ``dq`` gives the
+derivative with respect to the element's reactive consumption [per kvar] (Y-matrix method
+only). Rows: ``"voltage"`` = bus-phase voltage magnitude [pu of the LN base],
+``"current"`` = line-phase current magnitude at terminal 1 [A], ``"transformer"`` = loading
+``|S_1| / S_1,rated`` of winding 1 [fraction of its normal kVA], as the engine's
+``PowerFlowResult.transformer_loading``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from gridmarket.errors import NetworkError
+from gridmarket.network.opendss import ElementSet, OpenDSSNetwork
+
+__all__ = [
+    "KINDS",
+    "GridModel",
+    "OperatingPoint",
+    "Sensitivity",
+    "capture_states",
+    "dispatch_q_ratio",
+    "grid_model",
+    "perturbed_sensitivities",
+    "read_operating_point",
+    "row_values",
+    "ymatrix_sensitivities",
+]
+
+#: row kinds and their units: voltage [pu], current [A], transformer loading [fraction]
+KINDS = ("voltage", "current", "transformer")
+_PC_CLASSES = ("Load", "PVSystem", "Storage", "Generator")
+_PHASE_NODES = (1, 2, 3)
+_PRODUCING = ("PVSystem", "Generator")  # their run_series kw is produced power
+_TINY_V = 1e-3  # |branch voltage| below this [V] is de-energised: no linearised load there
+
+
+def _cplx(flat: Sequence[float] | np.ndarray) -> np.ndarray:
+    """OpenDSS's interleaved (re, im) floats as a complex array."""
+    a = np.asarray(flat, dtype=float)
+    return a[0::2] + 1j * a[1::2]
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True, eq=False)
+class GridModel:
+    """What the linearisation needs from a compiled circuit, read once per circuit version.
+
+    Node indices are positions in OpenDSS's Y-node order (``Circuit.YNodeOrder``); ``-1`` is
+    ground.
+
+    Attributes
+    ----------
+    node_names : tuple of str
+        ``"bus.node"``, lower case, in Y order.
+    base_v : numpy.ndarray
+        Line-to-neutral base of each node [V]; 0 when the bus has none.
+    y : scipy.sparse.csc_matrix
+        (n, n) complex admittance of the network without power-conversion elements [S].
+    line_names, line_rows, norm_amps
+        ``"line.name.phase"`` conductors, their terminal-1 current rows ``I = line_rows @ V``
+        [A], and ampacity [A] (inf = none).
+    tx_names, tx_kva, tx_terms
+        ``"transformer.name"``, the normal kVA of each winding, and per winding
+        ``(nodes, rows)``: the winding's conductor nodes and current rows.
+    pc_names : tuple of str
+        Power-conversion elements, ``"Class.name"`` (class as OpenDSS spells it, name lower).
+    br_a, br_b, br_elem, br_cond, br_share
+        Constant-power branches: from node a to node b (``-1`` ground), the element, the
+        element's conductor whose current flows in it (``-1``: delta, no own conductor) and
+        its share of the element's power.
+    """
+
+    node_names: tuple[str, ...]
+    base_v: np.ndarray
+    y: sp.csc_matrix
+    line_names: tuple[str, ...]
+    line_rows: sp.csr_matrix
+    norm_amps: np.ndarray
+    tx_names: tuple[str, ...]
+    tx_kva: tuple[np.ndarray, ...]
+    tx_terms: tuple[tuple[tuple[np.ndarray, sp.csr_matrix], ...], ...]
+    pc_names: tuple[str, ...]
+    pc_nodes: tuple[np.ndarray, ...]
+    br_a: np.ndarray
+    br_b: np.ndarray
+    br_elem: np.ndarray
+    br_cond: np.ndarray
+    br_share: np.ndarray
+    key: tuple[Any, ...]
+
+    @property
+    def n(self) -> int:
+        """Number of Y nodes (ground excluded)."""
+        return len(self.node_names)
+
+    def c_matrix(self) -> sp.csr_matrix:
+        """(n, n_branches) incidence: +1 at a branch's node a, −1 at node b (ground dropped)."""
+        nb = self.br_a.size
+        cols = np.arange(nb)
+        keep_a, keep_b = self.br_a >= 0, self.br_b >= 0
+        rows = np.concatenate([self.br_a[keep_a], self.br_b[keep_b]])
+        cc = np.concatenate([cols[keep_a], cols[keep_b]])
+        vals = np.concatenate([np.ones(keep_a.sum()), -np.ones(keep_b.sum())])
+        return sp.csr_matrix((vals, (rows, cc)), shape=(self.n, nb))
+
+    def tx_loading(self, v: np.ndarray) -> np.ndarray:
+        """(n_transformers,) loading of winding 1, ``|S_1| / S_1,rated``, at node voltages ``v`` [fraction]."""
+        cached = getattr(self, "_tx1", None)
+        if cached is None:
+            nodes = [t[0][0] for t in self.tx_terms]
+            rows = sp.vstack([t[0][1] for t in self.tx_terms]).tocsr() if nodes else sp.csr_matrix((0, self.n))
+            owner = np.repeat(np.arange(len(nodes)), [len(x) for x in nodes])
+            agg = sp.csr_matrix((np.ones(owner.size), (owner, np.arange(owner.size))), shape=(len(nodes), owner.size))
+            kva = np.array([k[0] for k in self.tx_kva]) * 1000.0
+            cached = (np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.intp), rows, agg, kva)
+            object.__setattr__(self, "_tx1", cached)
+        idx, rows, agg, kva = cached
+        return np.abs(agg @ (v[idx] * np.conj(rows @ v))) / kva
+
+    def index(self) -> dict[tuple[str, str], int]:
+        """``(kind, name)`` -> position: node (voltage), conductor (current), transformer."""
+        cached: dict[tuple[str, str], int] | None = getattr(self, "_index", None)
+        if cached is None:
+            cached = {("voltage", n): k for k, n in enumerate(self.node_names)}
+            cached.update({("current", n): k for k, n in enumerate(self.line_names)})
+            cached.update({("transformer", n): k for k, n in enumerate(self.tx_names)})
+            object.__setattr__(self, "_index", cached)
+        return cached
+
+
+def _model_key(net: OpenDSSNetwork) -> tuple[Any, ...]:
+    d = net.dss
+    # the engine's version is bumped by every command (an edited line keeps the node order)
+    return (id(net), getattr(net, "_version", None), tuple(d.Circuit.YNodeOrder()), d.Circuit.NumCktElements())
+
+
+def grid_model(net: OpenDSSNetwork, cache: GridModel | None = None) -> GridModel:
+    """The :class:`GridModel` of ``net``: ``cache``, or the one read last for ``net``, when the
+    circuit has not changed since (same commands, node order and element count); else read anew.
+
+    The network must have been solved since its last change (the engine does that when it
+    is built and on every power flow).
+    """
+    key = _model_key(net)
+    if cache is None:
+        cache = _MODELS.get(net)
+    if cache is not None and cache.key == key:
+        return cache
+    model = _read_model(net, key)
+    _MODELS[net] = model
+    return model
+
+
+#: the last model read of each network (rebuilt when its node order or element count changes)
+_MODELS: weakref.WeakKeyDictionary[OpenDSSNetwork, GridModel] = weakref.WeakKeyDictionary()
+
+
+def _read_model(net: OpenDSSNetwork, key: tuple[Any, ...]) -> GridModel:
+    """Read the :class:`GridModel` of ``net`` from OpenDSS."""
+    d = net.dss
+    try:
+        names = tuple(s.lower() for s in d.Circuit.YNodeOrder())
+        n = len(names)
+        base_kv: dict[str, float] = {}
+        for k in range(d.Circuit.NumBuses()):
+            d.Circuit.SetActiveBusi(k)
+            base_kv[d.Bus.Name().lower()] = float(d.Bus.kVBase())
+        base_v = np.array([base_kv.get(s.rpartition(".")[0], 0.0) * 1000.0 for s in names])
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        vals: list[np.ndarray] = []
+        line_names: list[str] = []
+        lr: list[np.ndarray] = []
+        lc: list[np.ndarray] = []
+        lv: list[np.ndarray] = []
+        amps: list[float] = []
+        tx_names: list[str] = []
+        tx_terms: list[tuple[tuple[np.ndarray, sp.csr_matrix], ...]] = []
+
+        def stamp(ref: np.ndarray, yprim: np.ndarray) -> None:
+            keep = ref >= 0
+            r = np.repeat(ref, ref.size).reshape(ref.size, ref.size)
+            c = r.T
+            mask = keep[:, None] & keep[None, :]
+            rows.append(r[mask])
+            cols.append(c[mask])
+            vals.append(yprim[mask])
+
+        for api in (d.PDElements, d.Vsources):  # an Isource has no admittance
+            i = api.First()
+            while i:
+                el = d.CktElement
+                if el.Enabled():
+                    ref = np.asarray(el.NodeRef(), dtype=np.intp) - 1
+                    yprim = _cplx(el.YPrim()).reshape(ref.size, ref.size)
+                    stamp(ref, yprim)
+                    full = el.Name()
+                    cls, _, nm = full.partition(".")
+                    ncond = int(el.NumConductors())
+                    if cls.lower() == "line":
+                        order = el.NodeOrder()
+                        for c in range(int(el.NumPhases())):
+                            keep = ref >= 0
+                            lr.append(np.full(int(keep.sum()), len(line_names)))
+                            lc.append(ref[keep])
+                            lv.append(yprim[c][keep])
+                            line_names.append(f"line.{nm.lower()}.{order[c]}")
+                            na = float(el.NormalAmps())
+                            amps.append(na if na > 0 else np.inf)
+                    elif cls.lower() == "transformer":
+                        terms = []
+                        for w in range(int(el.NumTerminals())):
+                            sl = slice(w * ncond, (w + 1) * ncond)
+                            keep = ref[sl] >= 0
+                            # the winding's conductor currents as rows over the whole Y
+                            terms.append((ref[sl][keep], _scatter_rows(yprim[sl][keep], ref, n)))
+                        tx_names.append(f"transformer.{nm.lower()}")
+                        tx_terms.append(tuple(terms))
+                i = api.Next()
+        kva_of: dict[str, np.ndarray] = {}
+        i = d.Transformers.First()
+        while i:
+            nw = int(d.Transformers.NumWindings())
+            kv = np.empty(nw)
+            for w in range(nw):
+                d.Transformers.Wdg(w + 1)
+                kv[w] = float(d.Transformers.kVA())
+            kva_of[f"transformer.{d.Transformers.Name().lower()}"] = kv
+            i = d.Transformers.Next()
+        tx_kva = [kva_of[t] for t in tx_names]
+        y = sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+        line_rows = (sp.csr_matrix((np.concatenate(lv), (np.concatenate(lr), np.concatenate(lc))),
+                                   shape=(len(line_names), n)) if line_names
+                     else sp.csr_matrix((0, n), dtype=complex))
+        pc_names, pc_nodes, br = _pc_branches(net)
+    except NetworkError:
+        raise
+    except Exception as exc:  # an OpenDSS error while reading: name it
+        msg = f"cannot read the network's admittance model from {net.master.name}: {exc}"
+        raise NetworkError(msg) from exc
+    return GridModel(node_names=names, base_v=base_v, y=y, line_names=tuple(line_names), line_rows=line_rows,
+                     norm_amps=np.array(amps), tx_names=tuple(tx_names), tx_kva=tuple(tx_kva),
+                     tx_terms=tuple(tx_terms), pc_names=pc_names, pc_nodes=pc_nodes,
+                     br_a=br[0], br_b=br[1], br_elem=br[2], br_cond=br[3], br_share=br[4].astype(float),
+                     key=key)
+
+
+def _scatter_rows(block: np.ndarray, ref: np.ndarray, n: int) -> sp.csr_matrix:
+    """Rows of a primitive matrix (columns = the element's conductors) as rows over the Y nodes."""
+    keep = ref >= 0
+    b = block[:, keep]
+    r = np.repeat(np.arange(b.shape[0]), b.shape[1])
+    c = np.tile(ref[keep], b.shape[0])
+    return sp.csr_matrix((b.reshape(-1), (r, c)), shape=(b.shape[0], n))
+
+
+def _pc_branches(net: OpenDSSNetwork) -> tuple[tuple[str, ...], tuple[np.ndarray, ...], list[np.ndarray]]:
+    """Power-conversion elements and their constant-power branches (see :class:`GridModel`)."""
+    d = net.dss
+    names: list[str] = []
+    nodes: list[np.ndarray] = []
+    a: list[int] = []
+    b: list[int] = []
+    e: list[int] = []
+    cond: list[int] = []
+    share: list[float] = []
+    for cls in _PC_CLASSES:
+        d.Circuit.SetActiveClass(cls)
+        if d.ActiveClass.Count() == 0:
+            continue
+        i = d.ActiveClass.First()
+        while i:
+            el = d.CktElement
+            if el.Enabled():
+                ref = np.asarray(el.NodeRef(), dtype=np.intp) - 1
+                nph, ncond = int(el.NumPhases()), int(el.NumConductors())
+                k = len(names)
+                names.append(f"{cls}.{el.Name().partition('.')[2].lower()}")
+                nodes.append(ref)
+                if ncond == nph + 1 or nph == 1:  # wye (phases to the last conductor), or 1-phase
+                    pairs = [(c, ncond - 1, c) for c in range(nph)]
+                else:  # delta: phase c to phase c+1 (c = 0..nph-1, a ring for 3 phases)
+                    pairs = [(c, (c + 1) % nph, -1) for c in range(nph if nph > 2 else 1)]
+                for ca, cb, cc in pairs:
+                    a.append(int(ref[ca]))
+                    b.append(int(ref[cb]))
+                    e.append(k)
+                    cond.append(cc)
+                    share.append(1.0 / len(pairs))
+            i = d.ActiveClass.Next()
+    br = [np.array(x, dtype=np.intp) for x in (a, b, e, cond)] + [np.array(share)]
+    return tuple(names), tuple(nodes), br
+
+
+# --------------------------------------------------------------------------- operating point
+
+
+@dataclass(frozen=True, eq=False)
+class OperatingPoint:
+    """A solved state: complex node voltages [V] (Y order) and the complex power each
+    constant-power branch consumes [VA]."""
+
+    v: np.ndarray
+    s_branch: np.ndarray
+
+
+def read_operating_point(net: OpenDSSNetwork, model: GridModel) -> OperatingPoint:
+    """The operating point of the network's last solve (voltages and element currents)."""
+    d = net.dss
+    v = _cplx(d.Circuit.YNodeVArray())
+    if v.size != model.n:
+        msg = "the circuit changed since its GridModel was read; read it again"
+        raise NetworkError(msg)
+    s = np.zeros(model.br_a.size, dtype=complex)
+    first = np.searchsorted(model.br_elem, np.arange(len(model.pc_names)))
+    vg = np.concatenate([v, [0.0]])  # index -1 = ground
+    k = 0
+    for cls in _PC_CLASSES:
+        d.Circuit.SetActiveClass(cls)
+        if d.ActiveClass.Count() == 0:
+            continue
+        i = d.ActiveClass.First()
+        while i:
+            el = d.CktElement
+            if el.Enabled():
+                cur = _cplx(el.Currents())
+                ref = model.pc_nodes[k]
+                b0 = int(first[k])
+                nb = int(np.sum(model.br_elem == k)) if k == len(model.pc_names) - 1 else int(first[k + 1] - b0)
+                conds = model.br_cond[b0:b0 + nb]
+                if np.all(conds >= 0):  # wye: branch voltage times its conductor's current
+                    u = vg[model.br_a[b0:b0 + nb]] - vg[model.br_b[b0:b0 + nb]]
+                    s[b0:b0 + nb] = u * np.conj(cur[conds])
+                else:  # delta: the element's total power shared equally
+                    tot = np.sum(vg[ref] * np.conj(cur[: ref.size]))
+                    s[b0:b0 + nb] = tot * model.br_share[b0:b0 + nb]
+                k += 1
+            i = d.ActiveClass.Next()
+    return OperatingPoint(v=v, s_branch=s)
+
+
+def capture_states(net: OpenDSSNetwork, model: GridModel, *, powers: bool = True
+                   ) -> tuple[list[OperatingPoint | np.ndarray], Any]:
+    """A ``progress`` callback for :meth:`OpenDSSNetwork.run_series` that records the
+    operating point of every step solved (``powers=False``: the complex voltages only).
+
+    Returns ``(store, callback)``; ``store[t]`` is filled when step ``t`` is solved.
+    """
+    store: list[OperatingPoint | np.ndarray] = []
+
+    def cb(t: int) -> None:
+        store.append(read_operating_point(net, model) if powers else _cplx(net.dss.Circuit.YNodeVArray()))
+
+    return store, cb
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _row_weights(model: GridModel, v: np.ndarray, rows: Sequence[tuple[str, str]]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Values of the rows at ``v`` and the (2n, R) real weights ``w`` with
+    ``Δrow = wᵀ [ΔRe V; ΔIm V]`` (first order)."""
+    idx = model.index()
+    n = model.n
+    w = np.zeros((2 * n, len(rows)))
+    val = np.empty(len(rows))
+    for r, (kind, name) in enumerate(rows):
+        k = idx.get((kind, name))
+        if k is None:
+            msg = f"{kind} row {name!r} is not in the network"
+            raise NetworkError(msg)
+        if kind == "voltage":
+            base = model.base_v[k]
+            mag = abs(v[k])
+            val[r] = mag / base
+            if mag > 0:
+                w[k, r] = v[k].real / (mag * base)
+                w[n + k, r] = v[k].imag / (mag * base)
+        elif kind == "current":
+            row = model.line_rows.getrow(k)
+            i = complex((row @ v)[0])
+            val[r] = abs(i)
+            if abs(i) > 0:
+                g = np.conj(i) * row.toarray().ravel() / abs(i)
+                w[:n, r] = g.real
+                w[n:, r] = -g.imag
+        else:
+            nodes, yrows = model.tx_terms[k][0]  # winding 1, as the engine's transformer_loading
+            kva_va = model.tx_kva[k][0] * 1000.0
+            cur = yrows @ v
+            s = complex(np.sum(v[nodes] * np.conj(cur)))
+            val[r] = abs(s) / kva_va
+            if abs(s) > 0:
+                av = np.zeros(n, dtype=complex)
+                np.add.at(av, nodes, np.conj(cur))
+                bv = np.asarray(yrows.conj().T @ v[nodes]).ravel()
+                sb = np.conj(s)
+                w[:n, r] = (sb * (av + bv)).real / (abs(s) * kva_va)
+                w[n:, r] = -(sb * (av - bv)).imag / (abs(s) * kva_va)
+    return val, w
+
+
+def row_values(model: GridModel, v: np.ndarray, rows: Sequence[tuple[str, str]]) -> np.ndarray:
+    """Exact (non-linear) values of ``rows`` at complex node voltages ``v`` (pu, A, fraction)."""
+    return _row_weights(model, v, rows)[0]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """Sensitivities of some rows to the elements' powers at one operating point.
+
+    Attributes
+    ----------
+    rows : tuple of (kind, name)
+        ``kind`` in :data:`KINDS`; ``name`` ``"bus.phase"``, ``"line.name.phase"`` or
+        ``"transformer.name"``.
+    value : numpy.ndarray
+        (R,) the rows at the operating point [pu, A, fraction].
+    dp : numpy.ndarray
+        (R, n_elements): d row / d (element's consumption, kW) with its kvar following its
+        dispatch rule [pu/kW, A/kW, 1/kW].
+    dq : numpy.ndarray or None
+        (R, n_elements): d row / d (element's reactive consumption, kvar); None when not computed.
+    elements : tuple of str
+        Column labels (the ElementSet's names).
+    method : str
+        ``"ymatrix"`` or ``"perturbed"``.
+    """
+
+    rows: tuple[tuple[str, str], ...]
+    value: np.ndarray
+    dp: np.ndarray
+    dq: np.ndarray | None
+    elements: tuple[str, ...]
+    method: str
+
+
+def dispatch_q_ratio(net: OpenDSSNetwork, elements: ElementSet, pf: np.ndarray | None = None) -> np.ndarray:
+    """kvar/kW each element gets from :meth:`OpenDSSNetwork.run_series` [-].
+
+    Loads: from ``pf`` where it is finite (lagging), else the element's own ratio as defined;
+    Generators: their own ratio; PVSystems and Storage: 0 (unity power factor).
+    """
+    out = np.zeros(len(elements))
+    own = getattr(net, "_own_q_ratio", None)
+    for k, name in enumerate(elements.names):
+        cls, _, nm = name.partition(".")
+        if cls not in ("Load", "Generator"):
+            continue
+        if cls == "Load" and pf is not None and np.isfinite(pf[k]):
+            out[k] = float(np.sqrt(1.0 / pf[k] ** 2 - 1.0))
+        elif own is None:  # pragma: no cover - an engine without the ratio it dispatches with
+            msg = f"{name}: the engine does not say which kvar/kW ratio it dispatches this element with"
+            raise NetworkError(msg)
+        else:
+            out[k] = float(own(cls, nm))
+    return out
+
+
+def _jacobian(model: GridModel, op: OperatingPoint) -> tuple[Any, np.ndarray]:
+    """LU of the real linearised power-flow matrix and each branch's voltage."""
+    n = model.n
+    vg = np.concatenate([op.v, [0.0]])
+    u = vg[model.br_a] - vg[model.br_b]
+    live = np.abs(u) > _TINY_V
+    dcoef = np.zeros(u.size, dtype=complex)
+    dcoef[live] = np.conj(op.s_branch[live]) / np.conj(u[live]) ** 2
+    c = model.c_matrix()
+    b = -(c @ sp.diags(dcoef) @ c.T)
+    a = model.y
+    m = sp.bmat([[a.real + b.real, -a.imag + b.imag], [a.imag + b.imag, a.real - b.real]], format="csc")
+    try:
+        lu = spla.splu(m, permc_spec="MMD_AT_PLUS_A")  # less fill than COLAMD on feeders (measured)
+    except RuntimeError as exc:
+        msg = f"the linearised power flow of {n} nodes is singular (a node without a path to the source?): {exc}"
+        raise NetworkError(msg) from exc
+    return lu, np.where(live, u, np.inf)
+
+
+def ymatrix_sensitivities(model: GridModel, op: OperatingPoint, elements: Sequence[str],
+                          rows: Sequence[tuple[str, str]], q_ratio: np.ndarray | None = None
+                          ) -> Sensitivity:
+    """Sensitivities of ``rows`` to ``elements`` by the linearised power-flow equations.
+
+    Parameters
+    ----------
+    model : GridModel
+        :func:`grid_model` of the network.
+    op : OperatingPoint
+        :func:`read_operating_point` (or :func:`capture_states`) of the step.
+    elements : sequence of str
+        ``"Class.name"`` as in an ElementSet (canonical: class as OpenDSS spells it, name lower).
+    rows : sequence of (kind, name)
+        See :class:`Sensitivity`.
+    q_ratio : numpy.ndarray, optional
+        (n_elements,) kvar/kW of each element's dispatch (:func:`dispatch_q_ratio`); 0 if absent.
+    """
+    rows = tuple(rows)
+    pos = {nm: k for k, nm in enumerate(model.pc_names)}
+    missing = [e for e in elements if e not in pos]
+    if missing:
+        msg = f"{len(missing)} element(s) are not power-conversion elements of the network: {', '.join(missing[:5])}"
+        raise NetworkError(msg)
+    n, ne = model.n, len(elements)
+    val, w = _row_weights(model, op.v, rows)
+    if not rows:
+        return Sensitivity(rows, val, np.zeros((0, ne)), np.zeros((0, ne)), tuple(elements), "ymatrix")
+    lu, u = _jacobian(model, op)
+    # right-hand sides: consuming dS on branch b injects −c_b conj(dS)/conj(u_b) [A per VA]
+    col_of = np.full(len(model.pc_names), -1)
+    col_of[[pos[e] for e in elements]] = np.arange(ne)
+    bcol = col_of[model.br_elem]
+    sel = bcol >= 0
+    coef = -1000.0 * model.br_share[sel] / np.conj(u[sel])  # per kW (conj(1 kW) = 1000 VA)
+    ri, ci, cv = [], [], []
+    for nodes, sign in ((model.br_a[sel], 1.0), (model.br_b[sel], -1.0)):
+        keep = nodes >= 0
+        ri.append(nodes[keep])
+        ci.append(bcol[sel][keep])
+        cv.append(sign * coef[keep])
+    r_p = sp.csr_matrix((np.concatenate(cv), (np.concatenate(ri), np.concatenate(ci))), shape=(n, ne))
+    r_q = r_p * (-1j)  # conj(j·1 kvar) = −j·1000 VA
+    # adjoint: one solve per row (SuperLU's transposed multi-column solve measured faster than the
+    # direct one with one column per element and power, even with more rows than columns)
+    lam = lu.solve(np.asfortranarray(w), trans="T")  # (2n, R)
+    lr, li = lam[:n], lam[n:]
+
+    def apply(r: sp.csr_matrix) -> np.ndarray:
+        return np.asarray(r.real.T @ lr + r.imag.T @ li).T
+
+    dp, dq = apply(r_p), apply(r_q)
+    if q_ratio is not None:
+        dp = dp + dq * np.asarray(q_ratio, dtype=float)[None, :]
+    return Sensitivity(rows=rows, value=val, dp=dp, dq=dq, elements=tuple(elements), method="ymatrix")
+
+
+def _room(net: OpenDSSNetwork, elements: ElementSet, kw: np.ndarray, step_kw: float
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """How far each element's ``kw`` may move up and down (at most ``step_kw``; 0 when
+    less than half of it is left before the element's rating or zero PV output)."""
+    ne = len(elements)
+    up = np.full(ne, np.inf)
+    down = np.full(ne, np.inf)
+    ratings = getattr(net, "_ratings", {})  # batteries created by add_battery: kW rating
+    d = net.dss
+    for k, name in enumerate(elements.names):
+        cls, _, nm = name.partition(".")
+        if cls == "PVSystem":
+            d.PVsystems.Name(nm)
+            up[k] = min(float(d.PVsystems.Pmpp()), float(d.PVsystems.kVARated())) - kw[k]
+            down[k] = kw[k]
+        elif cls == "Storage":
+            d.Text.Command(f"? Storage.{nm}.kWrated")
+            r = float(d.Text.Result())
+            up[k], down[k] = r - kw[k], r + kw[k]
+        elif name in ratings:
+            up[k], down[k] = ratings[name] - kw[k], ratings[name] + kw[k]
+    hi = np.minimum(step_kw, up)
+    lo = np.minimum(step_kw, down)
+    hi[hi < 0.5 * step_kw] = 0.0
+    lo[lo < 0.5 * step_kw] = 0.0
+    if np.any((hi == 0) & (lo == 0)):
+        k = int(np.argmax((hi == 0) & (lo == 0)))
+        msg = f"{elements.names[k]}: no room to perturb its power by {step_kw} kW within its rating"
+        raise NetworkError(msg)
+    return hi, lo
+
+
+def perturbed_sensitivities(net: OpenDSSNetwork, elements: ElementSet, kw: np.ndarray,
+                            rows: Sequence[tuple[str, str]], *, model: GridModel | None = None,
+                            pf: np.ndarray | None = None, step_kw: float = 0.5) -> Sensitivity:
+    """Sensitivities by central differences of OpenDSS power flows.
+
+    Solves the step ``kw`` (n_elements,) [kW, run_series convention] once, then with each
+    element's consumption moved by ±``step_kw`` (one-sided, away from zero output, for a
+    PVSystem producing less than ``step_kw``), and finally ``kw`` again, so the network is
+    left at the operating point. ``pf`` as for ``run_series``.
+    """
+    rows = tuple(rows)
+    model = grid_model(net, model)
+    kw = np.asarray(kw, dtype=float).reshape(-1)
+    ne = len(elements)
+    cls = elements.classes
+    sign = np.array([-1.0 if c in _PRODUCING else 1.0 for c in cls])  # consumption = sign · kw
+    hi, lo = _room(net, elements, kw, step_kw)
+    plan = [kw]
+    for k in range(ne):
+        for dk in (hi[k], -lo[k]):
+            if dk != 0:
+                x = kw.copy()
+                x[k] += dk
+                plan.append(x)
+    plan.append(kw)
+    store, cb = capture_states(net, model, powers=False)
+    net.run_series(elements, np.array(plan), pf=None if pf is None else np.broadcast_to(pf, (len(plan), ne)),
+                   progress=cb)
+    vals = np.array([row_values(model, np.asarray(v), rows) for v in store]).T  # (R, len(plan))
+    dp = np.empty((len(rows), ne))
+    j = 1
+    for k in range(ne):
+        up = down = vals[:, 0]
+        if hi[k]:
+            up = vals[:, j]
+            j += 1
+        if lo[k]:
+            down = vals[:, j]
+            j += 1
+        dp[:, k] = (up - down) / (hi[k] + lo[k])
+    dp *= sign[None, :]
+    return Sensitivity(rows=rows, value=vals[:, 0], dp=dp, dq=None, elements=tuple(elements.names),
+                       method="perturbed")
