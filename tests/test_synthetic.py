@@ -154,3 +154,45 @@ def test_case_loads_and_runs_the_loop(tmp_path: Path) -> None:
     es = net.resolve([f"Load.H{k}" for k in range(1, n + 1)])
     cons = [i for i, a in enumerate(case.agents) if a.kind.value == "consumer"]
     np.testing.assert_allclose(net.element_powers_kw(es), it.market.p_kwh[last, cons], rtol=1e-5, atol=1e-6)
+
+
+def test_households_per_transformer_feeds_each_household_from_its_own_transformer(tmp_path: Path) -> None:
+    """A utility's shape (issue 14): 5 households per pole transformer, the last takes the rest.
+
+    Read back from OpenDSS: 23 households give ceil(23 / 5) = 5 transformers of 100 kVA (the
+    smallest standard size >= 3.5 kVA × 5); switching one transformer off de-energises
+    exactly its own households (H6..H10 behind T2) and no other; the case's communities are
+    those transformers.
+    """
+    n, per = 23, 5
+    master = write_feeder(tmp_path / "f", n_households=n, seed=2, households_per_transformer=per)
+    ctx = _compile(master)
+    assert ctx.Transformers.Count() == 5
+    for name in ctx.Transformers.AllNames():
+        ctx.Transformers.Name(name)
+        assert ctx.Transformers.kVA() == pytest.approx(100.0)
+    ctx.Text.Command("Transformer.T2.enabled=no")
+    ctx.Solution.Solve()
+    assert ctx.Solution.Converged()
+    dead = set()
+    for k in range(1, n + 1):
+        ctx.Circuit.SetActiveBus(f"h{k}")
+        if max(ctx.Bus.puVmagAngle()[0::2]) < 0.1:
+            dead.add(k)
+    assert dead == {6, 7, 8, 9, 10}
+    root = build_case(tmp_path / "case", n_households=n, seed=2, steps=2, households_per_transformer=per)
+    with (root / "agents.csv").open(newline="") as f:
+        coms = Counter(a["community"] for a in csv.DictReader(f) if a["kind"] == "consumer")
+    assert coms == {"C1": 5, "C2": 5, "C3": 5, "C4": 5, "C5": 3}
+    # the default stays 100 households per transformer
+    default = write_feeder(tmp_path / "d", n_households=n, seed=2)
+    assert _compile(default).Transformers.Count() == math.ceil(n / HOUSEHOLDS_PER_TRANSFORMER)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "5"])
+def test_households_per_transformer_refused_when_not_a_positive_integer(tmp_path: Path, bad: object) -> None:
+    from gridmarket.cases.synthetic import layout
+    from gridmarket.errors import GridmarketError
+
+    with pytest.raises(GridmarketError, match="households_per_transformer must be a positive integer"):
+        layout(10, households_per_transformer=bad)  # type: ignore[arg-type]

@@ -13,7 +13,8 @@ Names (what callers may rely on)
 * households ``k = 1..N``: ``Load.H<k>`` (``kW``/``PF``; constant power) on bus ``h<k>.<phase>``;
 * their PV: ``PVSystem.PV<k>`` (``Pmpp`` 3, 4 or 5 kWp, ``kVA = 1.1 × Pmpp``, unity pf,
   ``%cutin = %cutout = 0``) on the same bus and phase;
-* transformers ``Transformer.T<j>`` (``j = 1..ceil(N / 100)``), LV busbar ``t<j>``;
+* transformers ``Transformer.T<j>`` (``j = 1..ceil(N / households_per_transformer)``, default
+  100 per transformer), LV busbar ``t<j>``;
 * lines: ``Line.MV<f>_<i>`` (MV), ``Line.LV<j>_<f>_<i>`` (LV cable), ``Line.S<k>`` (service);
 * with ``loadshapes=True``: ``Loadshape.H<k>`` (the household's demand [kW] per hour,
   ``yearly=``, ``Load.kW = 1``) and ``Loadshape.pv`` (kW per kWp), so that OpenDSS's own
@@ -135,7 +136,8 @@ def _check_n(n_households: int) -> None:
         raise GridmarketError(msg)
 
 
-def layout(n_households: int, *, seed: int = 0, pv_fraction: float = 1.0) -> SyntheticFeeder:
+def layout(n_households: int, *, seed: int = 0, pv_fraction: float = 1.0,
+           households_per_transformer: int = HOUSEHOLDS_PER_TRANSFORMER) -> SyntheticFeeder:
     """The buses, lines, transformers and households of a synthetic feeder.
 
     Parameters
@@ -147,18 +149,26 @@ def layout(n_households: int, *, seed: int = 0, pv_fraction: float = 1.0) -> Syn
     pv_fraction : float
         Share of households with rooftop PV, in [0, 1]; the first ``round(N · pv_fraction)``
         of a seeded permutation get one.
+    households_per_transformer : int
+        Households behind each MV/LV transformer (the last one takes the rest); default
+        :data:`HOUSEHOLDS_PER_TRANSFORMER`. A utility's feeder of small pole-mounted
+        transformers has about 5 (issue 14: ~4,000 households behind ~750 transformers).
 
     Returns
     -------
     SyntheticFeeder
     """
     _check_n(n_households)
+    hpt = households_per_transformer
+    if not isinstance(hpt, (int, np.integer)) or isinstance(hpt, bool) or hpt < 1:
+        msg = f"households_per_transformer must be a positive integer, got {hpt!r}"
+        raise GridmarketError(msg)
     if not 0.0 <= pv_fraction <= 1.0:
         msg = f"pv_fraction must be in [0, 1], got {pv_fraction!r}"
         raise GridmarketError(msg)
     rng, _, _ = _streams(seed)
     n = int(n_households)
-    n_tx = math.ceil(n / HOUSEHOLDS_PER_TRANSFORMER)
+    n_tx = math.ceil(n / hpt)
     with_pv = np.zeros(n, dtype=bool)
     with_pv[rng.permutation(n)[: round(n * pv_fraction)]] = True
     sizes = rng.choice(np.array(PV_SIZES_KWP), size=n)
@@ -184,7 +194,7 @@ def layout(n_households: int, *, seed: int = 0, pv_fraction: float = 1.0) -> Syn
         lv = f"t{j}"
         coords.append((lv, tx_x + 5.0 * uy, tx_y - 5.0 * ux))
         tx_buses.append((mv_bus, lv))
-        m = min(HOUSEHOLDS_PER_TRANSFORMER, n - k)
+        m = min(int(hpt), n - k)
         kva.append(next((s for s in _STANDARD_KVA if s >= _KVA_PER_HOUSEHOLD * m), _STANDARD_KVA[-1]))
         n_feeders = math.ceil(m / HOUSEHOLDS_PER_FEEDER)
         for g in range(1, n_feeders + 1):
@@ -374,7 +384,7 @@ def feeder_files(feeder: SyntheticFeeder, *, loadshapes: np.ndarray | None = Non
 
 
 def write_feeder(out_dir: Path, *, n_households: int, seed: int = 0, steps: int | None = None,
-                 pv_fraction: float = 1.0) -> Path:
+                 pv_fraction: float = 1.0, households_per_transformer: int = HOUSEHOLDS_PER_TRANSFORMER) -> Path:
     """Write the OpenDSS files of a synthetic feeder to ``out_dir`` and return its master.
 
     Parameters
@@ -391,13 +401,16 @@ def write_feeder(out_dir: Path, *, n_households: int, seed: int = 0, steps: int 
         puts in ``profiles.csv``.
     pv_fraction : float
         Share of households with PV (default all).
+    households_per_transformer : int
+        Households per transformer (see :func:`layout`).
 
     Returns
     -------
     pathlib.Path
         ``out_dir / "Master.dss"``, absolute.
     """
-    feeder = layout(n_households, seed=seed, pv_fraction=pv_fraction)
+    feeder = layout(n_households, seed=seed, pv_fraction=pv_fraction,
+                    households_per_transformer=households_per_transformer)
     shapes = pv = None
     if steps is not None:
         shapes = household_profiles(n_households, steps, seed=seed)
@@ -413,7 +426,8 @@ def write_feeder(out_dir: Path, *, n_households: int, seed: int = 0, steps: int 
 # ---------------------------------------------------------------------------- case
 
 def build_case(out_dir: Path, *, n_households: int, seed: int = 0, steps: int = 24,
-               pv_fraction: float = 1.0, overwrite: bool = False) -> Path:
+               pv_fraction: float = 1.0, overwrite: bool = False,
+               households_per_transformer: int = HOUSEHOLDS_PER_TRANSFORMER) -> Path:
     """Write a complete case folder (shared CASE_FORMAT.md) on a synthetic feeder.
 
     Agents: consumer ``H<k>`` (``Load.H<k>``, profile column ``H<k>`` [kW]) and producer
@@ -437,13 +451,16 @@ def build_case(out_dir: Path, *, n_households: int, seed: int = 0, steps: int = 
         Share of households with PV.
     overwrite : bool
         Replace an existing folder.
+    households_per_transformer : int
+        Households per transformer, hence per community (see :func:`layout`).
 
     Returns
     -------
     pathlib.Path
         The case folder, absolute.
     """
-    feeder = layout(n_households, seed=seed, pv_fraction=pv_fraction)
+    feeder = layout(n_households, seed=seed, pv_fraction=pv_fraction,
+                    households_per_transformer=households_per_transformer)
     demand = household_profiles(n_households, steps, seed=seed)
     pv = pv_profile(steps, seed=seed)
     agents: list[dict[str, str | float | None]] = []

@@ -63,6 +63,8 @@ def dss_quote(path: str | Path) -> str:
 
 def _strip_comment(line: str) -> str:
     """The line without an inline ``!`` or ``//`` comment (outside quotes)."""
+    if "!" not in line and "//" not in line:  # most lines: no per-character scan
+        return line
     closing = None
     for k, ch in enumerate(line):
         if closing is not None:

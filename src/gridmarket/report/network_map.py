@@ -263,6 +263,12 @@ def _map_data(buses: pd.DataFrame, lines: pd.DataFrame, agents: pd.DataFrame | N
                     iteration=iteration, violated_iteration=violated_iteration)
 
 
+#: more LV areas than this get no zoom panel each (one panel per area redraws the whole feeder)
+MAX_AREA_PANELS = 16
+#: more communities than this are not listed one by one in a legend
+MAX_LEGEND_COMMUNITIES = 24
+
+
 def _shown_areas(net: _MapData, buses: pd.DataFrame, lines: pd.DataFrame,
                  agents: pd.DataFrame | None, *, lv_kv_max: float) -> list[list[str]]:
     """The LV areas that get a panel (buses with coordinates only); empty for a single map.
@@ -282,6 +288,11 @@ def _shown_areas(net: _MapData, buses: pd.DataFrame, lines: pd.DataFrame,
         drawn = [bus for bus in area if bus in net.xy.index]
         if drawn and (not marked or marked.intersection(area)):
             areas.append(drawn)
+    if len(areas) > MAX_AREA_PANELS:  # hundreds of LV areas: panels only where batteries or violations are
+        flagged = set(net.units.index) | set(net.bad_buses)
+        areas = [area for area in areas if flagged.intersection(area)]
+        if len(areas) > MAX_AREA_PANELS:
+            return []
     if len(areas) == 1:
         pts = net.xy.loc[areas[0]]
         extent = max(float(np.ptp(pts["x"])), float(np.ptp(pts["y"])))
@@ -340,12 +351,11 @@ def _draw_points(ax: Axes, net: _MapData, shown: Sequence[str], *, scale: float 
         pts = xy.loc[passive]
         ax.scatter(pts["x"], pts["y"], s=36 * scale, color="#bbbbbb", edgecolors="#666666",
                    linewidths=0.5 * min(scale, 1.0), zorder=5)
-    community = net.community[[bus in keep for bus in net.community.index]]
-    for name, color in net.colors.items():
-        pts = xy.loc[community.index[community == name]]
-        if len(pts):
-            ax.scatter(pts["x"], pts["y"], s=36 * scale, color=color, edgecolors="black",
-                       linewidths=0.4 * min(scale, 1.0), zorder=5)
+    community = net.community[[bus in keep and bus in xy.index for bus in net.community.index]]
+    if len(community):  # one scatter for every community (one each is slow with hundreds)
+        pts = xy.loc[community.index]
+        ax.scatter(pts["x"], pts["y"], s=36 * scale, color=[net.colors[name] for name in community],
+                   edgecolors="black", linewidths=0.4 * min(scale, 1.0), zorder=5)
 
 
 def _draw_rings(ax: Axes, net: _MapData, shown: Sequence[str], *, scale: float = 1.0) -> None:
@@ -390,6 +400,10 @@ def _legend_handles(net: _MapData) -> list[Line2D]:
         handles.append(Line2D([], [], color="#bbbbbb", marker="o", ls="", ms=6,
                               markeredgecolor="#666666", label="Passive agent (no market)"))
     for name, color in net.colors.items():
+        if len(net.colors) > MAX_LEGEND_COMMUNITIES:  # hundreds: one entry, not a legend per community
+            handles.append(Line2D([], [], color=color, marker="o", ls="", ms=6, markeredgecolor="black",
+                                  label=f"Agent, coloured by community ({len(net.colors)})"))
+            break
         handles.append(Line2D([], [], color=color, marker="o", ls="", ms=6,
                               markeredgecolor="black", label=f"Community {name}"))
     if net.bad_buses or net.n_bad:

@@ -151,7 +151,7 @@ def _plot_energy_balance(market: pd.DataFrame, communities: pd.DataFrame | None,
     cur = currency or "currency"
     axp.set_ylabel(f"Community price\n[{cur}/kWh]")
     axp.grid(alpha=0.3)
-    if len(prices.columns):
+    if 0 < len(prices.columns) <= 24:  # hundreds of communities: no legend listing each
         axp.legend(title="Community", loc="upper left", bbox_to_anchor=(1.01, 1.0),
                    frameon=False)
 

@@ -232,6 +232,7 @@ class Engine:
         """Element names of every agent of ``case``, creating placed batteries as needed and
         resizing banks that grew."""
         b = case.battery
+        new: list[str] = []
         for a in case.agents:
             if a.kind is AgentKind.BATTERY and a.name in self.elements and self.units.get(a.name) != a.units:
                 self.net.resize_battery(self.elements[a.name], kw_rated=a.units * b.unit_kw,
@@ -242,7 +243,10 @@ class Engine:
                 self.units[a.name] = a.units
                 self.elements[a.name] = self.net.add_battery(a.name, a.bus, kw_rated=a.units * b.unit_kw,
                                                              kwh=a.units * b.unit_kwh)
-                self.agent_bus[a.name] = self.net.element_buses(self.net.resolve([self.elements[a.name]]))[0]
+                new.append(a.name)
+        if new:  # one look-up for all new banks (one per bank lists every element of its class: quadratic)
+            buses = self.net.element_buses(self.net.resolve([self.elements[n] for n in new]))
+            self.agent_bus.update(zip(new, buses, strict=True))
         return [self.elements[a.name] for a in case.agents]
 
     def network_lines(self) -> pd.DataFrame:
@@ -476,14 +480,17 @@ class _Labels:
         comm_words = sorted(set(comms) | set(case.communities))
         buses = [agent_bus.get(a.name, "") for a in case.agents]
         bus_words = sorted(set(buses))
+        kind_at = {w: i for i, w in enumerate(kind_words)}  # dicts, not list.index: linear in agents
+        comm_at = {w: i for i, w in enumerate(comm_words)}
+        bus_at = {w: i for i, w in enumerate(bus_words)}
         return cls(agents=pa.array(case.agent_names, type=pa.string()),
                    kinds=pa.array(kind_words, type=pa.string()),
-                   kind_codes=np.array([kind_words.index(k) for k in kinds], dtype=np.int32),
+                   kind_codes=np.array([kind_at[k] for k in kinds], dtype=np.int32),
                    comms=pa.array(comm_words, type=pa.string()),
-                   comm_codes=np.array([comm_words.index(c) for c in comms], dtype=np.int32),
-                   community_codes=np.array([comm_words.index(c) for c in case.communities], dtype=np.int32),
+                   comm_codes=np.array([comm_at[c] for c in comms], dtype=np.int32),
+                   community_codes=np.array([comm_at[c] for c in case.communities], dtype=np.int32),
                    buses=pa.array(bus_words, type=pa.string()),
-                   bus_codes=np.array([bus_words.index(b) for b in buses], dtype=np.int32))
+                   bus_codes=np.array([bus_at[b] for b in buses], dtype=np.int32))
 
 
 def _dict(codes: np.ndarray, words: pa.Array) -> pa.DictionaryArray:
