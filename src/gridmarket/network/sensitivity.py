@@ -495,18 +495,64 @@ def dispatch_q_ratio(net: OpenDSSNetwork, elements: ElementSet, pf: np.ndarray |
     return out
 
 
+def _jacobian_pattern(model: GridModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                  np.ndarray, np.ndarray]:
+    """The CSC structure of the real linearised power-flow matrix of :func:`_jacobian` (the
+    union of the Y matrix's and the branches' entries), read once per model: ``indices``,
+    ``indptr``, the Y matrix's fixed part of ``data``, and for every branch entry its place in
+    ``data``, its branch, its sign in ``C D Cᵀ`` and which of the four real blocks it is in."""
+    cached = getattr(model, "_jac", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    n = model.n
+    y = model.y.tocoo()
+    yr, yi = np.real(y.data), np.imag(y.data)
+    # Y block entries: [[Yr, −Yi], [Yi, Yr]]
+    yi_r = np.concatenate([y.row, y.row, y.row + n, y.row + n])
+    yi_c = np.concatenate([y.col, y.col + n, y.col, y.col + n])
+    yv = np.concatenate([yr, -yi, yi, yr])
+    # C D Cᵀ entries of each branch: (a, a) +d, (b, b) +d, (a, b) −d, (b, a) −d (ground dropped)
+    nb = model.br_a.size
+    k = np.arange(nb)
+    p = np.concatenate([model.br_a, model.br_b, model.br_a, model.br_b])
+    q = np.concatenate([model.br_a, model.br_b, model.br_b, model.br_a])
+    bk = np.concatenate([k, k, k, k])
+    sg = np.concatenate([np.ones(2 * nb), -np.ones(2 * nb)])
+    keep = (p >= 0) & (q >= 0)
+    p, q, bk, sg = p[keep], q[keep], bk[keep], sg[keep]
+    # B = −C D Cᵀ in the blocks [[Br, Bi], [Bi, −Br]]: part 0 takes Re β, part 1 Im β, part 2 −Re β
+    bi_r = np.concatenate([p, p, p + n, p + n])
+    bi_c = np.concatenate([q, q + n, q, q + n])
+    part = np.repeat(np.array([0, 1, 1, 2]), p.size)
+    bk4, sg4 = np.tile(bk, 4), np.tile(sg, 4)
+    rows = np.concatenate([yi_r, bi_r]).astype(np.int64)
+    cols = np.concatenate([yi_c, bi_c]).astype(np.int64)
+    keys, inv = np.unique(cols * (2 * n) + rows, return_inverse=True)
+    indices = (keys % (2 * n)).astype(np.int32)
+    indptr = np.searchsorted(keys // (2 * n), np.arange(2 * n + 1)).astype(np.int32)
+    data_y = np.bincount(inv[:yv.size], weights=yv, minlength=keys.size)
+    cached = (indices, indptr, data_y, inv[yv.size:], bk4, sg4, part)
+    object.__setattr__(model, "_jac", cached)
+    return cached
+
+
 def _jacobian(model: GridModel, op: OperatingPoint) -> tuple[Any, np.ndarray]:
-    """LU of the real linearised power-flow matrix and each branch's voltage."""
+    """LU of the real linearised power-flow matrix and each branch's voltage.
+
+    The matrix is ``[[Yr + Br, −Yi + Bi], [Yi + Bi, Yr − Br]]`` with ``B = −C diag(d) Cᵀ``,
+    ``d_b = conj(S_b) / conj(u_b)²`` of each live constant-power branch; its structure is
+    read once per model (:func:`_jacobian_pattern`), each step only fills in the numbers."""
     n = model.n
     vg = np.concatenate([op.v, [0.0]])
     u = vg[model.br_a] - vg[model.br_b]
     live = np.abs(u) > _TINY_V
     dcoef = np.zeros(u.size, dtype=complex)
     dcoef[live] = np.conj(op.s_branch[live]) / np.conj(u[live]) ** 2
-    c = model.c_matrix()
-    b = -(c @ sp.diags(dcoef) @ c.T)
-    a = model.y
-    m = sp.bmat([[a.real + b.real, -a.imag + b.imag], [a.imag + b.imag, a.real - b.real]], format="csc")
+    indices, indptr, data_y, where, bk, sg, part = _jacobian_pattern(model)
+    beta = -sg * dcoef[bk]
+    w = np.where(part == 0, beta.real, np.where(part == 1, beta.imag, -beta.real))
+    data = data_y + np.bincount(where, weights=w, minlength=data_y.size)
+    m = sp.csc_matrix((data, indices, indptr), shape=(2 * n, 2 * n))
     try:
         lu = spla.splu(m, permc_spec="MMD_AT_PLUS_A")  # less fill than COLAMD on feeders (measured)
     except RuntimeError as exc:
