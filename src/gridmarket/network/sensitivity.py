@@ -212,13 +212,10 @@ def _read_model(net: OpenDSSNetwork, key: tuple[Any, ...]) -> GridModel:
         tx_terms: list[tuple[tuple[np.ndarray, sp.csr_matrix], ...]] = []
 
         def stamp(ref: np.ndarray, yprim: np.ndarray) -> None:
-            keep = ref >= 0
-            r = np.repeat(ref, ref.size).reshape(ref.size, ref.size)
-            c = r.T
-            mask = keep[:, None] & keep[None, :]
-            rows.append(r[mask])
-            cols.append(c[mask])
-            vals.append(yprim[mask])
+            # every entry of the primitive matrix; the grounded ones are dropped once at the end
+            rows.append(np.repeat(ref, ref.size))
+            cols.append(np.tile(ref, ref.size))
+            vals.append(yprim.reshape(-1))
 
         for api in (d.PDElements, d.Vsources):  # an Isource has no admittance
             i = api.First()
@@ -233,14 +230,16 @@ def _read_model(net: OpenDSSNetwork, key: tuple[Any, ...]) -> GridModel:
                     ncond = int(el.NumConductors())
                     if cls.lower() == "line":
                         order = el.NodeOrder()
-                        for c in range(int(el.NumPhases())):
-                            keep = ref >= 0
-                            lr.append(np.full(int(keep.sum()), len(line_names)))
-                            lc.append(ref[keep])
-                            lv.append(yprim[c][keep])
-                            line_names.append(f"line.{nm.lower()}.{order[c]}")
-                            na = float(el.NormalAmps())
-                            amps.append(na if na > 0 else np.inf)
+                        nph = int(el.NumPhases())
+                        keep = ref >= 0
+                        na = float(el.NormalAmps())
+                        # the phase conductors' current rows: row c of the primitive matrix
+                        lr.append(np.repeat(np.arange(len(line_names), len(line_names) + nph), int(keep.sum())))
+                        lc.append(np.tile(ref[keep], nph))
+                        lv.append(yprim[:nph][:, keep].reshape(-1))
+                        low = nm.lower()
+                        line_names.extend(f"line.{low}.{order[c]}" for c in range(nph))
+                        amps.extend([na if na > 0 else np.inf] * nph)
                     elif cls.lower() == "transformer":
                         terms = []
                         for w in range(int(el.NumTerminals())):
@@ -262,7 +261,9 @@ def _read_model(net: OpenDSSNetwork, key: tuple[Any, ...]) -> GridModel:
             kva_of[f"transformer.{d.Transformers.Name().lower()}"] = kv
             i = d.Transformers.Next()
         tx_kva = [kva_of[t] for t in tx_names]
-        y = sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+        yr_, yc_, yv_ = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+        grounded = (yr_ < 0) | (yc_ < 0)
+        y = sp.csc_matrix((yv_[~grounded], (yr_[~grounded], yc_[~grounded])), shape=(n, n))
         line_rows = (sp.csr_matrix((np.concatenate(lv), (np.concatenate(lr), np.concatenate(lc))),
                                    shape=(len(line_names), n)) if line_names
                      else sp.csr_matrix((0, n), dtype=complex))
