@@ -504,7 +504,7 @@ def _jacobian_pattern(model: GridModel) -> tuple[np.ndarray, np.ndarray, np.ndar
     ``data``, its branch, its sign in ``C D Cᵀ`` and which of the four real blocks it is in."""
     cached = getattr(model, "_jac", None)
     if cached is not None:
-        return cached  # type: ignore[no-any-return]
+        return cached
     n = model.n
     y = model.y.tocoo()
     yr, yi = np.real(y.data), np.imag(y.data)
