@@ -139,6 +139,7 @@ class WindowSolver:
                 settings.tol_gap_abs = settings.tol_gap_rel = settings.tol_feas = SCALED_TOL
         self.settings = settings
         self._solver: clarabel.DefaultSolver | None = None
+        self._base: tuple[sp.csc_matrix, sp.csc_matrix, np.ndarray, np.ndarray] | None = None
         n = model.layout.n
         self._col = np.ones(n)
         self._row = np.ones(model.A.shape[0])
@@ -149,6 +150,49 @@ class WindowSolver:
             big = abs(model.A @ sp.diags(self._col)).max(axis=1).toarray().ravel()
             self._row = 1.0 / np.where(big > 0, big, 1.0)
             self._obj = self.scale ** -2
+
+    def _scaled_base(self) -> tuple[sp.csc_matrix, sp.csc_matrix, np.ndarray, np.ndarray]:
+        """The model's scaled ``P`` and ``A`` (CSC, sorted) and, per entry of ``A``, its column
+        and its place within the column (cached: every network window reuses them)."""
+        cached = self._base
+        if cached is None:
+            m = self.model
+            dc = sp.diags(self._col)
+            P = sp.csc_matrix(self._obj * (dc @ m.P @ dc))
+            A = sp.csc_matrix(sp.diags(self._row) @ m.A @ dc)
+            P.sort_indices()
+            A.sort_indices()
+            cnt = np.diff(A.indptr)
+            ecol = np.repeat(np.arange(A.shape[1]), cnt)
+            cached = (P, A, ecol, np.arange(A.nnz) - A.indptr[ecol])
+            self._base = cached
+        return cached
+
+    def _augmented(self, sub: sp.csc_matrix, net_row: np.ndarray, n: int, n_rows: int
+                   ) -> tuple[sp.csc_matrix, sp.csc_matrix]:
+        """Scaled ``P`` and ``A`` of the model with ``R`` network rows ``sub`` (scaled, CSC,
+        sorted) and their slacks: ``A = [[A₀, 0], [sub, −diag(net_row)], [0, −I]]``,
+        ``P = diag(P₀, 0)``, assembled column by column without sparse block operations."""
+        P0, A0, ecol0, k0 = self._scaled_base()
+        R = sub.shape[0]
+        c0, c1 = np.diff(A0.indptr), np.diff(sub.indptr)
+        left = np.concatenate([[0], np.cumsum(c0 + c1)])
+        nnz_left = int(left[-1])
+        data = np.empty(nnz_left + 2 * R)
+        ind = np.empty(nnz_left + 2 * R, dtype=np.int64)
+        pos0 = left[ecol0] + k0
+        data[pos0], ind[pos0] = A0.data, A0.indices
+        ecol1 = np.repeat(np.arange(n), c1)
+        pos1 = left[ecol1] + c0[ecol1] + (np.arange(sub.nnz) - sub.indptr[ecol1])
+        data[pos1], ind[pos1] = sub.data, sub.indices + n_rows
+        j = np.arange(R)
+        data[nnz_left + 2 * j], ind[nnz_left + 2 * j] = -net_row, n_rows + j
+        data[nnz_left + 2 * j + 1], ind[nnz_left + 2 * j + 1] = -1.0, n_rows + R + j
+        indptr = np.concatenate([left, nnz_left + 2 * (j + 1)])
+        A = sp.csc_matrix((data, ind, indptr), shape=(n_rows + 2 * R, n + R))
+        P = sp.csc_matrix((P0.data, P0.indices, np.concatenate([P0.indptr, np.full(R, P0.indptr[-1])])),
+                          shape=(n + R, n + R))
+        return P, A
 
     def solve(self, w: Window) -> WindowOutcome:
         """Solve the model with the data of window ``w``."""
@@ -195,22 +239,22 @@ class WindowSolver:
         t0 = time.perf_counter()
         m = self.model
         R = rows.shape[0]
+        n, n_rows = m.layout.n, m.A.shape[0]
         q, b = m.vectors(w)
-        eye = sp.identity(R, format="csc")
-        A = sp.bmat([[m.A, None], [sp.csc_matrix(rows), -eye], [None, -eye]], format="csc")
-        P = sp.block_diag([m.P, sp.csc_matrix((R, R))], format="csc")
         q = np.concatenate([q, np.full(R, float(penalty))])
         b = np.concatenate([b, np.asarray(rhs, dtype=float), np.zeros(R)])
         col = np.concatenate([self._col, np.ones(R)])
-        row = np.ones(A.shape[0])
-        if self.scale != 1.0:
-            big = abs(A @ sp.diags(col)).max(axis=1).toarray().ravel()
-            row = 1.0 / np.where(big > 0, big, 1.0)
-        dc = sp.diags(col)
-        Ps = sp.csc_matrix(self._obj * (dc @ P @ dc))
-        As = sp.csc_matrix(sp.diags(row) @ A @ dc)
-        Ps.sort_indices()
-        As.sort_indices()
+        # the model's rows keep their scaling (the slack columns add nothing to them); a network
+        # row is scaled by its largest coefficient on the scaled columns, a slack's sign row by 1
+        sub = sp.csc_matrix(rows @ sp.diags(self._col))
+        net_row = np.ones(R)
+        if self.scale != 1.0 and R:
+            big = np.maximum(abs(sub).max(axis=1).toarray().ravel(), 1.0)  # the slack's own −1
+            net_row = 1.0 / big
+        sub = sp.csc_matrix(sp.diags(net_row) @ sub)
+        sub.sort_indices()
+        row = np.concatenate([self._row, net_row, np.ones(R)])
+        Ps, As = self._augmented(sub, net_row, n, n_rows)
         cones = []
         if m.n_zero:
             cones.append(clarabel.ZeroConeT(m.n_zero))

@@ -212,13 +212,10 @@ def _read_model(net: OpenDSSNetwork, key: tuple[Any, ...]) -> GridModel:
         tx_terms: list[tuple[tuple[np.ndarray, sp.csr_matrix], ...]] = []
 
         def stamp(ref: np.ndarray, yprim: np.ndarray) -> None:
-            keep = ref >= 0
-            r = np.repeat(ref, ref.size).reshape(ref.size, ref.size)
-            c = r.T
-            mask = keep[:, None] & keep[None, :]
-            rows.append(r[mask])
-            cols.append(c[mask])
-            vals.append(yprim[mask])
+            # every entry of the primitive matrix; the grounded ones are dropped once at the end
+            rows.append(np.repeat(ref, ref.size))
+            cols.append(np.tile(ref, ref.size))
+            vals.append(yprim.reshape(-1))
 
         for api in (d.PDElements, d.Vsources):  # an Isource has no admittance
             i = api.First()
@@ -233,14 +230,16 @@ def _read_model(net: OpenDSSNetwork, key: tuple[Any, ...]) -> GridModel:
                     ncond = int(el.NumConductors())
                     if cls.lower() == "line":
                         order = el.NodeOrder()
-                        for c in range(int(el.NumPhases())):
-                            keep = ref >= 0
-                            lr.append(np.full(int(keep.sum()), len(line_names)))
-                            lc.append(ref[keep])
-                            lv.append(yprim[c][keep])
-                            line_names.append(f"line.{nm.lower()}.{order[c]}")
-                            na = float(el.NormalAmps())
-                            amps.append(na if na > 0 else np.inf)
+                        nph = int(el.NumPhases())
+                        keep = ref >= 0
+                        na = float(el.NormalAmps())
+                        # the phase conductors' current rows: row c of the primitive matrix
+                        lr.append(np.repeat(np.arange(len(line_names), len(line_names) + nph), int(keep.sum())))
+                        lc.append(np.tile(ref[keep], nph))
+                        lv.append(yprim[:nph][:, keep].reshape(-1))
+                        low = nm.lower()
+                        line_names.extend(f"line.{low}.{order[c]}" for c in range(nph))
+                        amps.extend([na if na > 0 else np.inf] * nph)
                     elif cls.lower() == "transformer":
                         terms = []
                         for w in range(int(el.NumTerminals())):
@@ -262,7 +261,9 @@ def _read_model(net: OpenDSSNetwork, key: tuple[Any, ...]) -> GridModel:
             kva_of[f"transformer.{d.Transformers.Name().lower()}"] = kv
             i = d.Transformers.Next()
         tx_kva = [kva_of[t] for t in tx_names]
-        y = sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+        yr_, yc_, yv_ = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+        grounded = (yr_ < 0) | (yc_ < 0)
+        y = sp.csc_matrix((yv_[~grounded], (yr_[~grounded], yc_[~grounded])), shape=(n, n))
         line_rows = (sp.csr_matrix((np.concatenate(lv), (np.concatenate(lr), np.concatenate(lc))),
                                    shape=(len(line_names), n)) if line_names
                      else sp.csr_matrix((0, n), dtype=complex))
@@ -495,18 +496,64 @@ def dispatch_q_ratio(net: OpenDSSNetwork, elements: ElementSet, pf: np.ndarray |
     return out
 
 
+def _jacobian_pattern(model: GridModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                  np.ndarray, np.ndarray]:
+    """The CSC structure of the real linearised power-flow matrix of :func:`_jacobian` (the
+    union of the Y matrix's and the branches' entries), read once per model: ``indices``,
+    ``indptr``, the Y matrix's fixed part of ``data``, and for every branch entry its place in
+    ``data``, its branch, its sign in ``C D Cᵀ`` and which of the four real blocks it is in."""
+    cached = getattr(model, "_jac", None)
+    if cached is not None:
+        return cached
+    n = model.n
+    y = model.y.tocoo()
+    yr, yi = np.real(y.data), np.imag(y.data)
+    # Y block entries: [[Yr, −Yi], [Yi, Yr]]
+    yi_r = np.concatenate([y.row, y.row, y.row + n, y.row + n])
+    yi_c = np.concatenate([y.col, y.col + n, y.col, y.col + n])
+    yv = np.concatenate([yr, -yi, yi, yr])
+    # C D Cᵀ entries of each branch: (a, a) +d, (b, b) +d, (a, b) −d, (b, a) −d (ground dropped)
+    nb = model.br_a.size
+    k = np.arange(nb)
+    p = np.concatenate([model.br_a, model.br_b, model.br_a, model.br_b])
+    q = np.concatenate([model.br_a, model.br_b, model.br_b, model.br_a])
+    bk = np.concatenate([k, k, k, k])
+    sg = np.concatenate([np.ones(2 * nb), -np.ones(2 * nb)])
+    keep = (p >= 0) & (q >= 0)
+    p, q, bk, sg = p[keep], q[keep], bk[keep], sg[keep]
+    # B = −C D Cᵀ in the blocks [[Br, Bi], [Bi, −Br]]: part 0 takes Re β, part 1 Im β, part 2 −Re β
+    bi_r = np.concatenate([p, p, p + n, p + n])
+    bi_c = np.concatenate([q, q + n, q, q + n])
+    part = np.repeat(np.array([0, 1, 1, 2]), p.size)
+    bk4, sg4 = np.tile(bk, 4), np.tile(sg, 4)
+    rows = np.concatenate([yi_r, bi_r]).astype(np.int64)
+    cols = np.concatenate([yi_c, bi_c]).astype(np.int64)
+    keys, inv = np.unique(cols * (2 * n) + rows, return_inverse=True)
+    indices = (keys % (2 * n)).astype(np.int32)
+    indptr = np.searchsorted(keys // (2 * n), np.arange(2 * n + 1)).astype(np.int32)
+    data_y = np.bincount(inv[:yv.size], weights=yv, minlength=keys.size)
+    cached = (indices, indptr, data_y, inv[yv.size:], bk4, sg4, part)
+    object.__setattr__(model, "_jac", cached)
+    return cached
+
+
 def _jacobian(model: GridModel, op: OperatingPoint) -> tuple[Any, np.ndarray]:
-    """LU of the real linearised power-flow matrix and each branch's voltage."""
+    """LU of the real linearised power-flow matrix and each branch's voltage.
+
+    The matrix is ``[[Yr + Br, −Yi + Bi], [Yi + Bi, Yr − Br]]`` with ``B = −C diag(d) Cᵀ``,
+    ``d_b = conj(S_b) / conj(u_b)²`` of each live constant-power branch; its structure is
+    read once per model (:func:`_jacobian_pattern`), each step only fills in the numbers."""
     n = model.n
     vg = np.concatenate([op.v, [0.0]])
     u = vg[model.br_a] - vg[model.br_b]
     live = np.abs(u) > _TINY_V
     dcoef = np.zeros(u.size, dtype=complex)
     dcoef[live] = np.conj(op.s_branch[live]) / np.conj(u[live]) ** 2
-    c = model.c_matrix()
-    b = -(c @ sp.diags(dcoef) @ c.T)
-    a = model.y
-    m = sp.bmat([[a.real + b.real, -a.imag + b.imag], [a.imag + b.imag, a.real - b.real]], format="csc")
+    indices, indptr, data_y, where, bk, sg, part = _jacobian_pattern(model)
+    beta = -sg * dcoef[bk]
+    w = np.where(part == 0, beta.real, np.where(part == 1, beta.imag, -beta.real))
+    data = data_y + np.bincount(where, weights=w, minlength=data_y.size)
+    m = sp.csc_matrix((data, indices, indptr), shape=(2 * n, 2 * n))
     try:
         lu = spla.splu(m, permc_spec="MMD_AT_PLUS_A")  # less fill than COLAMD on feeders (measured)
     except RuntimeError as exc:

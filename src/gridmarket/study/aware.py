@@ -410,7 +410,8 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
         n_viol = sum(len(x) for x in viol.values())
         # a step enters the market when its AC power flow violates a limit; its rows near a limit
         # come with it (a step only near its limits is within them: no rows, one QP fewer)
-        new = {t: [r for r in rows if r not in active.get(t, [])] for t, rows in near.items()
+        have = {t: set(rows) for t, rows in active.items()}
+        new = {t: [r for r in rows if r not in have.get(t, ())] for t, rows in near.items()
                if t in viol or t in active or not defer_near}
         new = {t: rows for t, rows in new.items() if rows}
         history.append({"iteration": k, "rows": 0 if constraints is None else len(constraints.name),
