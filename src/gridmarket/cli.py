@@ -39,7 +39,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from gridmarket import __version__
+from gridmarket import __version__, _threads  # noqa: F401 - before numpy: one BLAS thread for the command
 from gridmarket import cli_cases as _cli_cases
 from gridmarket.errors import GridmarketError, GridmarketWarning, ResultsError
 from gridmarket.outdir import NAME_MAX, Terminated, termination_signals_as_interrupts
