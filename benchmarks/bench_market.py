@@ -12,6 +12,10 @@
 2. **Engine vs cvxpy**: the Clarabel engine against the independent cvxpy model of
    ``tests/_market_cases.py`` (canonicalisation included), sequential and one window of
    H = steps, with their welfare difference.
+3. **Placed banks** (``--banks N``, issue 14): the same case plus N equal 1-unit batteries
+   spread over the communities (what a placement loop adds), fast path with the equal banks
+   merged into one agent per community (the default) and each solved on its own
+   (``fast_plan(merge=False)``), ms per step and CPU ms per step over ``--bank-steps`` steps.
 
 The case is seeded: about half consumers, half PV, a few batteries of 1–3 SBUs, prices
 varying per step, all communities linked (one pool). The machine's load moves absolute times
@@ -36,8 +40,10 @@ R = TypeVar("R")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _market_cases import random_case, reference_market  # noqa: E402
-from gridmarket.market import clear_market  # noqa: E402
+from _market_cases import battery, random_case, reference_market  # noqa: E402
+from gridmarket.market import clear_market, market_data  # noqa: E402
+from gridmarket.market import fast as fast_module  # noqa: E402
+from gridmarket.market import solve as solve_module  # noqa: E402
 
 TARGET_MS = 0.5  #: fast path, ms per step
 TARGET_RATIO = 25.0  #: fast path against Clarabel
@@ -91,6 +97,41 @@ def measure(*, repeat: int = 5, agents: int = 272, communities: int = 5, batteri
             "fast_wall_ms_per_step": ms * m["wall_fast"], "qp_wall_ms_per_step": ms * m["wall_qp"]}
 
 
+def with_banks(case, n: int):
+    """``case`` plus ``n`` equal 1-unit batteries, round robin over its communities."""
+    from dataclasses import replace
+
+    comms = list(case.communities)
+    new = tuple(battery(f"BANK{k}", comms[k % len(comms)], units=1) for k in range(n))
+    prof = np.hstack([case.profile_kw, np.zeros((case.time.steps, n))])
+    return replace(case, agents=case.agents + new, profile_kw=prof)
+
+
+def banks(case, repeat: int) -> dict[str, float]:
+    """Median wall and CPU [s] of the fast path with the banks merged and unmerged, and their agreement."""
+    plain = solve_module.fast_plan
+    out: dict[str, float] = {}
+    res = {}
+    for label, plan in (("merged", plain), ("unmerged", lambda d, merge=True: plain(d, merge=False))):
+        solve_module.fast_plan = plan  # type: ignore[assignment]
+        try:
+            clear_market(case, method="fast")
+            walls, cpus = [], []
+            for _ in range(repeat):
+                t0, c0 = time.perf_counter(), time.process_time()
+                res[label] = clear_market(case, method="fast")
+                walls.append(time.perf_counter() - t0)
+                cpus.append(time.process_time() - c0)
+        finally:
+            solve_module.fast_plan = plain
+        out[f"wall_{label}"] = statistics.median(walls)
+        out[f"cpu_{label}"] = statistics.median(cpus)
+    out["s_diff"] = float(np.nanmax(np.abs(res["merged"].s_kwh - res["unmerged"].s_kwh)))
+    out["welfare_rel"] = abs(res["merged"].total_welfare - res["unmerged"].total_welfare) / abs(
+        res["unmerged"].total_welfare)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agents", type=int, default=272, help="market agents in all, batteries included")
@@ -100,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=5, help="runs per measurement (>= 3; medians reported)")
     ap.add_argument("--no-cvxpy", action="store_true", help="skip the comparison with the cvxpy model")
+    ap.add_argument("--banks", type=int, default=0, help="also time the fast path with this many equal 1-unit banks")
+    ap.add_argument("--bank-steps", type=int, default=720, help="steps of the placed-banks case")
     ap.add_argument("--terminal-soc", choices=["free", "cyclic"], default="free",
                     help="[battery] terminal_soc of the case (free: the study's market, comparable with earlier"
                          " runs; cyclic: the tool's default, batteries end where they started)")
@@ -134,6 +177,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"target (<= {TARGET_MS} ms/step and >= {TARGET_RATIO:.0f}x): {'met' if met else 'NOT met'}"
           f" ({fast_ms:.3f} ms/step, {ratio:.1f}x; gap {fast_ms / TARGET_MS:.2f}x of the time target,"
           f" {TARGET_RATIO / ratio:.2f}x of the ratio target)")
+
+    if args.banks:
+        bcase = with_banks(random_case(args.seed, n_agents=args.agents - args.batteries, n_communities=args.communities,
+                                       n_batteries=args.batteries, steps=args.bank_steps, horizon=1,
+                                       terminal_soc=args.terminal_soc), args.banks)
+        b = banks(bcase, repeat)
+        n_cls = fast_module.fast_plan(market_data(bcase)).n_b
+        bs = 1e3 / args.bank_steps
+        print(f"\nplaced banks: {args.banks} equal 1-unit banks ({n_cls} battery classes), {args.bank_steps} steps,"
+              f" fast path, medians of {repeat} [ms per step]")
+        print(f"{'batteries':<22}{'wall':>10}{'cpu':>10}")
+        print(f"{'merged (default)':<22}{bs * b['wall_merged']:>10.3f}{bs * b['cpu_merged']:>10.3f}")
+        print(f"{'each on its own':<22}{bs * b['wall_unmerged']:>10.3f}{bs * b['cpu_unmerged']:>10.3f}")
+        print(f"agreement: S {b['s_diff']:.1e} kWh, welfare rel. diff {b['welfare_rel']:.1e}")
 
     if args.no_cvxpy:
         return 0

@@ -271,9 +271,47 @@ def check_out_dir(out: str | Path, *, kind: str = "results", overwrite: bool = F
 LAST_TERMINATION: list[int] = []
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
+#: where an exception cannot propagate: it would be printed as "Exception ignored" and the
+#: interrupt lost (OpenDSS's C callbacks into Python, finalizers); (file suffix, function)
+_NO_RAISE_FRAMES = (("dss_python_backend/events.py", ""), ("dss/_cffi_api_util.py", ""),
+                    ("weakref.py", "__call__"))
+#: seconds after which a signal that landed in such a frame is delivered again
+_REDELIVER_S = 0.02
+
+
+def _in_no_raise_frame(frame: Any) -> bool:
+    """Whether ``frame`` or one of its callers is a frame an exception cannot leave."""
+    depth = 0
+    while frame is not None and depth < 64:
+        path = frame.f_code.co_filename.replace("\\", "/")
+        for suffix, func in _NO_RAISE_FRAMES:
+            if path.endswith(suffix) and (not func or frame.f_code.co_name == func):
+                return True
+        frame, depth = frame.f_back, depth + 1
+    return False
+
+
+def _later(signum: int) -> None:
+    """Send ``signum`` to this process again shortly, from a helper thread."""
+    timer = threading.Timer(_REDELIVER_S, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    if _in_no_raise_frame(frame):  # not here: the exception would be swallowed
+        _later(signum)
+        return
     LAST_TERMINATION[:] = [signum]
     raise Terminated(signum)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C as Python's own handler, except inside a frame an exception cannot leave."""
+    if _in_no_raise_frame(frame):
+        _later(signum)
+        return
+    raise KeyboardInterrupt
 
 
 @contextmanager
@@ -289,6 +327,8 @@ def termination_signals_as_interrupts() -> Iterator[None]:
     for s in _SIGNALS[1:]:
         with suppress(OSError, ValueError):
             previous[s] = signal.signal(s, _raise_terminated)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         yield
     finally:

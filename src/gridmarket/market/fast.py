@@ -90,14 +90,19 @@ battery limits alone. Steps are therefore solved in batches with guessed SoC (th
 run in order at the ε = 0 prices); the steps of a batch are kept in order while their
 batteries' responses are unchanged under the true SoC (their KKT points are then
 unchanged), and from the first that is not, the remaining steps whose solution fails a new
-guess are solved again, warm-started. The kept steps of a batch are written to the
-:class:`~gridmarket.market.prices.Solution` at once.
+guess are solved again, warm-started (merged batteries: from their own ε = 0 market). The
+kept steps of a batch are written to the :class:`~gridmarket.market.prices.Solution` at once.
+
+Batteries that behave alike (same community, size, ``a``, SoC start, target and band: the
+equal banks a placement loop adds) are solved as one agent of weight m, counted m times in
+every community sum, and written back to each (:func:`fast_plan`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -125,10 +130,17 @@ TOL_KWH = 1e-10
 TOL_PRICE = 1e-13
 #: how far (relative) a community price may leave its ports within one active-set step
 PRICE_MARGIN = 0.02
+#: steps re-solved under a new SoC guess start from their old active sets (True) or from their
+#: own ε = 0 market (False); with merged batteries always the latter (half the iterations on
+#: case 2 with 190 banks in 5 classes)
+RESOLVE_WARM = True
 #: passes of the battery presimulation that guesses each step's SoC
 PRESIM_PASSES = 2
 #: up to this many communities the membership matrices are dense, beyond it sparse
 DENSE_COMMUNITIES = 32
+#: up to this many batteries (or classes of equal ones) their SoC recursion runs on Python floats,
+#: beyond it on numpy rows
+SCALAR_BATTERIES = 8
 
 
 @dataclass(frozen=True)
@@ -177,6 +189,13 @@ class FastPlan:
     member_pq: np.ndarray  #: (n_pq, n_c) rows of ``member`` of the consumers and producers
     member_b: np.ndarray  #: (n_b, n_c) rows of ``member`` of the batteries
     pt_member: np.ndarray  #: (P, n_c) 1.0 where the breakpoint's unit is in the community
+    pt_wslope: np.ndarray  #: (P,) ``pt_slope`` times the weight of the breakpoint's unit
+    #: identical batteries merged (:func:`_battery_classes`): weight (n_m,) of each internal
+    #: agent (how many agents of the case it stands for), None when no two batteries merged
+    weight: np.ndarray | None = None
+    full: MarketData | None = None  #: the case's data when batteries are merged (``data`` is then reduced)
+    bat_class: np.ndarray | None = None  #: (n_b of ``full``,) merged battery of each of the case's batteries
+    reps: np.ndarray | None = None  #: (n_b,) one battery of the case (the first) per merged battery
 
 
 @dataclass
@@ -258,24 +277,86 @@ def _group_map(groups: np.ndarray, n_g: int, pad: int) -> np.ndarray:
     return out
 
 
-def _membership(comm: np.ndarray, n_c: int) -> np.ndarray:
-    """(n, n_c) 1.0 where row i is in community ``comm[i]``: dense for a few communities, sparse
-    (CSR, the products with it stay linear in the agents) for many."""
-    m = sp.csr_matrix((np.ones(len(comm)), (np.arange(len(comm)), comm)), shape=(len(comm), n_c))
+def _membership(comm: np.ndarray, n_c: int, weight: np.ndarray | None = None) -> np.ndarray:
+    """(n, n_c) 1.0 (or row i's ``weight``) where row i is in community ``comm[i]``: dense for a
+    few communities, sparse (CSR, the products with it stay linear in the agents) for many."""
+    w = np.ones(len(comm)) if weight is None else weight
+    m = sp.csr_matrix((w, (np.arange(len(comm)), comm)), shape=(len(comm), n_c))
     return m.toarray() if n_c <= DENSE_COMMUNITIES else m
 
 
-def fast_plan(data: MarketData) -> FastPlan:
-    """Precompute the arrays of :class:`FastPlan` (call :func:`fast_unsupported` first)."""
-    d = data
-    why, clique, n_k = _check(d, 1)
+def _battery_classes(d: MarketData) -> tuple[np.ndarray, np.ndarray]:
+    """Batteries that behave alike: the class (n_b,) of every battery and the first battery of
+    every class (classes in the order of their first battery).
+
+    Batteries of one community with the same capacity, rate limits, ``a``, initial and target
+    SoC and SoC band of every step have the same KKT conditions; the QP is strictly convex, so
+    they take the same S, SoC, Φ, α, β and ν in every step (the symmetric point is the solution).
+    """
+    bt = d.battery
+    scalars = [d.comm[d.bat].astype(float), bt.cap_kwh, bt.sch_max, bt.sdis_max, bt.a, bt.soc_init, bt.soc_target]
+    # the bands (steps, n_b) enter through a hash of each column's bytes (equal columns, equal
+    # hashes); the classes found are then checked column by column, and the full comparison runs
+    # only if two bands shared a hash
+    hashes = [np.array([hash(c.tobytes()) for c in np.ascontiguousarray(x.T)], dtype=float)
+              for x in (bt.band_lo, bt.band_hi)]
+    cls, first = _row_classes(np.column_stack(scalars + hashes))
+    if not (np.array_equal(bt.band_lo, bt.band_lo[:, first[cls]])
+            and np.array_equal(bt.band_hi, bt.band_hi[:, first[cls]])):
+        cls, first = _row_classes(np.column_stack(scalars + [bt.band_lo.T, bt.band_hi.T]))
+    return cls, first
+
+
+def _row_classes(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class of every row of ``key`` (equal rows, one class) and the first row of each class, classes
+    in the order of their first row."""
+    _, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[np.asarray(inv).ravel()], first[order]
+
+
+def _reduced(d: MarketData, reps: np.ndarray) -> MarketData:
+    """The market data with only the batteries ``reps`` (one per class), consumers and producers
+    first (P-block order), then those batteries."""
+    keep = np.concatenate([d.pq, d.bat[reps]]).astype(np.int64)
+    bt = d.battery
+    red = replace(bt, names=tuple(bt.names[i] for i in reps), cap_kwh=bt.cap_kwh[reps], sch_max=bt.sch_max[reps],
+                  sdis_max=bt.sdis_max[reps], a=bt.a[reps], soc_init=bt.soc_init[reps],
+                  soc_target=bt.soc_target[reps], band_lo=bt.band_lo[:, reps], band_hi=bt.band_hi[:, reps])
+    n_pq = d.n_pq
+    return replace(d, names=tuple(d.names[i] for i in keep), pos=d.pos[keep], kind=d.kind[keep], comm=d.comm[keep],
+                   const=d.const[keep], pq=np.arange(n_pq, dtype=np.int64),
+                   bat=n_pq + np.arange(len(reps), dtype=np.int64), battery=red)
+
+
+def fast_plan(data: MarketData, *, merge: bool = True) -> FastPlan:
+    """Precompute the arrays of :class:`FastPlan` (call :func:`fast_unsupported` first).
+
+    With ``merge``, batteries that behave alike (:func:`_battery_classes`, e.g. the equal banks
+    a placement loop adds to one community) are solved as one agent of weight ``m`` (the number
+    it stands for) and written back to each: the work grows with the classes, not the batteries.
+    """
+    why, clique, n_k = _check(data, 1)
     if why is not None:
         msg = f"the fast market path does not apply: {why}"
         raise ValueError(msg)
+    if merge and data.n_b > 1:
+        cls, reps = _battery_classes(data)
+        if len(reps) < data.n_b:
+            red = _reduced(data, reps)
+            w = np.concatenate([np.ones(data.n_pq), np.bincount(cls, minlength=len(reps)).astype(float)])
+            return replace(_plan(red, clique, n_k, w), weight=w, full=data, bat_class=cls, reps=reps)
+    return _plan(data, clique, n_k, None)
+
+
+def _plan(d: MarketData, clique: np.ndarray, n_k: int, weight: np.ndarray | None) -> FastPlan:
+    """The plan of ``d`` with agent weights ``weight`` (internal order; None: all 1)."""
     eps = float(d.tie_break)
     perm = np.concatenate([d.pq, d.bat]).astype(np.int64)
     comm = d.comm[perm]
-    member = _membership(comm, d.n_c)
+    member = _membership(comm, d.n_c, weight)
     kind_pq = d.kind[d.pq]
     prod = kind_pq == PRODUCER
     if not np.all((kind_pq == CONSUMER) | prod):
@@ -298,6 +379,7 @@ def fast_plan(data: MarketData) -> FastPlan:
     inv_p = np.where(vert, 0.0, 1.0 / np.where(vert, 1.0, 2.0 * d.a_pq))
     pt_slope = np.concatenate([inv_p, -inv_p, 1.0 / sig_b, -1.0 / sig_b, 1.0 / sig_b, -1.0 / sig_b])
     own = np.concatenate([np.arange(n_pq), np.arange(n_pq)] + [n_pq + np.arange(n_b)] * 4)
+    w_own = np.ones(len(own)) if weight is None else weight[own]
     return FastPlan(
         data=d, eps=eps, h=0.5 / eps, tau=float(d.trade_fee), n_pq=d.n_pq, n_b=d.n_b, perm=perm, comm=comm,
         member=member, theta_p=d.b_pq.astype(float), sig_p=2.0 * d.a_pq,
@@ -311,7 +393,7 @@ def fast_plan(data: MarketData) -> FastPlan:
         comm_map=_group_map(comm, d.n_c, d.n_m),
         pt_slope=pt_slope, pt_comm=comm[own], port_col=np.where(clique >= 0, clique, n_k),
         all_pooled=bool(n_k and (clique >= 0).all()), member_pq=member[:n_pq], member_b=member[n_pq:],
-        pt_member=member[own])
+        pt_member=member[own], pt_wslope=pt_slope * w_own)
 
 
 # ----------------------------------------------------------------------------- step data
@@ -538,7 +620,7 @@ def _initial_guess(p: FastPlan, bd: _Bounds) -> tuple[np.ndarray, np.ndarray, np
     row, col = np.divmod(idx, P)
     seg = row * n_c + p.pt_comm[col]
     tt = t.ravel()[idx]
-    ds = p.pt_slope[col]
+    ds = p.pt_wslope[col]
     dd = None if dj is None else dj.ravel()[idx]
     lo, hi = float(ep.min()), float(ip.max())
     r = _seg_root(seg, tt, ds, dd, a.ravel(), b.ravel(), lo, hi)
@@ -721,11 +803,21 @@ def _waterfill(p: FastPlan, y: np.ndarray, side: np.ndarray) -> np.ndarray:
     R = len(v)
     # (R, n_c, M): each community's values, padded with −inf, sorted descending
     vs = np.concatenate([-v, np.full((R, 1), np.inf)], axis=1)[:, p.comm_map]
-    vs.sort(axis=2)
-    np.negative(vs, out=vs)
-    level = np.cumsum(vs, axis=2)  # S_k (−inf on the padding)
+    if p.weight is None:
+        vs.sort(axis=2)
+        np.negative(vs, out=vs)
+        level = np.cumsum(vs, axis=2)  # S_k (−inf on the padding)
+        count = np.arange(1.0, vs.shape[2] + 1.0)
+    else:
+        # an agent of weight m is m agents of the same value: S_k and k count it m times
+        o = np.argsort(vs, axis=2, kind="stable")
+        vs = np.take_along_axis(vs, o, axis=2)
+        np.negative(vs, out=vs)
+        ws = np.take_along_axis(np.broadcast_to(np.append(p.weight, 1.0)[p.comm_map], vs.shape), o, axis=2)
+        level = np.cumsum(vs * ws, axis=2)
+        count = np.cumsum(ws, axis=2)
     level -= 2.0 * (v @ p.member)[:, :, None]
-    level /= np.arange(1.0, vs.shape[2] + 1.0)
+    level /= count
     nxt = np.empty_like(vs)
     nxt[:, :, :-1] = vs[:, :, 1:]
     nxt[:, :, -1] = -np.inf
@@ -1186,18 +1278,28 @@ def _write(p: FastPlan, sol: Solution, t0: int, res: _Res, rows: slice, snap: fl
     aexp[:, :n_c] = np.maximum(ge, 0.0)
     x = v.x
     sol.p[tr] = x[:, :n_pq] + alpha_i[:, :n_pq] - beta_i[:, :n_pq]
-    sol.sch[tr] = res.sch[rows]
-    sol.sdis[tr] = res.sdis[rows]
-    sol.soc[tr] = res.soc[rows]
-    sol.phi[tr, p.perm] = -x
-    sol.alpha[tr, p.perm] = alpha_i
-    sol.beta[tr, p.perm] = beta_i
+    nu = v.nu
+    perm = p.perm
+    sch, sdis, soc = res.sch[rows], res.sdis[rows], res.soc[rows]
+    if p.full is not None and p.bat_class is not None:
+        # merged batteries: every battery of the case takes its class's values
+        f = p.full
+        perm = np.concatenate([f.pq, f.bat]).astype(np.int64)
+        ex = np.concatenate([np.arange(n_pq), n_pq + p.bat_class])
+        x, alpha_i, beta_i, nu = x[:, ex], alpha_i[:, ex], beta_i[:, ex], nu[:, ex]
+        sch, sdis, soc = sch[:, p.bat_class], sdis[:, p.bat_class], soc[:, p.bat_class]
+    sol.sch[tr] = sch
+    sol.sdis[tr] = sdis
+    sol.soc[tr] = soc
+    sol.phi[tr, perm] = -x
+    sol.alpha[tr, perm] = alpha_i
+    sol.beta[tr, perm] = beta_i
     sol.gimp[tr] = gimp
     sol.gexp[tr] = gexp
     sol.lam[tr] = v.lam
     sol.mu_imp[tr] = v.pi
     sol.mu_exp[tr] = v.pe
-    sol.nu[tr, p.perm] = v.nu
+    sol.nu[tr, perm] = nu
     sol.vfac[tr] = res.value[rows, None]
     if snap:
         for name in ("p", "sch", "sdis", "phi", "alpha", "beta", "gimp", "gexp", "aimp", "aexp"):
@@ -1280,8 +1382,94 @@ def _run_batteries(p: FastPlan, soc: np.ndarray, steps: np.ndarray, ch_hi: np.nd
 
     Per row and battery: charge at its upper limit (``ch_hi``) or lower limit (``ch_lo``) of the
     running SoC, else ``sch``; discharge at its limit (``dis_lo``), zero (``dis_hi``), else
-    ``sdis``. A plain loop over scalars: the batteries are few and each row needs the last.
+    ``sdis`` [kWh]. Each row needs the SoC after the last, so the rows run in order, every
+    battery of a row at once (numpy over the battery axis, the same floating-point operations
+    in the same order as one battery at a time: the result is the same to the bit).
     """
+    d = p.data
+    bt = d.battery
+    n, nb = sch.shape
+    if nb <= SCALAR_BATTERIES:
+        return _run_batteries_scalar(p, soc, steps, ch_hi, ch_lo, dis_lo, dis_hi, sch, sdis)
+    out = np.empty((n, nb))
+    if not n:
+        return out
+    keep, g_ch, g_dis = p.keep, p.g_ch, p.g_dis
+    lo_s, hi_s = bt.soc_min, bt.soc_max
+    paper = bt.paper
+    eta_c, eta_d = bt.eff_charge, bt.eff_discharge
+    band_lo, band_hi = bt.band(steps)
+    cap, rate_c, rate_d = d.cap_kwh, d.sch_max, d.sdis_max
+    # the limits of the running SoC are computed only in rows where some battery sits at them;
+    # the flags' priorities: charge at the upper limit before the lower, discharge at its limit
+    # before none
+    ch_lo = ch_lo & ~ch_hi
+    dis_hi = dis_hi & ~dis_lo
+    any_row = cast("list[list[bool]]", np.stack([ch_hi, ch_lo, dis_lo, dis_hi]).any(axis=2).tolist())
+    rows_ch_hi, rows_ch_lo, rows_dis_lo, rows_dis_hi = any_row
+    sb = np.asarray(soc, dtype=float).copy()
+    e, room, lim, c, dd, tmp = (np.empty(nb) for _ in range(6))
+    for j in range(n):
+        out[j] = sb
+        np.multiply(keep, sb, out=e)  # keep·SoC
+        c[:] = sch[j]
+        dd[:] = sdis[j]
+        if rows_ch_hi[j]:
+            # charge up to the band's top, the rate, paper headroom
+            np.subtract(band_hi[j], e, out=room)
+            room *= cap
+            np.divide(room, g_ch, out=lim)
+            np.minimum(lim, rate_c, out=lim)
+            np.maximum(lim, 0.0, out=lim)
+            if paper:
+                np.subtract(hi_s, sb, out=tmp)
+                tmp *= cap
+                tmp /= eta_c
+                np.minimum(lim, tmp, out=lim)
+            np.copyto(c, lim, where=ch_hi[j])
+        if rows_ch_lo[j]:
+            # the charge the band's bottom forces
+            np.subtract(band_lo[j], e, out=room)
+            room *= cap
+            np.divide(room, g_ch, out=lim)
+            np.maximum(lim, 0.0, out=lim)
+            np.copyto(c, lim, where=ch_lo[j])
+        if rows_dis_lo[j]:
+            # discharge down to the band's bottom, the rate, paper headroom
+            np.subtract(band_lo[j], e, out=room)
+            room *= cap
+            np.negative(room, out=lim)
+            lim /= g_dis
+            np.minimum(lim, rate_d, out=lim)
+            if paper:
+                np.subtract(sb, lo_s, out=tmp)
+                tmp *= cap
+                tmp /= eta_d
+                np.minimum(lim, tmp, out=lim)
+            np.maximum(lim, 0.0, out=lim)
+            np.copyto(dd, lim, where=dis_lo[j])
+        if rows_dis_hi[j]:
+            # no discharge unless the band's top forces one
+            np.subtract(e, band_hi[j], out=room)
+            room *= cap
+            np.divide(room, g_dis, out=lim)
+            np.maximum(lim, 0.0, out=lim)
+            np.copyto(dd, lim, where=dis_hi[j])
+        # SoC after the row: keep·SoC + (g_ch S_ch − g_dis S_dis)/cap, clipped to [soc_min, soc_max]
+        c *= g_ch
+        dd *= g_dis
+        c -= dd
+        c /= cap
+        np.add(e, c, out=sb)
+        np.maximum(sb, lo_s, out=sb)
+        np.minimum(sb, hi_s, out=sb)
+    return out
+
+
+def _run_batteries_scalar(p: FastPlan, soc: np.ndarray, steps: np.ndarray, ch_hi: np.ndarray, ch_lo: np.ndarray,
+                          dis_lo: np.ndarray, dis_hi: np.ndarray, sch: np.ndarray, sdis: np.ndarray) -> np.ndarray:
+    """:func:`_run_batteries` one battery at a time with Python floats (faster for a few batteries,
+    where numpy's per-call cost dominates; the same operations, the same result)."""
     d = p.data
     bt = d.battery
     n, nb = sch.shape
@@ -1293,13 +1481,12 @@ def _run_batteries(p: FastPlan, soc: np.ndarray, steps: np.ndarray, ch_hi: np.nd
     cap = d.cap_kwh.tolist()
     rate_c = d.sch_max.tolist()
     rate_d = d.sdis_max.tolist()
-    # each battery runs on its own: loop over its rows with plain floats; flags 1: charge at its
-    # upper limit, 2: at its lower limit, 4: discharge at its limit, 8: no discharge
+    # flags 1: charge at its upper limit, 2: at its lower limit, 4: discharge at its limit, 8: no discharge
     flags = ch_hi.astype(np.int8)
     flags |= ch_lo.astype(np.int8) << 1
     flags |= dis_lo.astype(np.int8) << 2
     flags |= dis_hi.astype(np.int8) << 3
-    cols = []
+    out = np.empty((n, nb))
     for b, (fl, row_c, row_d) in enumerate(zip(flags.T.tolist(), sch.T.tolist(), sdis.T.tolist(), strict=True)):
         sb = float(soc[b])
         cb, rc, rd = cap[b], rate_c[b], rate_d[b]
@@ -1307,7 +1494,6 @@ def _run_batteries(p: FastPlan, soc: np.ndarray, steps: np.ndarray, ch_hi: np.nd
         for f, c, dd, lo, hi in zip(fl, row_c, row_d, band_lo[b], band_hi[b], strict=True):
             col.append(sb)
             if f:
-                # limits of the running SoC: the step's band, the rates, paper headroom
                 if f & 1:
                     c = max(min((hi - keep * sb) * cb / g_ch, rc), 0.0)
                     if paper:
@@ -1320,14 +1506,14 @@ def _run_batteries(p: FastPlan, soc: np.ndarray, steps: np.ndarray, ch_hi: np.nd
                         dd = min(dd, (sb - lo_s) * cb / eta_d)
                     dd = max(dd, 0.0)
                 elif f & 8:
-                    dd = max((keep * sb - hi) * cb / g_dis, 0.0)  # forced by the band, else none
+                    dd = max((keep * sb - hi) * cb / g_dis, 0.0)
             sb = keep * sb + (g_ch * c - g_dis * dd) / cb
             if sb < lo_s:
                 sb = lo_s
             elif sb > hi_s:
                 sb = hi_s
-        cols.append(col)
-    return np.array(cols).T.reshape(n, nb)
+        out[:, b] = col
+    return out
 
 
 def _presimulate(p: FastPlan, steps: np.ndarray, soc: np.ndarray, *, passes: int = PRESIM_PASSES
@@ -1364,6 +1550,37 @@ def _presimulate(p: FastPlan, steps: np.ndarray, soc: np.ndarray, *, passes: int
     return g, guess, bd
 
 
+def _merged_fallback(p: FastPlan, sol: Solution, fallback: Callable[[int, np.ndarray], np.ndarray]
+                     ) -> Callable[[int, np.ndarray], np.ndarray]:
+    """``fallback`` of a plan with merged batteries: called with the SoC of every battery of the
+    case, it returns one per class.
+
+    The solver's step solution is symmetric in the batteries of a class only to its tolerance;
+    each class's S_ch, S_dis, SoC, Φ, α, β and ν are replaced by their mean over the class. Every
+    constraint of the step is linear, so the mean is as feasible as the solver's point, and it is
+    no worse (convex objective): the batteries of a class stay equal for the steps that follow.
+    """
+    assert p.full is not None and p.bat_class is not None and p.reps is not None
+    full, cls, reps = p.full, p.bat_class, p.reps
+    n = np.bincount(cls, minlength=len(reps)).astype(float)
+    pos = full.bat
+
+    def mean(row: np.ndarray) -> np.ndarray:
+        return (np.bincount(cls, weights=row, minlength=len(reps)) / n)[cls]
+
+    def run(t: int, soc: np.ndarray) -> np.ndarray:
+        fallback(t, soc[cls])
+        for name in ("sch", "sdis", "soc"):
+            arr = getattr(sol, name)
+            arr[t] = mean(arr[t])
+        for name in ("phi", "alpha", "beta", "nu"):
+            arr = getattr(sol, name)
+            arr[t, pos] = mean(arr[t, pos])
+        return np.asarray(sol.soc[t])[reps]
+
+    return run
+
+
 def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
                      fallback: Callable[[int, np.ndarray], np.ndarray] | None, *,
                      snap: float = 0.0, batch: int = MAX_BATCH, force: np.ndarray | None = None) -> FastStats:
@@ -1374,7 +1591,7 @@ def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
     responses are unchanged under the true SoC (their KKT points are then unchanged). From
     the first that is not, the SoC before each later step is guessed again from the pieces
     of the steps before it, and the steps whose solution does not hold under their new guess
-    are solved again together, warm-started from their active sets.
+    are solved again together, warm-started from their active sets (see :data:`RESOLVE_WARM`).
 
     Parameters
     ----------
@@ -1394,11 +1611,19 @@ def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
     force : ndarray of bool, shape (steps,), optional
         Steps handed to ``fallback`` whatever the fast path finds (e.g. steps with network rows).
     """
+    soc = np.asarray(soc_init, dtype=float).copy()
+    if p.full is not None and p.bat_class is not None and p.reps is not None:
+        cls, reps = p.bat_class, p.reps
+        if not np.array_equal(soc[reps][cls], soc):  # batteries of a class start apart: solve them apart
+            p = fast_plan(p.full, merge=False)
+        else:
+            soc = soc[reps]
+            if fallback is not None:
+                fallback = _merged_fallback(p, sol, fallback)
     d = p.data
     T = d.steps
     lo, hi = d.battery.soc_min, d.battery.soc_max
     stats = FastStats()
-    soc = np.asarray(soc_init, dtype=float).copy()
     t0 = 0
     # the current batch: its solutions (rows = steps a0, a0+1, ...), each solved with the SoC
     # guess in ``guesses``; its steps b0 ... t0 − 1 are kept and wait to be written at once
@@ -1464,7 +1689,10 @@ def solve_sequential(p: FastPlan, sol: Solution, soc_init: np.ndarray,
         redo[0] |= not rest.ok[0]
         rows = np.flatnonzero(redo)
         if len(rows):
-            o2 = solve_batch(p, t0 + rows, g[rows], warm=rest.state.rows(rows))
+            # warm from the rows' old active sets, or (merged batteries) from each row's own ε = 0
+            # market under its new SoC guess: the SoC of a class moves m batteries' limits at once
+            warm = rest.state.rows(rows) if RESOLVE_WARM and p.weight is None else None
+            o2 = solve_batch(p, t0 + rows, g[rows], warm=warm)
             stats.iterations += o2.iterations
             rest.put(rows, o2)
         # rows kept from the earlier solve hold under their new guess: refresh their SoC

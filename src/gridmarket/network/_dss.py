@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,10 +94,28 @@ def private_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="gridmarket-dss-"))
 
 
+#: signals that end a command (gridmarket.outdir turns them into exceptions)
+_ENDING_SIGNALS = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
+
+
 def remove_folder(path: Path | None) -> None:
-    """Remove a folder made by :func:`private_folder` (errors ignored)."""
-    if path is not None:
+    """Remove a folder made by :func:`private_folder` (errors ignored).
+
+    It also runs as a finalizer, where an exception cannot propagate: a Ctrl-C or SIGTERM that
+    arrived meanwhile would be printed as "Exception ignored" and lost, and the folder left. So
+    the ending signals wait (blocked in this thread) until the folder is gone; they are
+    delivered when unblocked, to the code that runs next.
+    """
+    if path is None:
+        return
+    blocked = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
+    if blocked:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _ENDING_SIGNALS)
+    try:
         shutil.rmtree(path, ignore_errors=True)
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class _Batch:
