@@ -181,7 +181,8 @@ def feeder_day(args: argparse.Namespace, tmp: Path) -> None:
     n_com = len({a.community for a in case.agents})
     steps = case.time.steps
     print(f"\nutility-shaped feeder: {args.households} households, {n_com} communities (links all), "
-          f"{len(case.agents)} agents, {steps} steps, vmax {case.network.vmax_pu} pu; case written in {t_build:.1f} s, loaded in {t_load:.1f} s "
+          f"{len(case.agents)} agents, {steps} steps, vmax {case.network.vmax_pu} pu; "
+          f"case written in {t_build:.1f} s, loaded in {t_load:.1f} s "
           f"(not counted); load average {_load()}")
     print(f"{'measure':<34}{'ours':>10}{'baseline':>10}{'ratio':>8}  baseline / note")
     parts = set(args.parts)
