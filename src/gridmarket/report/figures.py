@@ -201,7 +201,7 @@ def save_figures(results_dir: str | Path, *, out_dir: str | Path | None = None,
     list of Path
         The PNGs written (the network map is absent when there are no coordinates).
     """
-    data = load_results(results_dir)
+    data = load_results(results_dir, text="category")
     specs, _ = render_figures(data, progress=progress)
     return write_figures(specs, Path(out_dir) if out_dir is not None else data.path)
 

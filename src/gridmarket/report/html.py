@@ -391,7 +391,7 @@ def build_report(results_dir: str | Path, *, out_dir: str | Path | None = None,
     ResultsError
         A required results file is missing or malformed; the message names the file.
     """
-    data = load_results(results_dir)
+    data = load_results(results_dir, text="category")
     target = Path(out_dir) if out_dir is not None else Path(data.path)
     view = ResultsView.of(data)
     jobs, notes = png_jobs(data, view)

@@ -265,13 +265,14 @@ def battery_operation(market: pd.DataFrame, batteries: pd.DataFrame, *, iteratio
     b = batteries[batteries["iteration"] == iteration]
     info = b.drop_duplicates("agent").set_index("agent")
     out = m[["agent", "community", "step", "time", "soc", "S_kw", "price"]].copy()
-    from_csv = out["agent"].map(info["bus"]).fillna("").astype(str)
+    agent = out["agent"].astype(object)  # names may come as categories (a year's results)
+    from_csv = agent.map(info["bus"]).astype(object).fillna("").astype(str)
     if "bus" in m.columns:  # market.parquet's bus when written, else batteries.csv's
-        bus = m["bus"].fillna("").astype(str)
+        bus = m["bus"].astype(object).fillna("").astype(str)
         out["bus"] = bus.where(bus != "", from_csv)
     else:
         out["bus"] = from_csv
-    out["units"] = out["agent"].map(info["units"]).astype(float)
+    out["units"] = agent.map(info["units"]).astype(float)
     return out.sort_values(["agent", "step"]).reset_index(drop=True)[cols]
 
 
