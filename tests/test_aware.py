@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _aware_cases import write_aware_case
 from gridmarket.case.io import load_case
 from gridmarket.case.model import Case
 from gridmarket.market import clear_market
@@ -22,52 +23,10 @@ R_OHM, X_OHM, X_SRC = 0.15, 0.05, 1e-6  #: two-bus line and source impedance [Ω
 SOURCE_PU = 1.03
 A_PV, B_PV, EXPORT = 0.01, 0.05, 0.30
 
-TOML = """\
-[case]
-name = "{name}"
-currency = "R$"
-
-[network]
-master = "network/Master.dss"
-vmin_pu = 0.95
-vmax_pu = 1.05
-monitored_buses = {monitored}
-
-[time]
-start = "2024-03-01T00:00"
-steps = {steps}
-step_hours = 1.0
-
-[market]
-horizon = 1
-tie_break = 1e-9
-network = "aware"
-network_margin_pu = 0.002
-network_iterations = {iterations}
-
-[grid]
-import_price = 0.80
-export_price = {export}
-
-[communities]
-links = "all"
-"""
-
-
 def _write_case(root: Path, name: str, master: str, agents: str, profiles: dict[str, list[float]],
                 monitored: str, iterations: int = 8) -> Path:
-    (root / "network").mkdir(parents=True, exist_ok=True)
-    (root / "network" / "Master.dss").write_text(master)
-    steps = len(next(iter(profiles.values())))
-    (root / "case.toml").write_text(TOML.format(name=name, monitored=monitored, steps=steps,
-                                                iterations=iterations, export=EXPORT))
-    (root / "agents.csv").write_text("name,kind,community,element,profile,scale,a,b,c,flex,units,pf\n" + agents)
-    cols = list(profiles)
-    rows = ["time," + ",".join(cols)]
-    for t in range(steps):
-        rows.append(f"2024-03-01T{t:02d}:00," + ",".join(str(profiles[c][t]) for c in cols))
-    (root / "profiles.csv").write_text("\n".join(rows) + "\n")
-    return root
+    return write_aware_case(root, name=name, master=master, agents=agents, profiles=profiles, monitored=monitored,
+                            network_iterations=iterations, export=EXPORT)
 
 
 def _setup(case: Case) -> tuple[OpenDSSNetwork, ElementSet, np.ndarray]:

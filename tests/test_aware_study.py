@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from _aware_cases import write_aware_case
 from gridmarket import economics
 from gridmarket.case.io import load_case
 from gridmarket.case.model import Case
@@ -29,36 +30,8 @@ from gridmarket.study.value_placement import NO_COST_THRESHOLD, bus_values
 V_LN = 230.0
 X_SRC = 1e-6
 
-TOML = """\
-[case]
-name = "{name}"
-currency = "R$"
-
-[network]
-master = "network/Master.dss"
-vmin_pu = 0.95
-vmax_pu = 1.05
-monitored_buses = {monitored}
-
-[time]
-start = "2024-03-01T00:00"
-steps = {steps}
-step_hours = 1.0
-
-[market]
-horizon = 1
-tie_break = 1e-9
-network = "aware"
-network_margin_pu = 0.002
-network_iterations = 8
-
-[grid]
-import_price = 0.80
-export_price = 0.30
-
-[communities]
-links = "all"
-
+#: the study's own sections on top of the aware case (tests/_aware_cases.py)
+EXTRA = """
 [battery]
 capex_per_kwh = {capex}
 
@@ -96,17 +69,8 @@ PROFILES = {"load": [1.0, 1.0, 2.0, 3.0], "pv": [0.0, 10.0, 4.0, 0.0], "p0": [0.
 def _write(root: Path, *, capex: float = 0.0, iterations: int = 2, master: str = TWO_BRANCH,
            agents: str = AGENTS, profiles: dict[str, list[float]] | None = None,
            monitored: str = '["ba", "bb"]') -> Case:
-    profiles = profiles or PROFILES
-    (root / "network").mkdir(parents=True, exist_ok=True)
-    (root / "network" / "Master.dss").write_text(master)
-    steps = len(next(iter(profiles.values())))
-    (root / "case.toml").write_text(TOML.format(name="two-branch", monitored=monitored, steps=steps, capex=capex,
-                                                iterations=iterations))
-    (root / "agents.csv").write_text("name,kind,community,element,profile,scale,a,b,c,flex,units,pf\n" + agents)
-    cols = list(profiles)
-    rows = ["time," + ",".join(cols)]
-    rows += [f"2024-03-01T{t:02d}:00," + ",".join(str(profiles[c][t]) for c in cols) for t in range(steps)]
-    (root / "profiles.csv").write_text("\n".join(rows) + "\n")
+    write_aware_case(root, name="two-branch", master=master, agents=agents, profiles=profiles or PROFILES,
+                     monitored=monitored, extra=EXTRA.format(capex=capex, iterations=iterations))
     return load_case(root)
 
 
