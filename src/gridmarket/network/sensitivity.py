@@ -33,7 +33,7 @@ only). Rows: ``"voltage"`` = bus-phase voltage magnitude [pu of the LN base],
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -289,6 +289,21 @@ def _scatter_rows(block: np.ndarray, ref: np.ndarray, n: int) -> sp.csr_matrix:
     return sp.csr_matrix((b.reshape(-1), (r, c)), shape=(b.shape[0], n))
 
 
+def _enabled_pc_elements(d: Any) -> Iterator[tuple[str, Any]]:
+    """``(class, active CktElement)`` for every enabled power-conversion element, class by class
+    in :data:`_PC_CLASSES` order: the one order the branches are built and read in."""
+    for cls in _PC_CLASSES:
+        d.Circuit.SetActiveClass(cls)
+        if d.ActiveClass.Count() == 0:
+            continue
+        i = d.ActiveClass.First()
+        while i:
+            el = d.CktElement
+            if el.Enabled():
+                yield cls, el
+            i = d.ActiveClass.Next()
+
+
 def _pc_branches(net: OpenDSSNetwork) -> tuple[tuple[str, ...], tuple[np.ndarray, ...], list[np.ndarray]]:
     """Power-conversion elements and their constant-power branches (see :class:`GridModel`)."""
     d = net.dss
@@ -299,30 +314,22 @@ def _pc_branches(net: OpenDSSNetwork) -> tuple[tuple[str, ...], tuple[np.ndarray
     e: list[int] = []
     cond: list[int] = []
     share: list[float] = []
-    for cls in _PC_CLASSES:
-        d.Circuit.SetActiveClass(cls)
-        if d.ActiveClass.Count() == 0:
-            continue
-        i = d.ActiveClass.First()
-        while i:
-            el = d.CktElement
-            if el.Enabled():
-                ref = np.asarray(el.NodeRef(), dtype=np.intp) - 1
-                nph, ncond = int(el.NumPhases()), int(el.NumConductors())
-                k = len(names)
-                names.append(f"{cls}.{el.Name().partition('.')[2].lower()}")
-                nodes.append(ref)
-                if ncond == nph + 1 or nph == 1:  # wye (phases to the last conductor), or 1-phase
-                    pairs = [(c, ncond - 1, c) for c in range(nph)]
-                else:  # delta: phase c to phase c+1 (c = 0..nph-1, a ring for 3 phases)
-                    pairs = [(c, (c + 1) % nph, -1) for c in range(nph if nph > 2 else 1)]
-                for ca, cb, cc in pairs:
-                    a.append(int(ref[ca]))
-                    b.append(int(ref[cb]))
-                    e.append(k)
-                    cond.append(cc)
-                    share.append(1.0 / len(pairs))
-            i = d.ActiveClass.Next()
+    for cls, el in _enabled_pc_elements(d):
+        ref = np.asarray(el.NodeRef(), dtype=np.intp) - 1
+        nph, ncond = int(el.NumPhases()), int(el.NumConductors())
+        k = len(names)
+        names.append(f"{cls}.{el.Name().partition('.')[2].lower()}")
+        nodes.append(ref)
+        if ncond == nph + 1 or nph == 1:  # wye (phases to the last conductor), or 1-phase
+            pairs = [(c, ncond - 1, c) for c in range(nph)]
+        else:  # delta: phase c to phase c+1 (c = 0..nph-1, a ring for 3 phases)
+            pairs = [(c, (c + 1) % nph, -1) for c in range(nph if nph > 2 else 1)]
+        for ca, cb, cc in pairs:
+            a.append(int(ref[ca]))
+            b.append(int(ref[cb]))
+            e.append(k)
+            cond.append(cc)
+            share.append(1.0 / len(pairs))
     br = [np.array(x, dtype=np.intp) for x in (a, b, e, cond)] + [np.array(share)]
     return tuple(names), tuple(nodes), br
 
@@ -349,28 +356,18 @@ def read_operating_point(net: OpenDSSNetwork, model: GridModel) -> OperatingPoin
     s = np.zeros(model.br_a.size, dtype=complex)
     first = np.searchsorted(model.br_elem, np.arange(len(model.pc_names)))
     vg = np.concatenate([v, [0.0]])  # index -1 = ground
-    k = 0
-    for cls in _PC_CLASSES:
-        d.Circuit.SetActiveClass(cls)
-        if d.ActiveClass.Count() == 0:
-            continue
-        i = d.ActiveClass.First()
-        while i:
-            el = d.CktElement
-            if el.Enabled():
-                cur = _cplx(el.Currents())
-                ref = model.pc_nodes[k]
-                b0 = int(first[k])
-                nb = int(np.sum(model.br_elem == k)) if k == len(model.pc_names) - 1 else int(first[k + 1] - b0)
-                conds = model.br_cond[b0:b0 + nb]
-                if np.all(conds >= 0):  # wye: branch voltage times its conductor's current
-                    u = vg[model.br_a[b0:b0 + nb]] - vg[model.br_b[b0:b0 + nb]]
-                    s[b0:b0 + nb] = u * np.conj(cur[conds])
-                else:  # delta: the element's total power shared equally
-                    tot = np.sum(vg[ref] * np.conj(cur[: ref.size]))
-                    s[b0:b0 + nb] = tot * model.br_share[b0:b0 + nb]
-                k += 1
-            i = d.ActiveClass.Next()
+    ends = np.append(first[1:], model.br_elem.size)  # branches of element k: first[k] .. ends[k]
+    for k, (_, el) in enumerate(_enabled_pc_elements(d)):  # the order _pc_branches read them in
+        cur = _cplx(el.Currents())
+        ref = model.pc_nodes[k]
+        b0, b1 = int(first[k]), int(ends[k])
+        conds = model.br_cond[b0:b1]
+        if np.all(conds >= 0):  # wye: branch voltage times its conductor's current
+            u = vg[model.br_a[b0:b1]] - vg[model.br_b[b0:b1]]
+            s[b0:b1] = u * np.conj(cur[conds])
+        else:  # delta: the element's total power shared equally
+            tot = np.sum(vg[ref] * np.conj(cur[: ref.size]))
+            s[b0:b1] = tot * model.br_share[b0:b1]
     return OperatingPoint(v=v, s_branch=s)
 
 
