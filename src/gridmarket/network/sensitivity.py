@@ -190,65 +190,34 @@ _MODELS: weakref.WeakKeyDictionary[OpenDSSNetwork, GridModel] = weakref.WeakKeyD
 
 
 def _read_model(net: OpenDSSNetwork, key: tuple[Any, ...]) -> GridModel:
-    """Read the :class:`GridModel` of ``net`` from OpenDSS."""
+    """Read the :class:`GridModel` of ``net`` from OpenDSS: per enabled PD element and voltage
+    source its node references and primitive matrix (one walk; the indices are built for all
+    elements at once afterwards), the buses' voltage bases from the engine's bus table."""
     d = net.dss
     try:
-        names = tuple(s.lower() for s in d.Circuit.YNodeOrder())
+        names = tuple(s.lower() for s in key[2])  # the key holds the Y node order
         n = len(names)
-        base_kv: dict[str, float] = {}
-        for k in range(d.Circuit.NumBuses()):
-            d.Circuit.SetActiveBusi(k)
-            base_kv[d.Bus.Name().lower()] = float(d.Bus.kVBase())
-        base_v = np.array([base_kv.get(s.rpartition(".")[0], 0.0) * 1000.0 for s in names])
-        rows: list[np.ndarray] = []
-        cols: list[np.ndarray] = []
-        vals: list[np.ndarray] = []
-        line_names: list[str] = []
-        lr: list[np.ndarray] = []
-        lc: list[np.ndarray] = []
-        lv: list[np.ndarray] = []
-        amps: list[float] = []
-        tx_names: list[str] = []
-        tx_terms: list[tuple[tuple[np.ndarray, sp.csr_matrix], ...]] = []
-
-        def stamp(ref: np.ndarray, yprim: np.ndarray) -> None:
-            # every entry of the primitive matrix; the grounded ones are dropped once at the end
-            rows.append(np.repeat(ref, ref.size))
-            cols.append(np.tile(ref, ref.size))
-            vals.append(yprim.reshape(-1))
-
+        kv_base = net.buses["kv_base"]
+        bus_of = [s.rpartition(".")[0] for s in names]
+        base_v = kv_base.reindex(bus_of).fillna(0.0).to_numpy(dtype=float) * 1000.0
+        refs: list[np.ndarray] = []
+        prims: list[np.ndarray] = []
+        lines: list[tuple[int, str, list[str], int, float]] = []  # element, name, node order, phases, amps
+        txs: list[tuple[int, str, int, int]] = []  # element, name, conductors, terminals
         for api in (d.PDElements, d.Vsources):  # an Isource has no admittance
             i = api.First()
             while i:
                 el = d.CktElement
                 if el.Enabled():
-                    ref = np.asarray(el.NodeRef(), dtype=np.intp) - 1
-                    yprim = _cplx(el.YPrim()).reshape(ref.size, ref.size)
-                    stamp(ref, yprim)
-                    full = el.Name()
-                    cls, _, nm = full.partition(".")
-                    ncond = int(el.NumConductors())
-                    if cls.lower() == "line":
-                        order = el.NodeOrder()
-                        nph = int(el.NumPhases())
-                        keep = ref >= 0
-                        na = float(el.NormalAmps())
-                        # the phase conductors' current rows: row c of the primitive matrix
-                        lr.append(np.repeat(np.arange(len(line_names), len(line_names) + nph), int(keep.sum())))
-                        lc.append(np.tile(ref[keep], nph))
-                        lv.append(yprim[:nph][:, keep].reshape(-1))
-                        low = nm.lower()
-                        line_names.extend(f"line.{low}.{order[c]}" for c in range(nph))
-                        amps.extend([na if na > 0 else np.inf] * nph)
-                    elif cls.lower() == "transformer":
-                        terms = []
-                        for w in range(int(el.NumTerminals())):
-                            sl = slice(w * ncond, (w + 1) * ncond)
-                            keep = ref[sl] >= 0
-                            # the winding's conductor currents as rows over the whole Y
-                            terms.append((ref[sl][keep], _scatter_rows(yprim[sl][keep], ref, n)))
-                        tx_names.append(f"transformer.{nm.lower()}")
-                        tx_terms.append(tuple(terms))
+                    e = len(refs)
+                    refs.append(np.asarray(el.NodeRef(), dtype=np.intp) - 1)
+                    prims.append(np.asarray(el.YPrim(), dtype=float))
+                    cls, _, nm = el.Name().partition(".")
+                    low = cls.lower()
+                    if low == "line":
+                        lines.append((e, nm.lower(), el.NodeOrder(), int(el.NumPhases()), float(el.NormalAmps())))
+                    elif low == "transformer":
+                        txs.append((e, nm.lower(), int(el.NumConductors()), int(el.NumTerminals())))
                 i = api.Next()
         kva_of: dict[str, np.ndarray] = {}
         i = d.Transformers.First()
@@ -260,13 +229,44 @@ def _read_model(net: OpenDSSNetwork, key: tuple[Any, ...]) -> GridModel:
                 kv[w] = float(d.Transformers.kVA())
             kva_of[f"transformer.{d.Transformers.Name().lower()}"] = kv
             i = d.Transformers.Next()
+        # every entry of every primitive matrix, (element's conductor i, conductor j) row-major
+        size = np.array([r.size for r in refs], dtype=np.intp)
+        ref_all = np.concatenate(refs)
+        first = np.concatenate([[0], np.cumsum(size)[:-1]])  # each element's first conductor
+        ent = size * size
+        e_of = np.repeat(np.arange(size.size), ent)  # element of each entry
+        local = np.arange(int(ent.sum())) - np.repeat(np.cumsum(ent) - ent, ent)  # entry within its element
+        ci, cj = local // size[e_of], local % size[e_of]
+        yr_, yc_ = ref_all[first[e_of] + ci], ref_all[first[e_of] + cj]
+        flat = np.concatenate(prims)
+        yv_ = flat[0::2] + 1j * flat[1::2]
+        live = (yr_ >= 0) & (yc_ >= 0)  # the grounded entries dropped
+        y = sp.csc_matrix((yv_[live], (yr_[live], yc_[live])), shape=(n, n))
+        # lines: the phase conductors' current rows at terminal 1, rows c < phases of the primitive matrix
+        line_names: list[str] = []
+        amps: list[float] = []
+        row_of = np.full(size.size, -1, dtype=np.intp)  # first current row of each line element
+        nph_of = np.zeros(size.size, dtype=np.intp)
+        for e, nm, order, nph, na in lines:
+            row_of[e], nph_of[e] = len(line_names), nph
+            line_names.extend(f"line.{nm}.{order[c]}" for c in range(nph))
+            amps.extend([na if na > 0 else np.inf] * nph)
+        on = (row_of[e_of] >= 0) & (ci < nph_of[e_of]) & (yc_ >= 0)
+        line_rows = sp.csr_matrix((yv_[on], (row_of[e_of[on]] + ci[on], yc_[on])), shape=(len(line_names), n))
+        tx_names: list[str] = []
+        tx_terms: list[tuple[tuple[np.ndarray, sp.csr_matrix], ...]] = []
+        for e, nm, ncond, nterm in txs:
+            ref = refs[e]
+            yprim = _cplx(prims[e]).reshape(ref.size, ref.size)
+            terms = []
+            for w in range(nterm):
+                sl = slice(w * ncond, (w + 1) * ncond)
+                keep = ref[sl] >= 0
+                # the winding's conductor currents as rows over the whole Y
+                terms.append((ref[sl][keep], _scatter_rows(yprim[sl][keep], ref, n)))
+            tx_names.append(f"transformer.{nm}")
+            tx_terms.append(tuple(terms))
         tx_kva = [kva_of[t] for t in tx_names]
-        yr_, yc_, yv_ = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
-        grounded = (yr_ < 0) | (yc_ < 0)
-        y = sp.csc_matrix((yv_[~grounded], (yr_[~grounded], yc_[~grounded])), shape=(n, n))
-        line_rows = (sp.csr_matrix((np.concatenate(lv), (np.concatenate(lr), np.concatenate(lc))),
-                                   shape=(len(line_names), n)) if line_names
-                     else sp.csr_matrix((0, n), dtype=complex))
         pc_names, pc_nodes, br = _pc_branches(net)
     except NetworkError:
         raise
@@ -403,23 +403,23 @@ def _row_weights(model: GridModel, v: np.ndarray, rows: Sequence[tuple[str, str]
     val = np.empty(nr)
     ks = np.empty(nr, dtype=np.intp)
     for r, key in enumerate(rows):
-        k = idx.get(key)
-        if k is None:
+        hit = idx.get(key)
+        if hit is None:
             msg = f"{key[0]} row {key[1]!r} is not in the network"
             raise NetworkError(msg)
-        ks[r] = k
+        ks[r] = hit
     kinds = np.array([kind for kind, _ in rows], dtype=object)
     # voltage rows: |V_k| / base, weights V_k / (|V_k| base) at node k
     rv = np.flatnonzero(kinds == "voltage")
     if rv.size:
-        k = ks[rv]
-        base = model.base_v[k]
-        mag = np.abs(v[k])
+        kv = ks[rv]
+        base = model.base_v[kv]
+        mag = np.abs(v[kv])
         val[rv] = mag / base
         live = mag > 0
-        g = v[k[live]] / (mag[live] * base[live])
-        w[ar[k[live]], rv[live]] = g.real
-        w[ai[k[live]], rv[live]] = g.imag
+        g = v[kv[live]] / (mag[live] * base[live])
+        w[ar[kv[live]], rv[live]] = g.real
+        w[ai[kv[live]], rv[live]] = g.imag
     # current rows: |I| with I = row @ V, weights conj(I)/|I| times the row
     rc = np.flatnonzero(kinds == "current")
     if rc.size:
@@ -434,7 +434,7 @@ def _row_weights(model: GridModel, v: np.ndarray, rows: Sequence[tuple[str, str]
         np.add.at(w, (ar[sub.col], r_of), g.real)
         np.add.at(w, (ai[sub.col], r_of), -g.imag)
     for r in np.flatnonzero(kinds == "transformer"):
-        k = ks[r]
+        k = int(ks[r])
         nodes, yrows = model.tx_terms[k][0]  # winding 1, as the engine's transformer_loading
         kva_va = model.tx_kva[k][0] * 1000.0
         cur = yrows @ v
