@@ -433,7 +433,7 @@ def _row_weights(model: GridModel, v: np.ndarray, rows: Sequence[tuple[str, str]
         r_of = rc[sub.row]
         np.add.at(w, (ar[sub.col], r_of), g.real)
         np.add.at(w, (ai[sub.col], r_of), -g.imag)
-    for r in np.flatnonzero(kinds == "transformer"):
+    for r in np.flatnonzero(kinds == "transformer").tolist():
         k = int(ks[r])
         nodes, yrows = model.tx_terms[k][0]  # winding 1, as the engine's transformer_loading
         kva_va = model.tx_kva[k][0] * 1000.0
