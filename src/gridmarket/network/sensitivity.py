@@ -527,8 +527,7 @@ class _Pattern:
     ``indices``, ``indptr``: the structure; ``data_y``: the admittance matrix's fixed part of
     ``data``; per branch entry its place in ``data`` (``where``), its branch (``bk``), its sign
     in ``C D Cᵀ`` (``sg``) and which of the real blocks it is in (``part``: 0 takes Re β, 1 Im β,
-    2 −Re β); ``order``: ``order[i]`` is the unknown (``[Re V; Im V]`` index) at position ``i``,
-    ``pos`` its inverse (the position of unknown ``k``).
+    2 −Re β); ``pos``: the position of each unknown (``[Re V; Im V]`` index) in that order.
     """
 
     indices: np.ndarray
@@ -538,7 +537,6 @@ class _Pattern:
     bk: np.ndarray
     sg: np.ndarray
     part: np.ndarray
-    order: np.ndarray
     pos: np.ndarray
 
 
@@ -555,18 +553,16 @@ def _fill_order(rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
 
 
 def _jacobian_pattern(model: GridModel) -> _Pattern:
-    """The :class:`_Pattern` of ``model`` (the union of the Y matrix's and the branches'
-    entries), read once per model."""
+    """The :class:`_Pattern` of ``model``, read once per model.
+
+    Every node-level entry (i, j) of the Y matrix or of a branch's ``C D Cᵀ`` is a 2×2 block of
+    ``M`` (rows i and n + i, columns j and n + j), so the structure is built on the nodes: their
+    fill-reducing order, each node's Re and Im unknowns next to each other in it."""
     cached: _Pattern | None = getattr(model, "_jac", None)
     if cached is not None:
         return cached
     n = model.n
     y = model.y.tocoo()
-    yr, yi = np.real(y.data), np.imag(y.data)
-    # Y block entries of M: [[Yr, −Yi], [Yi, Yr]]
-    yi_r = np.concatenate([y.row, y.row, y.row + n, y.row + n])
-    yi_c = np.concatenate([y.col, y.col + n, y.col, y.col + n])
-    yv = np.concatenate([yr, -yi, yi, yr])
     # C D Cᵀ entries of each branch: (a, a) +d, (b, b) +d, (a, b) −d, (b, a) −d (ground dropped)
     nb = model.br_a.size
     k = np.arange(nb)
@@ -576,24 +572,49 @@ def _jacobian_pattern(model: GridModel) -> _Pattern:
     sg = np.concatenate([np.ones(2 * nb), -np.ones(2 * nb)])
     keep = (p >= 0) & (q >= 0)
     p, q, bk, sg = p[keep], q[keep], bk[keep], sg[keep]
-    # B = −C D Cᵀ in the blocks [[Br, Bi], [Bi, −Br]] of M
-    bi_r = np.concatenate([p, p, p + n, p + n])
-    bi_c = np.concatenate([q, q + n, q, q + n])
-    part = np.repeat(np.array([0, 1, 1, 2]), p.size)
-    bk4, sg4 = np.tile(bk, 4), np.tile(sg, 4)
-    # Mᵀ: rows and columns swapped; then the fill-reducing order
-    rows = np.concatenate([yi_c, bi_c]).astype(np.int64)
-    cols = np.concatenate([yi_r, bi_r]).astype(np.int64)
-    size = 2 * n
-    order = _fill_order(rows, cols, size)
-    pos = np.empty(size, dtype=np.int64)
-    pos[order] = np.arange(size)
-    keys, inv = np.unique(pos[cols] * size + pos[rows], return_inverse=True)
-    indices = (keys % size).astype(np.int32)
-    indptr = np.searchsorted(keys // size, np.arange(size + 1)).astype(np.int32)
-    data_y = np.bincount(inv[:yv.size], weights=yv, minlength=keys.size)
-    cached = _Pattern(indices=indices, indptr=indptr, data_y=data_y, where=inv[yv.size:], bk=bk4, sg=sg4,
-                      part=part, order=order, pos=pos)
+    # node entries of M (row i, column j): the Y matrix's, then the branches'; Mᵀ has them at (j, i)
+    mi = np.concatenate([y.row, p]).astype(np.int64)
+    mj = np.concatenate([y.col, q]).astype(np.int64)
+    order = _fill_order(mj, mi, n)
+    npos = np.empty(n, dtype=np.int64)
+    npos[order] = np.arange(n)
+    col, row = npos[mi], npos[mj]  # of Mᵀ, in the order
+    keys, slot = np.unique(col * n + row, return_inverse=True)
+    nptr = np.searchsorted(keys // n, np.arange(n + 1))
+    cnt = np.diff(nptr)
+    # Mᵀ on the unknowns: node column c gives columns 2c (Re) and 2c + 1 (Im), each with rows
+    # 2r, 2r + 1 for every node row r of c: entry (bi, bj) of the block of node slot s sits at
+    # 4·nptr[c] + 2·bi·cnt[c] + 2·(s − nptr[c]) + bj
+    c_of = keys // n
+    r_of = keys % n
+    indptr = np.empty(2 * n + 1, dtype=np.int64)
+    indptr[0:-1:2] = 4 * nptr[:-1]
+    indptr[1::2] = 4 * nptr[:-1] + 2 * cnt
+    indptr[-1] = 4 * keys.size
+    k_in = np.arange(keys.size) - nptr[c_of]
+    indices = np.empty(4 * keys.size, dtype=np.int64)
+    for bi in (0, 1):
+        for bj in (0, 1):
+            indices[4 * nptr[c_of] + 2 * bi * cnt[c_of] + 2 * k_in + bj] = 2 * r_of + bj
+
+    def place(s: np.ndarray, bi: int, bj: int) -> np.ndarray:
+        c = c_of[s]
+        return 4 * nptr[c] + 2 * bi * cnt[c] + 2 * (s - nptr[c]) + bj
+
+    ny = y.row.size
+    sy, sb = slot[:ny], slot[ny:]
+    yr, yi = np.real(y.data), np.imag(y.data)
+    # Y blocks of M: [[Yr, −Yi], [Yi, Yr]] (bi: M's row half, bj: its column half)
+    at_y = np.concatenate([place(sy, bi, bj) for bi, bj in ((0, 0), (0, 1), (1, 0), (1, 1))])
+    data_y = np.bincount(at_y, weights=np.concatenate([yr, -yi, yi, yr]), minlength=4 * keys.size)
+    # B = −C D Cᵀ in the blocks [[Br, Bi], [Bi, −Br]] of M: part 0 takes Re β, 1 Im β, 2 −Re β
+    where = np.concatenate([place(sb, bi, bj) for bi, bj in ((0, 0), (0, 1), (1, 0), (1, 1))])
+    part = np.repeat(np.array([0, 1, 1, 2]), sb.size)
+    pos = np.empty(2 * n, dtype=np.int64)
+    pos[:n] = 2 * npos
+    pos[n:] = 2 * npos + 1
+    cached = _Pattern(indices=indices.astype(np.int32), indptr=indptr.astype(np.int32), data_y=data_y,
+                      where=where, bk=np.tile(bk, 4), sg=np.tile(sg, 4), part=part, pos=pos)
     object.__setattr__(model, "_jac", cached)
     return cached
 
