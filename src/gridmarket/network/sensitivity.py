@@ -138,7 +138,8 @@ class GridModel:
         return sp.csr_matrix((vals, (rows, cc)), shape=(self.n, nb))
 
     def tx_loading(self, v: np.ndarray) -> np.ndarray:
-        """(n_transformers,) loading of winding 1, ``|S_1| / S_1,rated``, at node voltages ``v`` [fraction]."""
+        """(n_transformers,) loading of winding 1, ``|S_1| / S_1,rated``, at node voltages ``v`` [fraction];
+        (steps, n_transformers) for a block of steps ``v`` (steps, n)."""
         cached = getattr(self, "_tx1", None)
         if cached is None:
             nodes = [t[0][0] for t in self.tx_terms]
@@ -149,6 +150,8 @@ class GridModel:
             cached = (np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.intp), rows, agg, kva)
             object.__setattr__(self, "_tx1", cached)
         idx, rows, agg, kva = cached
+        if v.ndim == 2:
+            return (np.abs(agg @ (v[:, idx].T * np.conj(rows @ v.T))) / kva[:, None]).T
         return np.abs(agg @ (v[idx] * np.conj(rows @ v))) / kva
 
     def index(self) -> dict[tuple[str, str], int]:

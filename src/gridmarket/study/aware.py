@@ -67,6 +67,8 @@ RESIDUAL_FILE = "network_residual.csv"
 RESIDUAL_FILE_COLUMNS = ("iteration", *RESIDUAL_COLUMNS)
 _SLACK_TOL = 1e-6  # slack above this [kW-equivalent] counts as used
 _SAME_KW = 1e-7  # a step whose dispatch moved less than this [kW] keeps its power flow
+_FLOW_BLOCK = 64  # steps whose voltages are held before their loadings and limits are checked
+_NEAR_PAD = 1e-9  # states are kept this much [pu, fraction] beyond the margin (rounding)
 
 
 @dataclass
@@ -190,18 +192,25 @@ class _Limits:
         return 1.0
 
     def tx_loading(self, v: np.ndarray) -> np.ndarray:
-        """Loading of the rated transformers at node voltages ``v`` [fraction]."""
-        return self.model.tx_loading(v)[self.tx_rated] if self.tx_names else np.zeros(0)
+        """(steps, rated transformers) loading at the node voltages ``v`` (steps, n) [fraction]."""
+        if not self.tx_names:
+            return np.zeros((v.shape[0], 0))
+        return self.model.tx_loading(v)[:, self.tx_rated]
 
-    def near_any(self, v: np.ndarray, tx: np.ndarray, watch: float) -> bool:
-        """Whether anything is within the margin (plus ``watch``) of its limit at voltages ``v``."""
+    def near(self, v: np.ndarray, tx: np.ndarray, watch: float) -> np.ndarray:
+        """(steps,) whether anything is within the margin (plus ``watch``) of its limit at the
+        node voltages ``v`` (steps, n) and transformer loadings ``tx`` (steps, rated transformers)."""
         d = self.delta + watch
-        vm = np.abs(v[self.node_y]) * self.inv_base
-        if vm.size and (vm.max() >= self.vmax - d or vm.min() <= self.vmin + d):
-            return True
-        if self.i_max.size and np.any(np.abs(self.line_rows @ v) >= (1 - d) * self.i_max):
-            return True
-        return bool(tx.size and tx.max() >= 1 - d)
+        out = np.zeros(v.shape[0], dtype=bool)
+        if self.node_y.size:
+            vm = np.abs(v[:, self.node_y]) * self.inv_base
+            out |= (vm.max(axis=1) >= self.vmax - d) | (vm.min(axis=1) <= self.vmin + d)
+        if self.i_max.size:
+            cur = np.abs(self.line_rows @ v.T).T
+            out |= np.any(cur >= (1 - d) * self.i_max, axis=1)
+        if tx.shape[1]:
+            out |= tx.max(axis=1) >= 1 - d
+        return out
 
     def scan(self, flow: PowerFlowResult, tx: np.ndarray, watch: float = 0.0
              ) -> tuple[dict[int, list[tuple[_Row, float]]], dict[int, list[_Row]]]:
@@ -272,16 +281,34 @@ def _run_flow(net: OpenDSSNetwork, es: ElementSet, kw: np.ndarray, pf: np.ndarra
         if todo.size == 0:
             return prev[0], states, tx
 
+    # the voltages of a block of steps are held, then their loadings and nearness to a limit are
+    # computed for the block at once (a little beyond the margin: every step the scan of the
+    # power flow's magnitudes finds near a limit keeps its state despite rounding)
+    circuit = net.dss.to_dss_python().ActiveCircuit  # numpy-array reads of the voltages
+    block = np.empty((min(todo.size, _FLOW_BLOCK), lim.model.n), dtype=np.complex128)
+    held: list[int] = []
+
+    def flush() -> None:
+        vb = block[: len(held)]
+        txb = lim.tx_loading(vb)
+        near = lim.near(vb, txb, watch + _NEAR_PAD)
+        for j, t in enumerate(held):
+            tx[t] = txb[j]
+            if t in keep or near[j]:
+                states[t] = vb[j].copy()
+        held.clear()
+
     def cb(j: int) -> None:
-        t = int(todo[j])
-        v = np.asarray(net.dss.Circuit.YNodeVArray(), dtype=float).view(np.complex128)
-        tx[t] = lim.tx_loading(v)
-        if t in keep or lim.near_any(v, tx[t], watch):
-            states[t] = v.copy()
+        block[len(held)] = np.asarray(circuit.YNodeVarray, dtype=float).view(np.complex128)
+        held.append(int(todo[j]))
+        if len(held) == block.shape[0]:
+            flush()
         if progress is not None:
             progress(label, j + 1, todo.size)
 
     flow = net.run_series(es, kw[todo], pf=pf, progress=cb)
+    if held:
+        flush()
     if todo.size == steps:
         return flow, states, tx
     old = prev[0]  # type: ignore[index]
