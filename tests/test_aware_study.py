@@ -290,3 +290,28 @@ def test_value_rule_stops_when_the_last_unit_did_not_pay(tmp_path: Path) -> None
     assert go.value == pytest.approx(0.5 * 1e6 * case.battery.unit_kw)
     stop = next_unit({"ba": 1}, relief, case, bus, last_gain=0.99 * ann)
     assert stop.banks == {"ba": 1} and stop.stop is not None and "below its annuity" in stop.stop
+
+
+def test_shapes_power_flows_give_the_snapshot_outer_loop(tmp_path: Path) -> None:
+    """The outer loop's power flows by the "shapes" method (flow_method="auto" on a feeder of
+    Loads and PVSystems) give the loop of the snapshot method: the same rows, dispatch and AC
+    voltages to the power-flow tolerance; the spliced result equals a full snapshot solve."""
+    case = _write(tmp_path)
+    runs = {}
+    for how in ("snapshot", "auto"):
+        net = OpenDSSNetwork(case.network.master, tolerance=1e-10, max_iterations=100)
+        es = net.resolve(attach_agents(case, net))
+        runs[how] = (net, es, clear_aware(case, net, es, flow_method=how))
+    snap, auto = runs["snapshot"][2], runs["auto"][2]
+    assert auto.outer_iterations == snap.outer_iterations >= 2
+    assert snap.constraints is not None and auto.constraints is not None
+    assert auto.constraints.name == snap.constraints.name
+    assert np.abs(auto.kw - snap.kw).max() < 1e-6
+    assert np.abs(auto.flow.v_pu - snap.flow.v_pu).max() < 1e-8
+    net, es, _ = runs["auto"]
+    assert any(n.lower().startswith("gm_shape") for n in net.dss.LoadShape.AllNames())  # it ran "shapes"
+    assert not any(n.lower().startswith("gm_shape") for n in runs["snapshot"][0].dss.LoadShape.AllNames())
+    full = net.run_series(es, auto.kw)
+    assert np.abs(full.v_pu - auto.flow.v_pu).max() < 1e-8
+    with pytest.raises(ValueError, match="flow_method"):
+        clear_aware(case, net, es, flow_method="yearly")

@@ -204,3 +204,39 @@ def test_unknown_row_is_named(feeder: tuple[OpenDSSNetwork, ElementSet]) -> None
     op = sens.read_operating_point(net, model)
     with pytest.raises(Exception, match="nosuchbus.1"):
         sens.ymatrix_sensitivities(model, op, es.names, [("voltage", "nosuchbus.1")])
+
+
+def test_model_obeys_kirchhoff_at_the_solved_point(feeder: tuple[OpenDSSNetwork, ElementSet]) -> None:
+    """The admittance model read from OpenDSS (every PD element's primitive matrix) and the
+    power-conversion branches at OpenDSS's own solved voltages and element currents balance at
+    every node but the source's: Y V + C conj(S_b / u_b) = 0 there; the line rows give the
+    engine's line currents."""
+    net, es = feeder
+    flow = net.run_series(es, KW, pf=PF)
+    model = sens.grid_model(net)
+    op = sens.read_operating_point(net, model)
+    vg = np.concatenate([op.v, [0.0]])
+    u = vg[model.br_a] - vg[model.br_b]
+    inj = model.y @ op.v + model.c_matrix() @ np.conj(op.s_branch / u)
+    away = np.array([not nm.startswith("mv.") for nm in model.node_names])
+    scale = np.abs(model.y @ op.v).max()
+    assert np.abs(inj[away]).max() < 1e-8 * scale
+    assert np.abs(inj[~away]).max() > 1e-3 * scale  # the source feeds the circuit
+    col = {nm: k for k, nm in enumerate(model.line_names)}
+    i_model = np.abs(model.line_rows @ op.v)[[col[nm] for nm in flow.line_phase_names]]
+    assert np.abs(i_model - flow.i_amps[0]).max() < 1e-6 * flow.i_amps[0].max()
+
+
+def test_element_order_only_permutes_the_columns(feeder: tuple[OpenDSSNetwork, ElementSet],
+                                                 reference: Ref) -> None:
+    net, es = feeder
+    net.run_series(es, KW, pf=PF)
+    model = sens.grid_model(net)
+    op = sens.read_operating_point(net, model)
+    q_ratio = sens.dispatch_q_ratio(net, es, PF)
+    rows = _rows(reference)
+    s = sens.ymatrix_sensitivities(model, op, es.names, rows, q_ratio)
+    back = sens.ymatrix_sensitivities(model, op, es.names[::-1], rows, q_ratio[::-1])
+    assert np.abs(back.dp[:, ::-1] - s.dp).max() < 1e-12
+    few = sens.ymatrix_sensitivities(model, op, es.names[2:5], rows[:3], q_ratio[2:5])
+    assert np.abs(few.dp - s.dp[:3, 2:5]).max() < 1e-12

@@ -261,15 +261,15 @@ def _agent_p_kw(case: Case, market: MarketResult) -> np.ndarray:
 
 def _run_flow(net: OpenDSSNetwork, es: ElementSet, kw: np.ndarray, pf: np.ndarray | None, lim: _Limits,
               keep: set[int], watch: float, label: str, progress: Progress | None,
-              prev: tuple[PowerFlowResult, np.ndarray, dict[int, np.ndarray], np.ndarray] | None = None
-              ) -> tuple[PowerFlowResult, dict[int, np.ndarray], np.ndarray]:
+              prev: tuple[PowerFlowResult, np.ndarray, dict[int, np.ndarray], np.ndarray] | None = None,
+              method: str = "snapshot") -> tuple[PowerFlowResult, dict[int, np.ndarray], np.ndarray]:
     """The AC power flow of ``kw``; the complex node voltages [V] of the steps in ``keep`` and of
     those where anything comes near its limit (the others are not kept: a year of states would
     not fit in memory); the rated transformers' loading of every step.
 
     ``prev`` (flow, kw, states, loading of the last power flow): only the steps whose dispatch
     changed by more than :data:`_SAME_KW` are solved again, the others keep their results (a
-    snapshot step depends on its own powers only)."""
+    snapshot step depends on its own powers only). ``method``: ``run_series``'s."""
     steps = kw.shape[0]
     states: dict[int, np.ndarray] = {}
     tx = np.full((steps, len(lim.tx_names)), np.nan)
@@ -306,7 +306,7 @@ def _run_flow(net: OpenDSSNetwork, es: ElementSet, kw: np.ndarray, pf: np.ndarra
         if progress is not None:
             progress(label, j + 1, todo.size)
 
-    flow = net.run_series(es, kw[todo], pf=pf, progress=cb)
+    flow = net.run_series(es, kw[todo], pf=pf, progress=cb, method=method)
     if held:
         flush()
     if todo.size == steps:
@@ -321,6 +321,12 @@ def _run_flow(net: OpenDSSNetwork, es: ElementSet, kw: np.ndarray, pf: np.ndarra
         a[todo] = b
         fields[name] = a
     return replace(old, **fields), states, tx
+
+
+def _shapes_can_run(net: OpenDSSNetwork, es: ElementSet) -> bool:
+    """Whether ``run_series``'s ``"shapes"`` method can dispatch ``es`` on ``net``: Loads and
+    PVSystems only, and no Storage element in the circuit."""
+    return set(es.classes) <= {"Load", "PVSystem"} and int(net.dss.Storages.Count()) == 0
 
 
 def _converged(flow: PowerFlowResult) -> np.ndarray:
@@ -343,7 +349,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
                 monitored: np.ndarray | None = None, method: str = "ymatrix", watch_pu: float = 0.0,
                 converge_pu: float | None = None, drop_rel: float = DROP_REL, merge_cos: float = MERGE_COS,
                 defer_near: bool = True, market_kw: Mapping[str, Any] | None = None,
-                progress: Progress | None = None) -> AwareResult:
+                progress: Progress | None = None, flow_method: str = "snapshot") -> AwareResult:
     """Clear ``case`` with the network's limits inside the market (outer loop).
 
     Parameters
@@ -387,11 +393,16 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
         run: ``soc_init``, ``steps_after``, ``soc_target``; ``method``), as the study passes them.
     progress : callable, optional
         ``progress(label, done, total)`` as the power flows' steps complete.
+    flow_method : {"snapshot", "shapes", "auto"}, default "snapshot"
+        ``run_series``'s method for the outer loop's power flows; ``"auto"``: ``"shapes"`` (the
+        study's blind power flow, 2-3x faster per step) when the elements are Loads and PVSystems
+        and the circuit has no Storage, else ``"snapshot"``. The two agree to the power-flow
+        tolerance, not to rounding.
 
     Notes
     -----
-    The power flows run through ``net.run_series`` (snapshot method), so no shape session may be
-    open on ``net``; the network is left at the last step of the final power flow.
+    The power flows run through ``net.run_series``, so no shape session may be open on ``net``;
+    the network is left at the last step of the final power flow.
 
     Returns
     -------
@@ -399,6 +410,9 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     """
     if method not in ("ymatrix", "perturbed"):
         msg = f"method must be 'ymatrix' or 'perturbed', got {method!r}"
+        raise ValueError(msg)
+    if flow_method not in ("snapshot", "shapes", "auto"):
+        msg = f"flow_method must be 'snapshot', 'shapes' or 'auto', got {flow_method!r}"
         raise ValueError(msg)
     if len(elements) != len(case.agents):
         msg = f"elements has {len(elements)} entries for {len(case.agents)} agents"
@@ -409,6 +423,8 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     model = _model(net)
     q_ratio = sens.dispatch_q_ratio(net, elements, pf_arr)
     limit_iter = case.market.network_iterations
+    if flow_method == "auto":
+        flow_method = "shapes" if _shapes_can_run(net, elements) else "snapshot"
 
     t0 = time.perf_counter()
     mkw = dict(market_kw or {})
@@ -419,7 +435,8 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
         monitored = _monitored(case, net, elements)
     lim = _Limits(case, model, net.node_names, monitored)
     t0 = time.perf_counter()
-    flow, states, tx = _run_flow(net, elements, kw, pf_arr, lim, set(), watch_pu, "aware 1: power flow", progress)
+    flow, states, tx = _run_flow(net, elements, kw, pf_arr, lim, set(), watch_pu, "aware 1: power flow", progress,
+                                 method=flow_method)
     t_flow = time.perf_counter() - t0
     active: dict[int, list[_Row]] = {}
     history: list[dict[str, Any]] = []
@@ -521,7 +538,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
         kw_prev, kw = kw, dispatch_kw(case, market)
         t0 = time.perf_counter()
         flow, states, tx = _run_flow(net, elements, kw, pf_arr, lim, set(active), watch_pu, f"aware {k}: power flow",
-                                     progress, prev=(flow, kw_prev, states, tx))
+                                     progress, prev=(flow, kw_prev, states, tx), method=flow_method)
         t_flow = time.perf_counter() - t0
     duals = np.zeros(0)
     if constraints is not None:
