@@ -425,6 +425,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     limit_iter = case.market.network_iterations
     if flow_method == "auto":
         flow_method = "shapes" if _shapes_can_run(net, elements) else "snapshot"
+    op_from = _OpFrom(model, elements, q_ratio)
 
     t0 = time.perf_counter()
     mkw = dict(market_kw or {})
@@ -491,7 +492,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
             if method == "ymatrix":
                 if base_op is None:  # powers of the elements the market does not dispatch
                     base_op = sens.read_operating_point(net, model)
-                op = _op_from(model, base_op, states[t], elements, kw[t], q_ratio)
+                op = op_from(base_op, states[t], kw[t])
                 s = sens.ymatrix_sensitivities(model, op, elements.names, keys, q_ratio)
             else:
                 s = sens.perturbed_sensitivities(net, elements, kw[t], keys, model=model, pf=pf_arr)
@@ -633,20 +634,28 @@ def _bound(lim: _Limits, r: _Row) -> float:
     return (1.0 - d) * lim.limit(r)
 
 
-def _op_from(model: sens.GridModel, base: sens.OperatingPoint, v: np.ndarray, elements: ElementSet,
-             kw: np.ndarray, q_ratio: np.ndarray) -> sens.OperatingPoint:
-    """Operating point of a step from its voltages and the powers set on the dispatched elements
-    (constant power, shared equally among an element's branches); other elements as in ``base``."""
-    s = base.s_branch.copy()
-    pos = {nm: k for k, nm in enumerate(model.pc_names)}
-    col = np.full(len(model.pc_names), -1)
-    col[[pos[name] for name in elements.names]] = np.arange(len(elements))
-    bc = col[model.br_elem]
-    sel = bc >= 0
-    sign = np.array([-1.0 if c in ("PVSystem", "Generator") else 1.0 for c in elements.classes])
-    p = sign * kw  # consumption [kW]
-    s[sel] = 1000.0 * (p[bc[sel]] * (1.0 + 1j * q_ratio[bc[sel]])) * model.br_share[sel]
-    return sens.OperatingPoint(v=v, s_branch=s)
+class _OpFrom:
+    """Operating points of steps from their voltages and the powers set on the dispatched
+    elements (constant power, shared equally among an element's branches); other elements as
+    in ``base``. Which branches belong to which element is found once per clearing."""
+
+    def __init__(self, model: sens.GridModel, elements: ElementSet, q_ratio: np.ndarray) -> None:
+        pos = {nm: k for k, nm in enumerate(model.pc_names)}
+        col = np.full(len(model.pc_names), -1)
+        col[[pos[name] for name in elements.names]] = np.arange(len(elements))
+        bc = col[model.br_elem]
+        self.sel = np.flatnonzero(bc >= 0)  # branches of the dispatched elements
+        self.bc = bc[self.sel]  # their element
+        self.sign = np.array([-1.0 if c in ("PVSystem", "Generator") else 1.0 for c in elements.classes])
+        self.pq = 1.0 + 1j * q_ratio[self.bc]  # per kW: 1 kW and its kvar
+        self.share = model.br_share[self.sel]
+
+    def __call__(self, base: sens.OperatingPoint, v: np.ndarray, kw: np.ndarray) -> sens.OperatingPoint:
+        """The operating point at voltages ``v`` [V] with the elements at ``kw`` [kW, run_series convention]."""
+        s = base.s_branch.copy()
+        p = self.sign * kw  # consumption [kW]
+        s[self.sel] = 1000.0 * (p[self.bc] * self.pq) * self.share
+        return sens.OperatingPoint(v=v, s_branch=s)
 
 
 def _residual(lim: _Limits, viol: dict[int, list[tuple[_Row, float]]], market: MarketResult,
