@@ -356,21 +356,32 @@ def read_operating_point(net: OpenDSSNetwork, model: GridModel) -> OperatingPoin
     if v.size != model.n:
         msg = "the circuit changed since its GridModel was read; read it again"
         raise NetworkError(msg)
-    s = np.zeros(model.br_a.size, dtype=complex)
-    first = np.searchsorted(model.br_elem, np.arange(len(model.pc_names)))
+    # every conductor current of every element, in the order _pc_branches read them in
+    flat = [np.asarray(el.Currents(), dtype=float) for _, el in _enabled_pc_elements(d)]
+    if len(flat) != len(model.pc_names):
+        msg = "the circuit's power-conversion elements changed since its GridModel was read; read it again"
+        raise NetworkError(msg)
+    if not flat:
+        return OperatingPoint(v=v, s_branch=np.zeros(0, dtype=complex))
+    cur = _cplx(np.concatenate(flat))
+    first = np.concatenate([[0], np.cumsum([f.size // 2 for f in flat])[:-1]])  # each element's first conductor
     vg = np.concatenate([v, [0.0]])  # index -1 = ground
-    ends = np.append(first[1:], model.br_elem.size)  # branches of element k: first[k] .. ends[k]
-    for k, (_, el) in enumerate(_enabled_pc_elements(d)):  # the order _pc_branches read them in
-        cur = _cplx(el.Currents())
-        ref = model.pc_nodes[k]
-        b0, b1 = int(first[k]), int(ends[k])
-        conds = model.br_cond[b0:b1]
-        if np.all(conds >= 0):  # wye: branch voltage times its conductor's current
-            u = vg[model.br_a[b0:b1]] - vg[model.br_b[b0:b1]]
-            s[b0:b1] = u * np.conj(cur[conds])
-        else:  # delta: the element's total power shared equally
-            tot = np.sum(vg[ref] * np.conj(cur[: ref.size]))
-            s[b0:b1] = tot * model.br_share[b0:b1]
+    elem, cond = model.br_elem, model.br_cond
+    u = vg[model.br_a] - vg[model.br_b]
+    # wye: branch voltage times its conductor's current; delta (an element with a branch without
+    # its own conductor): the element's total power, shared equally among its branches
+    delta = np.bincount(elem, weights=(cond < 0).astype(float), minlength=len(flat)) > 0
+    s = np.empty(elem.size, dtype=complex)
+    wye = ~delta[elem]
+    s[wye] = u[wye] * np.conj(cur[first[elem[wye]] + cond[wye]])
+    if np.any(~wye):
+        nodes = model.pc_nodes
+        owner = np.repeat(np.arange(len(flat)), [x.size for x in nodes])
+        at = np.concatenate([first[k] + np.arange(x.size) for k, x in enumerate(nodes)])
+        terms = vg[np.concatenate(nodes)] * np.conj(cur[at])
+        tot = (np.bincount(owner, weights=terms.real, minlength=len(flat))
+               + 1j * np.bincount(owner, weights=terms.imag, minlength=len(flat)))
+        s[~wye] = tot[elem[~wye]] * model.br_share[~wye]
     return OperatingPoint(v=v, s_branch=s)
 
 
