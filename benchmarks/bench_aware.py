@@ -129,6 +129,13 @@ def bench_study(name: str, case: Case, repeat: int = 3) -> None:
           f" per step mean {s['outer_iterations_per_step_mean']:.2f} max {s['outer_iterations_per_step_max']};"
           f" rows {s['rows']} ({s['binding_rows']} binding); seconds {s['seconds']}; whole aware study with value"
           f" placement {t_full:.2f} s, {len(full.iterations)} iterations ({full.stop_reason})")
+    # each part at its best over the runs (the machine is shared), and the sensitivities per step linearised
+    tallies = [r.iterations[0].aware for r in runs]
+    best = {part: min(t.seconds[part] for t in tallies) for part in tallies[0].seconds}
+    lin = int(sum(int((np.asarray(x) - 1).sum()) for x in tallies[0].step_iterations))
+    per_step = best["sensitivity"] / lin * 1e3 if lin else 0.0
+    print(f"{name} study parts (best of {repeat}): " + ", ".join(f"{k} {v:.4f} s" for k, v in best.items())
+          + f"; sensitivities {per_step:.2f} ms per linearised step ({lin} steps)")
 
 
 def main() -> None:
