@@ -178,6 +178,7 @@ class _Limits:
         self.line_names = [n for n, r in zip(model.line_names, rated, strict=True) if r]
         self.line_rows = model.line_rows[np.flatnonzero(rated)]
         self.i_max = model.norm_amps[rated]
+        self.line_pos = {n: k for k, n in enumerate(self.line_names)}
         self.tx_rated = np.array([bool(np.all(kva > 0)) for kva in model.tx_kva], dtype=bool)
         self.tx_names = [t for t, r in zip(model.tx_names, self.tx_rated, strict=True) if r]
         self.model = model
@@ -188,7 +189,7 @@ class _Limits:
         if row.kind == "voltage":
             return self.vmax if row.side > 0 else self.vmin
         if row.kind == "current":
-            return float(self.i_max[self.line_names.index(row.name)])
+            return float(self.i_max[self.line_pos[row.name]])
         return 1.0
 
     def tx_loading(self, v: np.ndarray) -> np.ndarray:
@@ -498,39 +499,38 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
                 s = sens.perturbed_sensitivities(net, elements, kw[t], keys, model=model, pf=pf_arr)
             dp = s.dp.copy()
             dp[:, ~market_cols] = 0.0
-            g_all = dp * np.array([r.side for r in rows], dtype=float)[:, None]
+            side = np.array([r.side for r in rows], dtype=float)
+            g_all = dp * side[:, None]
             big = np.max(np.abs(g_all), axis=1) if len(rows) else np.zeros(0)
             if drop_rel > 0:  # sparse rows: the agents that barely move a row are left out of it
                 g_all = np.where(np.abs(g_all) >= drop_rel * big[:, None], g_all, 0.0)
             # room to the bound at the operating point, per unit of the row's largest sensitivity [kW]
-            room = np.array([r.side * (_bound(lim, r) - v) for r, v in zip(rows, s.value, strict=True)])
-            room = room / np.where(big > 0, big, 1.0)
+            room = side * (np.array([_bound(lim, r) for r in rows]) - s.value)
             violated_now = {r for r, _ in viol.get(t, [])}
-            keep = _distinct_rows(g_all, room, big, [r in violated_now for r in rows], merge_cos)
-            for j, r in enumerate(rows):
-                m = float(big[j])
-                if m < SENSITIVITY_FLOOR:  # no agent can move it: left out, reported with its cause
-                    continue
-                if not keep[j]:  # parallel to a tighter row of the step: that one stands for it
-                    dropped.add((t, r.name))
-                    continue
-                g = g_all[j]
-                # side·(x⁰ + K(p − p⁰)) ≤ side·bound  ⇔  side·K p ≤ side·(bound − x⁰) + side·K p⁰
-                b = r.side * (_bound(lim, r) - s.value[j]) + g @ p0[t]
-                scl = m
-                st.append(t)
+            keep = _distinct_rows(g_all, room / np.where(big > 0, big, 1.0), big,
+                                  [r in violated_now for r in rows], merge_cos)
+            movable = big >= SENSITIVITY_FLOOR  # else no agent can move it: left out, reported with its cause
+            # a row parallel to a tighter row of the step is left to that one
+            dropped.update((t, rows[j].name) for j in np.flatnonzero(movable & ~keep).tolist())
+            take = np.flatnonzero(movable & keep)
+            g, m = g_all[take], big[take]
+            # side·(x⁰ + K(p − p⁰)) ≤ side·bound  ⇔  side·K p ≤ side·(bound − x⁰) + side·K p⁰
+            b = room[take] + g @ p0[t]
+            st.extend([t] * take.size)
+            for j in take.tolist():
+                r = rows[j]
                 nm.append(f"bus.{r.name}" if r.kind == "voltage" else r.name)
                 kd.append(r.kind)
-                rhs.append(b / scl)
-                sc.append(scl)
-                blocks.append(g / scl)
                 if r.kind == "voltage":
-                    lin_pred[(t, r.name)] = (float(s.value[j]), g * r.side, p0[t])
+                    lin_pred[(t, r.name)] = (float(s.value[j]), g_all[j] * r.side, p0[t])
+            rhs.extend((b / m).tolist())
+            sc.extend(m.tolist())
+            blocks.append(g / m[:, None])
             step_iter[t] += 1
         t_sens = time.perf_counter() - t0
         scale = np.array(sc)
         constraints = NetworkConstraints(step=np.array(st, dtype=int), name=tuple(nm), kind=tuple(kd),
-                                         sens=sp.csr_matrix(np.array(blocks).reshape(len(blocks), n_agents)),
+                                         sens=sp.csr_matrix(np.vstack(blocks) if blocks else np.zeros((0, n_agents))),
                                          rhs=np.array(rhs, dtype=float))
         k += 1
         t0 = time.perf_counter()
