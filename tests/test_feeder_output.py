@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -99,13 +100,16 @@ def test_the_feeder_folder_and_the_working_directory_stay_as_they_were(
     second.close()
 
 
-def test_the_private_folder_goes_with_a_failed_compile(tmp_path: Path) -> None:
+def test_the_private_folder_goes_with_a_failed_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     master = tmp_path / "bad.dss"
     master.write_text("Clear\nNew Circuit.x basekV=0.4\nNew Lnie.l1 bus1=a bus2=b\n")
-    leftovers = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("gridmarket-dss-*"))
+    # temporary folders of this test only (other processes' folders in /tmp cannot interfere)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     with pytest.raises(Exception, match="Lnie"):
         OpenDSSNetwork(master)
-    assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("gridmarket-dss-*")) <= leftovers
+    assert list(tmp.glob("gridmarket-dss-*")) == []
 
 
 def test_five_thousand_batteries_at_buses(tmp_path: Path) -> None:

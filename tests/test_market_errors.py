@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from _market_cases import battery, consumer, make_case, producer
+from gridmarket.case.io import CaseWarning
 from gridmarket.case.model import BatterySpec
 from gridmarket.errors import GridmarketError, MarketError
 from gridmarket.market import MarketStatus, check_market, clear_market, market_data
@@ -124,14 +129,29 @@ def test_a_consumer_within_the_documented_limit_clears_with_hand_values(kw: floa
     # The ε tie-break splits C1's import over its two agents (x = −Φ purchases, α imports):
     # α_n = x_n − u with u = (π_imp − λ)/(2ε), x_L + α_L = D, x_PV + α_PV = −3, x_L + x_PV = 0
     # give u = −(D − 3)/2, so λ_C1 = π_imp + ε (D − 3); C2 (2 kWh) is priced 0.8 + ε·2.
+    # At the default ε that moves C1's price by ε·D (0.5 or 1 currency/kWh): the market warns
+    # and proposes an ε under which the move is at most 1e-3 of the import price.
     case = _big_consumer_case(kw)
+    D = kw
     for method in ("qp", "auto"):
-        r = clear_market(case, method=method)
-        D = kw
+        with pytest.warns(CaseWarning, match=r"tie_break = 1e-06 currency/kWh² is too large for an agent of "
+                          r".* \(L1 at step 0\)") as rec:
+            r = clear_market(case, method=method)
         assert r.total_welfare == pytest.approx(0.2 * D + 2.8, rel=1e-8)
         np.testing.assert_allclose(r.p_kwh[0], [D, -3.0, 2.0], rtol=0, atol=1e-4)
         assert r.price[0, 0] == pytest.approx(0.8 + 1e-6 * (D - 3.0), abs=1e-6)
         assert r.price[0, 1] == pytest.approx(0.8 + 1e-6 * 2.0, abs=1e-5)
+    found = re.search(r"set \[market\] tie_break to (\S+) or less", str(rec[0].message))
+    assert found is not None
+    eps = float(found.group(1))
+    small = replace(case, market=replace(case.market, tie_break=eps))
+    for method in ("qp", "auto"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning with the proposed ε
+            r = clear_market(small, method=method)
+        assert r.total_welfare == pytest.approx(0.2 * D + 2.8, rel=1e-8)
+        assert r.price[0, 0] == pytest.approx(0.8 + eps * (D - 3.0), abs=1e-6)
+        assert abs(r.price[0, 0] - 0.8) <= 1e-3 * 0.8
 
 
 def test_an_unscaled_solve_fails_and_the_message_names_the_scale_not_a_constraint() -> None:

@@ -95,6 +95,25 @@ def test_a_binding_export_limit_matches_the_hand_solution() -> None:
     np.testing.assert_allclose(m.price, m.price_energy + m.price_voltage + m.price_congestion, atol=1e-12)
 
 
+@pytest.mark.parametrize("k", [1e3, 1e5])
+def test_a_binding_row_on_a_scaled_market_is_the_hand_solution_scaled(k: float) -> None:
+    # The export case with every energy k times larger and a and the tie-break ε divided by k (so
+    # the prices stay): the market is solved in scaled units (solve.kwh_scale), the window with its
+    # row without Clarabel's iterative refinement. Hand solution, from the unscaled one: P = 9k,
+    # the row's dual 0.2 per kW (its rhs is k times larger, its coefficients the same), welfare
+    # 5.25k (the ε term moves prices by ~2e-5 as unscaled, P by ~2e-4·k).
+    case = make_case([consumer("L1", "C1", a=0.05 / k, b=1.0, flex=1.0), producer("PV1", "C1")],
+                     {"L1": [12.0 * k] * 2, "PV1": [10.0 * k] * 2}, import_price=0.8, export_price=0.3, links=[],
+                     tie_break=1e-6 / k)
+    r = clear_market(case, network=rows([0], ["voltage"], [[-1.0, -1.0]], [1.0 * k]))
+    assert r.window_solver[0] == "clarabel"
+    assert r.p_kwh[0] == pytest.approx([9.0 * k, -10.0 * k], rel=1e-4)
+    assert r.p_kwh[1] == pytest.approx([7.0 * k, -10.0 * k], rel=1e-4)
+    assert r.network_duals[0] == pytest.approx(0.2, abs=1e-4)
+    assert r.welfare[0] == pytest.approx(5.25 * k, rel=1e-4)
+    np.testing.assert_allclose(r.price_voltage[0], [-0.2, -0.2], atol=1e-4)
+
+
 def test_half_hour_steps_price_per_kwh_from_a_row_in_kw() -> None:
     # The same market in steps of 0.5 h (12 kWh = 24 kW of demand, 10 kWh = 20 kW of PV); the row
     # limits the net injection to 2 kW = 1 kWh per step. In energy the optimum is the hourly one

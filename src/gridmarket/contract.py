@@ -269,10 +269,13 @@ TABLES: dict[str, Table] = {t.file: t for t in (
         _c("welfare_realised", "float", "currency", "realised welfare over the run"),
         _c("net_benefit", "float", "currency", "realised welfare gain over 'blind' minus the batteries' annuity"),
         _c("curtailed_kwh", "float", "kWh", "available PV energy not dispatched"),
-        _c("price_spread", "float", "currency/kWh", "highest minus lowest agent price over the run"),
+        _c("price_spread", "float", "currency/kWh", "highest minus lowest agent price over the run, without the"
+           " components of unmet rows (priced at the slack penalty)"),
         _c("battery_units", "int64", "SBU", "battery units placed", **_NEW),
         _c("linearisation_error_pu", "float", "pu", "largest absolute V_AC − V_linear at the aware market's final point"
            " (NaN for blind scenarios)", **_NEW),
+        _c("unmet_rows", "int64", "", "network rows the aware market's final clearing left with a slack > 0"
+           " (0 for blind scenarios)", **_NEW),
         _c("runtime_s", "float", "s", "wall time of the scenario", **_NEW),
     ), required=False),
 )}

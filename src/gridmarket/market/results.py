@@ -121,6 +121,9 @@ class MarketResult:
     network_congestion_rent, network_penalty_cost : float
         What the agents pay the DSO through the network components, ``Σ dual·(sens @ p)``, and
         ``Σ penalty·slack`` [currency] (:mod:`gridmarket.market.network`).
+    network_rows : NetworkConstraints or None
+        The rows the market was cleared with (None without them), aligned with
+        ``network_duals`` and ``network_slack``.
     """
 
     welfare: pd.Series
@@ -151,6 +154,7 @@ class MarketResult:
     price_congestion: np.ndarray | None = None
     network_congestion_rent: float = 0.0
     network_penalty_cost: float = 0.0
+    network_rows: Any = None
     #: builds (market, communities, settlements) on first use: the study loop and the
     #: benchmarks read the arrays, and the frames cost as much as the fast path's solve
     _frames: Callable[[], tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] | None = field(
@@ -245,6 +249,7 @@ def make_result(data: MarketData, sol: Solution, *, status: MarketStatus, window
         network_duals=net.duals, network_slack=net.slack, price_energy=net.price_energy,
         price_voltage=net.price_voltage, price_congestion=net.price_congestion,
         network_congestion_rent=net.congestion_rent, network_penalty_cost=net.penalty_cost,
+        network_rows=network if network is not None and network.rows else None,
         _frames=partial(_frames, data, sol, p, s, soc, phi, alpha, beta, price, pay, cw,
                         (net.price_energy, net.price_voltage, net.price_congestion)))  # picklable
 

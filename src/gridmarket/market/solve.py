@@ -139,6 +139,7 @@ class WindowSolver:
                 settings.tol_gap_abs = settings.tol_gap_rel = settings.tol_feas = SCALED_TOL
         self.settings = settings
         self._solver: clarabel.DefaultSolver | None = None
+        self._no_refine: clarabel.DefaultSettings | None = None
         self._base: tuple[sp.csc_matrix, sp.csc_matrix, np.ndarray, np.ndarray] | None = None
         n = model.layout.n
         self._col = np.ones(n)
@@ -150,6 +151,18 @@ class WindowSolver:
             big = abs(model.A @ sp.diags(self._col)).max(axis=1).toarray().ravel()
             self._row = 1.0 / np.where(big > 0, big, 1.0)
             self._obj = self.scale ** -2
+
+    def _rows_settings(self) -> clarabel.DefaultSettings:
+        """Settings of a window with network rows: the model's, without iterative refinement of
+        the KKT solves (half the time of such a window on the Costa Rica cases; the termination
+        tolerances still hold, and a window that does not reach them is solved again with it)."""
+        s = self._no_refine
+        if s is None:
+            s = self._no_refine = solver_settings()
+            for k in ("tol_gap_abs", "tol_gap_rel", "tol_feas"):
+                setattr(s, k, getattr(self.settings, k))
+            s.iterative_refinement_enable = False
+        return s
 
     def _scaled_base(self) -> tuple[sp.csc_matrix, sp.csc_matrix, np.ndarray, np.ndarray]:
         """The model's scaled ``P`` and ``A`` (CSC, sorted) and, per entry of ``A``, its column
@@ -228,7 +241,7 @@ class WindowSolver:
         return WindowOutcome(x, z, _STATUS.get(name, MarketStatus.NUMERICAL_ERROR),
                              name, int(sol.iterations), time.perf_counter() - t0)
 
-    def solve_rows(self, w: Window, rows: sp.csr_matrix, rhs: np.ndarray, penalty: float) -> WindowOutcome:
+    def solve_rows(self, w: Window, rows: sp.spmatrix, rhs: np.ndarray, penalty: float) -> WindowOutcome:
         """Solve window ``w`` with extra rows ``rows @ x − slack <= rhs``, ``slack >= 0`` priced at
         ``penalty`` per unit (network constraints, :mod:`gridmarket.market.network`).
 
@@ -246,12 +259,14 @@ class WindowSolver:
         col = np.concatenate([self._col, np.ones(R)])
         # the model's rows keep their scaling (the slack columns add nothing to them); a network
         # row is scaled by its largest coefficient on the scaled columns, a slack's sign row by 1
-        sub = sp.csc_matrix(rows @ sp.diags(self._col))
         net_row = np.ones(R)
         if self.scale != 1.0 and R:
+            sub = sp.csc_matrix(rows @ sp.diags(self._col))
             big = np.maximum(abs(sub).max(axis=1).toarray().ravel(), 1.0)  # the slack's own −1
             net_row = 1.0 / big
-        sub = sp.csc_matrix(sp.diags(net_row) @ sub)
+            sub = sp.csc_matrix(sp.diags(net_row) @ sub)
+        else:  # unscaled: the rows as they are
+            sub = sp.csc_matrix(rows)
         sub.sort_indices()
         row = np.concatenate([self._row, net_row, np.ones(R)])
         Ps, As = self._augmented(sub, net_row, n, n_rows)
@@ -259,33 +274,39 @@ class WindowSolver:
         if m.n_zero:
             cones.append(clarabel.ZeroConeT(m.n_zero))
         cones.append(clarabel.NonnegativeConeT(m.n_nonneg + 2 * R))
-        sol = clarabel.DefaultSolver(Ps, self._obj * col * q, As, row * b, cones, self.settings).solve()
+        qs, bs = self._obj * col * q, row * b
+        sol = clarabel.DefaultSolver(Ps, qs, As, bs, cones, self._rows_settings()).solve()
         name = str(sol.status)
+        if _STATUS.get(name) is not MarketStatus.OPTIMAL:  # again with the refinement's accuracy
+            sol = clarabel.DefaultSolver(Ps, qs, As, bs, cones, self.settings).solve()
+            name = str(sol.status)
         x = col * np.asarray(sol.x)
         z = row * np.asarray(sol.z) / self._obj
         return WindowOutcome(x, z, _STATUS.get(name, MarketStatus.NUMERICAL_ERROR),
                              name, int(sol.iterations), time.perf_counter() - t0)
 
 
-def network_matrix(model: MarketModel, nc: NetworkConstraints, idx: np.ndarray, start: int) -> sp.csr_matrix:
-    """Rows ``idx`` of ``nc`` on the columns of ``model`` for the window starting at ``start``:
-    ``sens[r, n] / Δt`` on agent n's ``P`` and ``S_ch`` and minus that on its ``S_dis`` at the
-    row's step (``p_t`` in kW is energy per step / Δt); passive agents' columns are dropped."""
+def network_matrix(model: MarketModel, nc: NetworkConstraints, idx: np.ndarray, start: int) -> sp.csc_matrix:
+    """Rows ``idx`` of ``nc`` on the columns of ``model`` for the window starting at ``start`` (CSC,
+    sorted indices): ``sens[r, n] / Δt`` on agent n's ``P`` and ``S_ch`` and minus that on its
+    ``S_dis`` at the row's step (``p_t`` in kW is energy per step / Δt); passive agents' columns
+    are dropped."""
     d = model.data
     lay = model.layout
-    sub = sp.csc_matrix(nc.sens[idx])
+    dense = nc.sens[idx].toarray()  # a few rows of one window: dense is cheaper than sparse slicing
     k = np.asarray(nc.step, dtype=np.int64)[idx] - start
     rr, cc, vv = [], [], []
     for var, where, sign in (("P", d.pos[d.pq], 1.0), ("Sch", d.pos[d.bat], 1.0), ("Sdis", d.pos[d.bat], -1.0)):
         if not len(where):
             continue
-        blk = sub[:, where].tocoo()
-        rr.append(blk.row)
-        cc.append(lay.var(var)[k[blk.row], blk.col])
-        vv.append(sign * blk.data / d.step_hours)
+        blk = dense[:, where]
+        r, c = np.nonzero(blk)
+        rr.append(r)
+        cc.append(lay.var(var)[k[r], c])
+        vv.append(sign * blk[r, c] / d.step_hours)
     if not rr:
-        return sp.csr_matrix((len(idx), lay.n))
-    return sp.csr_matrix((np.concatenate(vv), (np.concatenate(rr), np.concatenate(cc))), shape=(len(idx), lay.n))
+        return sp.csc_matrix((len(idx), lay.n))
+    return sp.csc_matrix((np.concatenate(vv), (np.concatenate(rr), np.concatenate(cc))), shape=(len(idx), lay.n))
 
 
 # ----------------------------------------------------------------------------- diagnosis

@@ -6,15 +6,21 @@ Every rule returns problems worded as group + rule + bad value + members; the fi
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from gridmarket.case.io import CaseWarning
 from gridmarket.case.model import BatterySpec
 from gridmarket.errors import MarketError
 from gridmarket.market._data import CONSUMER, PRODUCER, MarketData
 
-__all__ = ["MarketProblem", "assert_valid_market", "check_market"]
+__all__ = ["TIE_BREAK_PRICE_SHARE", "MarketProblem", "assert_valid_market", "check_market", "tie_break_note"]
+
+#: the tie-break ε may move an agent's price by at most this share of the highest import price:
+#: welfare then moves by about its square (shared MODEL.md: less than 1e-6 relative)
+TIE_BREAK_PRICE_SHARE = 1e-3
 
 _SHOW = 5  # members named in a message
 
@@ -172,8 +178,45 @@ def _battery_rules(data: MarketData, spec: BatterySpec, names: list[str]) -> lis
     return out
 
 
+def tie_break_note(data: MarketData) -> str | None:
+    """Why the case's tie-break ε is too large for its agents, or None.
+
+    An agent trading ``x`` kWh in a step has its price moved by ``2ε·x`` (``ν = λ + 2εx``,
+    :mod:`gridmarket.market.fast`); with the largest energy of an agent in a step ``E`` [kWh]
+    this may reach ``2ε·E``. Above :data:`TIE_BREAK_PRICE_SHARE` of the highest import price the
+    prices and the flexible agents' dispatch move visibly (an inflexible consumer of 1e6 kWh per
+    step raises its community's price by ε·1e6 = 1 currency/kWh at the default ε).
+    """
+    eps = float(data.tie_break)
+    if eps <= 0.0 or not data.steps or not data.n_m:
+        return None
+    parts = [np.abs(data.energy_kwh), data.sch_max, data.sdis_max]
+    big = max(float(np.max(x, initial=0.0)) for x in parts)
+    scale = float(np.max(np.abs(data.import_price), initial=0.0)) or 1.0
+    shift = 2.0 * eps * big
+    if shift <= TIE_BREAK_PRICE_SHARE * scale:
+        return None
+    where = ""
+    e = np.abs(data.energy_kwh)
+    if e.size and float(e.max()) == big:
+        t, n = np.unravel_index(int(np.argmax(e)), e.shape)
+        where = f" ({data.names[int(data.pq[n])]} at step {int(t)})"
+    limit = TIE_BREAK_PRICE_SHARE * scale / (2.0 * big)
+    unit = 10.0 ** np.floor(np.log10(limit))
+    limit = float(np.floor(limit / unit) * unit)  # one significant digit, rounded down
+    return (f"case {data.case.name!r}: [market] tie_break = {eps:g} currency/kWh² is too large for an agent of "
+            f"{big:.3g} kWh per step{where}: the tie-break can move its price by {shift:.3g} currency/kWh "
+            f"(the import price is {scale:g}), so prices and dispatch are off; set [market] tie_break to "
+            f"{limit:.1g} or less")
+
+
 def assert_valid_market(data: MarketData, *, horizon: int) -> None:
-    """Raise one :class:`MarketError` summing up every problem :func:`check_market` finds."""
+    """Raise one :class:`MarketError` summing up every problem :func:`check_market` finds;
+    warn (:class:`~gridmarket.case.io.CaseWarning`) when the tie-break is too large for the
+    case's agents (:func:`tie_break_note`)."""
+    note = tie_break_note(data)
+    if note is not None:
+        warnings.warn(CaseWarning(note), stacklevel=3)
     problems = check_market(data, horizon=horizon)
     if not problems:
         return

@@ -58,7 +58,8 @@ LONG_RUN_STEPS = 168
 #:   scenario minus the battery annuity (0 for the no-battery scenarios' own gain);
 #: - ``curtailed_kwh`` (float, kWh): energy the market did not clear because of the network
 #:   (0 for blind scenarios);
-#: - ``price_spread`` (float, currency/kWh): highest minus lowest agent price over the run.
+#: - ``price_spread`` (float, currency/kWh): highest minus lowest agent price over the run,
+#:   without the components of rows the market left unmet (priced at the slack penalty).
 #:
 #: Further columns are shown as they are.
 COMPARISON_COLUMNS: tuple[str, ...] = ("scenario", "violations", "welfare_realised", "net_benefit",

@@ -20,7 +20,11 @@ Columns (money in the case currency, over the run):
   prorated to the run (scenario 3's is the welfare cost of respecting the grid);
 * ``curtailed_kwh``: available PV energy minus the PV energy dispatched [kWh];
 * ``price_spread``: max − min over agents and steps of the agents' marginal price
-  (``price``: community price plus voltage and congestion components) [currency/kWh];
+  (``price``: community price plus voltage and congestion components) [currency/kWh], without
+  the components of unmet rows (their dual is the slack penalty, a modelling device, not a
+  price: :func:`market_price_spread`);
+* ``unmet_rows``: network rows whose slack stays > 0 in the aware market's final clearing
+  (limits no market action could meet; 0 for the blind market);
 * ``battery_units``: units placed; ``linearisation_error_pu``: the aware market's largest
   max |V_AC − V_linear| [pu] (NaN for the blind market); ``runtime_s``: wall time of the
   scenario (of iteration 0 for scenarios 1 and 3, of the whole run for 2 and 4) [s].
@@ -39,15 +43,20 @@ import pandas as pd
 from gridmarket import contract
 from gridmarket.case.model import Case
 from gridmarket.enums import AgentKind, NetworkMode, PlacementRule
+from gridmarket.market import MarketResult
+from gridmarket.market.network import price_components
 from gridmarket.study import rules
 from gridmarket.study.loop import Iteration, StudyResult, run_study
 
-__all__ = ["COLUMNS", "COMPARISON_FILE", "SCENARIOS", "compare", "write_comparison"]
+__all__ = ["COLUMNS", "COMPARISON_FILE", "SCENARIOS", "compare", "market_price_spread", "unmet_rows",
+           "write_comparison"]
 
 COMPARISON_FILE = "comparison.csv"
 SCENARIOS = ("blind", "blind+placement", "aware", "aware+value")
 COLUMNS = ("scenario", "violations", "welfare_realised", "net_benefit", "curtailed_kwh", "price_spread",
-           "battery_units", "linearisation_error_pu", "runtime_s")
+           "battery_units", "linearisation_error_pu", "unmet_rows", "runtime_s")
+#: a row whose slack exceeds this is unmet [row units]
+UNMET_TOL = 1e-9
 
 
 def _scenario_case(case: Case, network: NetworkMode, rule: PlacementRule) -> Case:
@@ -68,13 +77,33 @@ def curtailed_kwh(it: Iteration) -> float:
     return available - produced
 
 
-def price_spread(it: Iteration) -> float:
-    """max − min of the market agents' marginal price over the run [currency/kWh] (NaN: none kept)."""
-    if it.market is None:
-        return math.nan
-    price = it.market.market["price"].to_numpy(dtype=float)
+def market_price_spread(market: MarketResult, step_hours: float, *, tol: float = UNMET_TOL) -> float:
+    """max − min over the market agents and steps of ``price_energy + price_voltage +
+    price_congestion`` [currency/kWh], leaving out the components of the rows whose slack exceeds
+    ``tol``: an unmet row is priced at the slack penalty (``[market] network_penalty``), which
+    would otherwise set the spread (NaN: no market agent)."""
+    energy = np.asarray(market.price_energy, dtype=float)
+    price = energy + np.asarray(market.price_voltage, dtype=float) + np.asarray(market.price_congestion, dtype=float)
+    nc = market.network_rows
+    if nc is not None:
+        unmet = np.asarray(market.network_slack, dtype=float) > tol
+        if unmet.any():
+            volt, cong = price_components(nc, np.where(unmet, market.network_duals, 0.0), energy.shape[0], step_hours)
+            price = price - volt - cong
     price = price[np.isfinite(price)]
     return float(price.max() - price.min()) if price.size else math.nan
+
+
+def unmet_rows(market: MarketResult, *, tol: float = UNMET_TOL) -> int:
+    """Network rows of ``market`` whose slack exceeds ``tol`` (0 without rows)."""
+    return int(np.count_nonzero(np.asarray(market.network_slack, dtype=float) > tol))
+
+
+def price_spread(it: Iteration) -> float:
+    """:func:`market_price_spread` of the iteration's market (NaN: none kept)."""
+    if it.market is None:
+        return math.nan
+    return market_price_spread(it.market, it.case.time.step_hours)
 
 
 def _row(name: str, it: Iteration, base_realised: float, runtime: float) -> dict[str, object]:
@@ -82,7 +111,8 @@ def _row(name: str, it: Iteration, base_realised: float, runtime: float) -> dict
     return {"scenario": name, "violations": int(it.counts["violations"]), "welfare_realised": it.welfare_realised,
             "net_benefit": (it.welfare_realised - base_realised) - it.battery_annuity,
             "curtailed_kwh": curtailed_kwh(it), "price_spread": price_spread(it), "battery_units": it.battery_units,
-            "linearisation_error_pu": lin, "runtime_s": runtime}
+            "linearisation_error_pu": lin,
+            "unmet_rows": 0 if it.market is None else unmet_rows(it.market), "runtime_s": runtime}
 
 
 def _placed(res: StudyResult) -> Iteration:
