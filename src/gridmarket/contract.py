@@ -287,7 +287,8 @@ SUMMARY_KEYS: dict[str, str] = {
     "terminal_soc": "cyclic or free", "solver": "solver of the whole run", "solver_used": "solver per iteration",
     "steps": "steps of the horizon", "step_hours": "hours per step", "vmin_pu": "voltage limit",
     "vmax_pu": "voltage limit",
-    "iterations": "iterations run", "best_iteration": "fewest violations, ties by higher realised welfare",
+    "iterations": "iterations run",
+    "best_iteration": "fewest violations, ties by higher realised welfare (value placement: net of the units' annuity)",
     "stop_reason": "why the loop stopped", "welfare": "welfare per iteration", "violations": "violations per iteration",
     "battery_costed": "whether a battery cost was given", "break_even_capex_per_kwh": "capex per kWh at which the"
     " best iteration's net benefit is 0", "runtime_s": "loop wall time", "command_runtime_s": "whole command wall time",

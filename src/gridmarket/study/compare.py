@@ -127,8 +127,8 @@ def _placed(res: StudyResult) -> Iteration:
 def _valued(res: StudyResult) -> Iteration:
     """The value rule's result: the iteration with the fewest violations and, among those, the
     highest net benefit (realised welfare minus the placed units' annuity); the earliest on ties."""
-    scores = [rules.Score(it.score.violations, it.welfare_realised - it.battery_annuity) for it in res.iterations]
-    return res.iterations[rules.best_iteration(scores)]
+    return res.iterations[rules.best_iteration([rules.net_score(it.score, it.battery_annuity)
+                                                for it in res.iterations])]
 
 
 def compare(case: Case, *, max_iterations: int | None = None) -> pd.DataFrame:

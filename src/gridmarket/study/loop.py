@@ -371,7 +371,11 @@ def run_study(case: Case, *, progress: Progress | None = None, max_iterations: i
         if folder is not None and stream_dir is None:
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    best = rules.best_iteration([i.score for i in iterations])
+    if case.placement.rule is PlacementRule.VALUE:
+        # units go where their value exceeds their annuity: the best iteration is judged net of it
+        best = rules.best_iteration([rules.net_score(i.score, i.battery_annuity) for i in iterations])
+    else:
+        best = rules.best_iteration([i.score for i in iterations])
     frames = {} if streamed else {f: sink.frame(f) for f in STEP_FILES}  # type: ignore[union-attr]
     result = StudyResult(case=case, iterations=iterations, best=best,
                        stop_reason=stop or rules.max_iterations_reached(limit),

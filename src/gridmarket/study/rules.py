@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Score", "best_iteration", "better", "stop_reason",
+__all__ = ["Score", "best_iteration", "better", "net_score", "stop_reason",
            "NO_VIOLATIONS", "LADDER_EXHAUSTED", "rose_above", "max_iterations_reached"]
 
 NO_VIOLATIONS = "no violations"
@@ -61,6 +61,13 @@ def better(a: Score, b: Score) -> bool:
     if a.violations != b.violations:
         return a.violations < b.violations
     return a.tie_welfare > b.tie_welfare
+
+
+def net_score(score: Score, annuity: float) -> Score:
+    """``score`` with its welfare net of the placed units' annuity over the run [currency]: the
+    best iteration of value placement (shared MODEL.md, *Network-aware market*: units go where
+    their value exceeds their annuity), where a unit that gained less than it costs loses the tie."""
+    return Score(score.violations, score.welfare - annuity, score.welfare_reported - annuity)
 
 
 def best_iteration(scores: Sequence[Score]) -> int:
