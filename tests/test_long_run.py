@@ -244,12 +244,34 @@ def test_rotate_days_keeps_energy_and_rotates_within_groups() -> None:
     day = np.array([[1.0, 3.0], [2.0, 2.0], [0.0, 0.0], [4.0, 0.0]])  # 4 customers, 2 "hours"
     out = rotate_days(day, np.array(["R", "R", "R", "C"]), 3).reshape(3, 2, 4)
     np.testing.assert_array_equal(out[0], day.T)  # day 0 as measured
-    # day 1: customer 0 takes customer 1's shape (flat) at its own mean 2; customer 1 takes 0's
+    # day 1: customer 0 takes customer 1's shape (flat) at its own mean 2; customer 1 takes 0's,
+    # [1, 3] at its mean 2, capped at its own measured peak 2 with its energy 4 kept: [2, 2]
     np.testing.assert_allclose(out[1][:, 0], [2.0, 2.0])
-    np.testing.assert_allclose(out[1][:, 1], [1.0, 3.0])
+    np.testing.assert_allclose(out[1][:, 1], [2.0, 2.0])
     np.testing.assert_allclose(out[2], out[0])  # a pool of two repeats every other day
     assert (out[:, :, 2] == 0).all()  # no energy stays no energy
     np.testing.assert_allclose(out[:, :, 3], np.tile([4.0, 0.0], (3, 1)))  # alone in its group
+
+
+def test_rotated_days_keep_each_customers_energy_and_peak() -> None:
+    from gridmarket.cases.profiles import rotate_days
+
+    # customer 0 is a single spike (24 kW in hour 0, mean 1 kW); customer 1 is flat at 10 kW
+    day = np.zeros((2, 24))
+    day[0, 0] = 24.0
+    day[1, :] = 10.0
+    out = rotate_days(day, np.array(["R", "R"]), 2).reshape(2, 24, 2)
+    # day 1: the flat customer takes the spike's shape: 240 kW in hour 0 uncapped; capped at its
+    # own peak of 10 kW with its 240 kWh kept, it stays flat at 10 kW
+    np.testing.assert_allclose(out[1][:, 1], np.full(24, 10.0), rtol=1e-9)
+    # the spike customer takes the flat shape at its mean: 1 kW every hour (under its peak 24)
+    np.testing.assert_allclose(out[1][:, 0], np.full(24, 1.0), rtol=1e-12)
+    # a customer of mean 2 and peak 4 given a spike shape: 4 kW where the spike was, the rest of
+    # its 48 kWh spread over the other hours (44/23 kW each; a thousandth of the mean lifts them)
+    day3 = np.array([[4.0] * 6 + [1.0] * 12 + [2.0] * 6, [0.0] * 23 + [24.0]])
+    cap = rotate_days(day3, np.array(["R", "R"]), 2).reshape(2, 24, 2)[1][:, 0]
+    assert cap.sum() == pytest.approx(48.0, rel=1e-12) and cap.max() == pytest.approx(4.0, rel=1e-12)
+    assert cap[23] == pytest.approx(4.0) and np.allclose(cap[:23], 44.0 / 23.0, rtol=1e-9)
 
 
 def test_cr_mar_case_of_several_days(cr_mar_dir: Path, tmp_path: Path) -> None:

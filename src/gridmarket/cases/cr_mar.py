@@ -20,8 +20,8 @@ Rules (deterministic; repeated in the case's ``case.toml`` comments and ``PROVEN
 - **Longer runs** (``days > 1``, e.g. a year of 365 days from :data:`PV_DATE`): day 0 is the
   measured day above; on day ``d`` every load takes the hourly *shape* of the load ``d`` places
   further along among the loads of its sector (R or C) with non-zero energy, scaled to its own
-  mean power (:func:`gridmarket.cases.profiles.rotate_days`), so each customer keeps its energy
-  per day while the timing varies; PV is the pvlib day of the same date, wrapping within the
+  mean power and capped at its own measured peak (:func:`gridmarket.cases.profiles.rotate_days`),
+  so each customer keeps its energy per day and its peak while the timing varies; PV is the pvlib day of the same date, wrapping within the
   2023 file (:func:`gridmarket.cases.profiles.pvlib_hourly_days`).
 - **Case 1.** One dispersed community ``C1``: loads ``n_1FMAR37`` … ``n_1FMAR92`` (56 of 92,
   61 %, spread over transformers MAR1P_2 and MAR1P_3) and their PV. Loads 1–36 are
@@ -457,7 +457,8 @@ def _days_text(f: dict) -> str:
         return ""
     return (f"## Length\n{f['days']} days ({24 * f['days']} hourly steps) from {PV_DATE}. Day 0 is the measured day; "
             "on day d each load takes the hourly shape of the load d places further along among the loads of its "
-            "sector with non-zero energy, scaled to its own mean power (`gridmarket.cases.profiles.rotate_days`). "
+            "sector with non-zero energy, scaled to its own mean power and capped at its own measured peak "
+            "(`gridmarket.cases.profiles.rotate_days`). "
             "PV: the pvlib 2023 day of the same date, wrapping from 31 December to 1 January. The figures below "
             "are those of day 0.\n\n")
 

@@ -199,9 +199,11 @@ def rotate_days(day_kw: np.ndarray, groups: np.ndarray, days: int) -> np.ndarray
 
     Day 0 is every customer's own measured day. On day ``d`` customer ``i`` takes the
     *shape* (the day divided by its mean) of the customer ``d`` places further along, cyclically,
-    among the customers of its group with non-zero energy, scaled to its own mean power: the
-    energy per day of every customer stays its own, the timing changes from day to day.
-    Customers with zero energy stay zero.
+    among the customers of its group with non-zero energy, scaled to its own mean power and
+    capped at its own measured peak (:func:`cap_at_peak`): the energy per day and the peak of
+    every customer stay its own, the timing changes from day to day. (Uncapped, a large customer
+    taking the shape of one whose day is a single spike reached 20× its peak: 95 kW behind a 25 kVA
+    transformer and 0.72 pu on the Costa Rica feeder.) Customers with zero energy stay zero.
 
     Parameters
     ----------
@@ -238,8 +240,40 @@ def rotate_days(day_kw: np.ndarray, groups: np.ndarray, days: int) -> np.ndarray
     out = np.empty((days, hours, n))
     for d in range(days):
         out[d] = (shape[donor[d]] * mean[:, None]).T
+    out = cap_at_peak(out, day_kw.max(axis=1))
     out[0] = day_kw.T  # day 0 exactly as measured
     return out.reshape(days * hours, n)
+
+
+def cap_at_peak(days_kw: np.ndarray, peak_kw: np.ndarray, *, floor: float = 1e-3) -> np.ndarray:
+    """Each customer's days (days, hours, n) [kW] with every hour at most its ``peak_kw`` (n,) and
+    the energy of each day kept: ``x_h = min(k·(y_h + f), peak)`` with one ``k`` per day and
+    customer, found by bisection (the energy is increasing in ``k``). ``f = floor · mean`` lifts
+    the hours of a day that the shape leaves empty just enough that the energy always fits under
+    the peak (the peak is at least the mean). Days already under the peak are returned as they are.
+    """
+    y = np.asarray(days_kw, dtype=float)
+    peak = np.asarray(peak_kw, dtype=float)[None, None, :]
+    energy = y.sum(axis=1, keepdims=True)  # (days, 1, n)
+    over = (y > peak).any(axis=1, keepdims=True) & (energy > 0)
+    if not over.any():
+        return y
+    mean = energy / y.shape[1]
+    base = y + floor * mean
+    lo = np.zeros_like(energy)
+    # at k = hi every hour reaches the peak (base >= f·mean), 24 peaks hold the day's energy
+    hi = peak / np.maximum(floor * mean, 1e-300) + 1.0
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        fits = np.minimum(mid * base, peak).sum(axis=1, keepdims=True) <= energy
+        lo = np.where(fits, mid, lo)
+        hi = np.where(fits, hi, mid)
+    # the last step to the exact energy: spread the rounding over the hours under the peak
+    x = np.minimum(lo * base, peak)
+    free = x < peak
+    short = energy - x.sum(axis=1, keepdims=True)
+    x = x + np.where(free, short / np.maximum(free.sum(axis=1, keepdims=True), 1), 0.0)
+    return np.where(over, x, y)
 
 
 def spread(k: int, lo: float, hi: float, *, offset: float = 0.0) -> float:
