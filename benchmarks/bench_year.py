@@ -2,7 +2,7 @@
 
 Run from the checkout (needs ../shared/data)::
 
-    python benchmarks/bench_year.py [--days 30 365] [--repeat 3] [--chunk 720]
+    python benchmarks/bench_year.py [--days 30 365] [--repeat 3] [--chunk 720] [--network aware]
 
 For each horizon of ``24 · days`` steps the case is written once with
 ``gridmarket.cases.cr_mar.build_case(out, case=2, days=days)`` (timed apart: a one-off), then
@@ -102,19 +102,28 @@ def run_child(mode: str, case_dir: Path, out: Path, chunk: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def build(days: int, tmp: Path) -> tuple[Path, float]:
+def build(days: int, tmp: Path, network: str = "blind") -> tuple[Path, float]:
+    """Costa Rica case 2 over ``days`` days; ``network = "aware"`` sets ``[market] network`` (the
+    network-aware market, issue 13) and ``[placement] rule = "value"``."""
     from gridmarket.cases.cr_mar import build_case
 
     t0 = time.perf_counter()
-    path = build_case(tmp / f"cr_mar_case2_{days}d", case=2, days=days, data_dir=DATA)
+    path = build_case(tmp / f"cr_mar_case2_{days}d_{network}", case=2, days=days, data_dir=DATA)
+    if network == "aware":
+        toml = path / "case.toml"
+        text = toml.read_text()
+        if "\n[market]\n" not in text or "\n[placement]\n" not in text:
+            raise RuntimeError(f"{toml}: no [market] or [placement] table to set the aware market in")
+        text = text.replace("\n[market]\n", '\n[market]\nnetwork = "aware"\n', 1)
+        toml.write_text(text.replace("\n[placement]\n", '\n[placement]\nrule = "value"\n', 1))
     return path, time.perf_counter() - t0
 
 
 def measure(days: int, repeat: int, chunk: int, tmp: Path, *, baseline: bool = True,
-            modes: Sequence[str] = ("loop", "long")) -> dict[str, dict]:
+            modes: Sequence[str] = ("loop", "long"), network: str = "blind") -> dict[str, dict]:
     """Median wall and CPU [s], largest peak RSS [MB], stages and per-iteration figures of each
     way of running ``days`` days."""
-    case_dir, t_build = build(days, tmp)
+    case_dir, t_build = build(days, tmp, network)
     labels = {"loop": "loop (gridmarket run)", "long": "long run, 1 iteration", "memory": "in memory (baseline)"}
     ways = [m for m in modes] + (["memory"] if baseline else [])
     out: dict[str, dict] = {"build": {"wall": t_build}}
@@ -139,16 +148,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=720, help="steps per chunk of the long run")
     ap.add_argument("--no-baseline", action="store_true", help="skip the in-memory baseline")
     ap.add_argument("--modes", nargs="+", default=["loop", "long"], choices=["loop", "long"])
+    ap.add_argument("--network", default="blind", choices=["blind", "aware"],
+                    help="the study's market (aware: also [placement] rule = value); the 10 s target is the blind's")
     args = ap.parse_args(argv)
     if not (DATA / "cr_mar" / "DSS" / "Master_MAR.dss").is_file():
         print(f"[skip] cr_mar not found under {DATA}")
         return 1
     with tempfile.TemporaryDirectory() as tmp:
         for days in args.days:
-            res = measure(days, args.repeat, args.chunk, Path(tmp), baseline=not args.no_baseline, modes=args.modes)
+            res = measure(days, args.repeat, args.chunk, Path(tmp), baseline=not args.no_baseline, modes=args.modes,
+                          network=args.network)
             steps = 24 * days
             base = res.get("in memory (baseline)")
-            print(f"\n{steps} steps ({days} days), chunk {args.chunk}, median of {args.repeat}; case written in "
+            print(f"\n{steps} steps ({days} days), {args.network} market, chunk {args.chunk}, median of {args.repeat}; "
+                  "case written in "
                   f"{res['build']['wall']:.2f} s (not counted)")
             print(f"{'way':<24}{'wall s':>8}{'cpu s':>8}{'peak MB':>9}{'x base':>8}  stages [s]")
             for label, r in res.items():
@@ -163,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     st = ", ".join(f"{key} {it[key]:.2f}" for key in ("market", "network", "tables") if key in it)
                     print(f"  iteration {k}: {it['wall']:.2f} s ({st}); {it['units']} SBU, market {it['solver']}")
                 worst = max((it["wall"] for it in loop["iterations"]), default=float("nan"))
-                if steps == 8760:
+                if steps == 8760 and args.network == "blind":
                     print(f"target: <= {TARGET_S:.0f} s per iteration over a year -> worst {worst:.2f} s: "
                           + ("PASS" if worst <= TARGET_S else f"gap {worst - TARGET_S:.2f} s"))
     return 0
