@@ -136,13 +136,17 @@ def test_feeder_is_unbalanced_and_split_phase(reference: Ref) -> None:
     assert np.abs(dv).max() > 1e-3  # sensitivities large enough for 1e-4 to mean something
 
 
+def _linearised(net: OpenDSSNetwork, es: ElementSet) -> tuple[sens.GridModel, sens.OperatingPoint, np.ndarray]:
+    """The model, operating point and Q ratios of the feeder solved at the reference dispatch."""
+    net.run_series(es, KW, pf=PF)
+    model = sens.grid_model(net)
+    return model, sens.read_operating_point(net, model), sens.dispatch_q_ratio(net, es, PF)
+
+
 def test_ymatrix_matches_finite_differences(feeder: tuple[OpenDSSNetwork, ElementSet],
                                             reference: Ref) -> None:
     net, es = feeder
-    net.run_series(es, KW, pf=PF)
-    model = sens.grid_model(net)
-    op = sens.read_operating_point(net, model)
-    q_ratio = sens.dispatch_q_ratio(net, es, PF)
+    model, op, q_ratio = _linearised(net, es)
     s = sens.ymatrix_sensitivities(model, op, es.names, _rows(reference), q_ratio)
     dv, di, dt = _split(s, reference)
     assert np.abs(dv - reference.dv).max() < TOL_PU
@@ -230,10 +234,7 @@ def test_model_obeys_kirchhoff_at_the_solved_point(feeder: tuple[OpenDSSNetwork,
 def test_element_order_only_permutes_the_columns(feeder: tuple[OpenDSSNetwork, ElementSet],
                                                  reference: Ref) -> None:
     net, es = feeder
-    net.run_series(es, KW, pf=PF)
-    model = sens.grid_model(net)
-    op = sens.read_operating_point(net, model)
-    q_ratio = sens.dispatch_q_ratio(net, es, PF)
+    model, op, q_ratio = _linearised(net, es)
     rows = _rows(reference)
     s = sens.ymatrix_sensitivities(model, op, es.names, rows, q_ratio)
     back = sens.ymatrix_sensitivities(model, op, es.names[::-1], rows, q_ratio[::-1])
