@@ -219,3 +219,41 @@ def test_rows_in_a_pooled_market_leave_the_other_steps_to_the_fast_path() -> Non
     np.testing.assert_allclose(r.p_kwh, qp.p_kwh, atol=1e-3)
     # steps before the row are the free market's
     np.testing.assert_allclose(r.p_kwh[:2], free.p_kwh[:2], atol=1e-12)
+
+
+def test_reuse_repeats_the_steps_whose_rows_and_soc_are_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    # rows on steps 0, 2 and 4 of a market with batteries; cleared again with the same rows the
+    # market takes every step from the earlier clearing (no QP); with step 2's row changed, step 2
+    # and the steps after it whose SoC moved are solved again, and the result is the fresh one
+    from gridmarket.market import solve as solve_mod
+
+    case = random_case(3, n_agents=12, n_communities=2, n_batteries=2, steps=6, horizon=1)
+    n = len(case.agents)
+    sens = np.zeros((3, n))
+    sens[:, :4] = 1.0
+    base = clear_market(case)
+    load = base.p_kwh[:, :4].sum(axis=1) + base.s_kwh[:, :4].sum(axis=1)
+    net = rows([0, 2, 4], ["transformer"] * 3, sens, load[[0, 2, 4]] - 0.5)
+    first = clear_market(case, network=net)
+    assert first.network_duals.max() > 0  # the rows bind
+    calls = []
+    real = solve_mod.WindowSolver.solve_rows
+
+    def counted(self, w, *a, **k):
+        calls.append(w.start)
+        return real(self, w, *a, **k)
+
+    monkeypatch.setattr(solve_mod.WindowSolver, "solve_rows", counted)
+    again = clear_market(case, network=net, reuse=first)
+    assert calls == []
+    for name in ("p_kwh", "s_kwh", "soc", "price", "network_duals", "network_slack"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(first, name))
+    assert again.window_solver == first.window_solver and again.window_status == first.window_status
+    moved = rows([0, 2, 4], ["transformer"] * 3, sens, load[[0, 2, 4]] - [0.5, 1.0, 0.5])
+    fresh = clear_market(case, network=moved)
+    calls.clear()
+    part = clear_market(case, network=moved, reuse=first)
+    assert 0 not in calls and 2 in calls  # step 0 repeated, step 2 solved again
+    np.testing.assert_allclose(part.p_kwh, fresh.p_kwh, atol=1e-7)
+    np.testing.assert_allclose(part.network_duals, fresh.network_duals, atol=1e-7)
+    np.testing.assert_allclose(part.welfare.to_numpy(), fresh.welfare.to_numpy(), atol=1e-7)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 
 import clarabel
@@ -456,11 +456,49 @@ def _extract(model: MarketModel, w: Window, x: np.ndarray, z: np.ndarray, sol: S
         part[np.abs(part) < SNAP_KWH] = 0.0
 
 
+class _Reuse:
+    """Steps of an earlier clearing (``prev``) whose QP a new clearing with rows ``nc`` repeats."""
+
+    def __init__(self, prev: MarketResult, nc: NetworkConstraints, data: MarketData) -> None:
+        self.prev = prev
+        self.nc = nc
+        self.data = data
+        old = prev.network_rows
+        self.old: NetworkConstraints | None = old if isinstance(old, NetworkConstraints) and old.rows else None
+        self.fields = [f.name for f in fields(Solution)]
+
+    def step(self, t: int, soc: np.ndarray, sol: Solution, net_dual: np.ndarray,
+             net_slack: np.ndarray) -> MarketStatus | None:
+        """Copy step ``t`` of the earlier clearing into ``sol`` (and its rows' duals and slacks)
+        when its QP is the same; its window status, or None."""
+        old, prev, nc = self.old, self.prev, self.nc
+        if old is None or len(prev.window_status) != self.data.steps:
+            return None
+        idx, pidx = window_rows(nc, t, 1), window_rows(old, t, 1)
+        if len(idx) != len(pidx) or not len(idx):
+            return None
+        if [nc.name[i] for i in idx] != [old.name[i] for i in pidx] or \
+                [nc.kind[i] for i in idx] != [old.kind[i] for i in pidx]:
+            return None
+        if not np.array_equal(nc.rhs[idx], old.rhs[pidx]) or \
+                not np.array_equal(nc.sens[idx].toarray(), old.sens[pidx].toarray()):
+            return None
+        b = self.data.battery
+        before = np.clip(prev.solution.soc[t - 1], b.soc_min, b.soc_max) if t else self.data.soc_init
+        if not np.array_equal(np.asarray(soc, dtype=float), np.asarray(before, dtype=float)):
+            return None
+        for name in self.fields:
+            getattr(sol, name)[t] = getattr(prev.solution, name)[t]
+        net_dual[idx] = prev.network_duals[pidx]
+        net_slack[idx] = prev.network_slack[pidx]
+        return prev.window_status[t]
+
+
 def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, horizon: int | None = None,
                  battery_model: BatteryModel | str | None = None,
                  method: MarketMethod | str = MarketMethod.AUTO, steps_after: int = 0,
                  soc_target: Mapping[str, float] | None = None, pools: bool | None = None,
-                 network: NetworkConstraints | None = None) -> MarketResult:
+                 network: NetworkConstraints | None = None, reuse: MarketResult | None = None) -> MarketResult:
     """Clear the market of every step of ``case`` (shared MODEL.md, eqs. 1–18).
 
     Parameters
@@ -502,6 +540,12 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
         ``network_duals``, ``network_slack``, ``price_voltage``, ``price_congestion``,
         ``network_congestion_rent`` and ``network_penalty_cost`` report them. None or no rows:
         the market as without it.
+    reuse : MarketResult, optional
+        An earlier clearing of the same case with the same keywords (and other rows): a step of
+        the sequential market whose rows are the same as there (elements, coefficients and right-hand
+        sides, bit for bit) and whose SoC before it is the same takes that clearing's solution
+        instead of a new QP (the QP would be the same; the network-aware outer loop keeps the rows
+        of the steps already within their limits).
 
     Returns
     -------
@@ -576,8 +620,15 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
             build_before = t_build
             order: list[tuple[int, str]] = []
 
+            same = _Reuse(reuse, nc, data) if reuse is not None and nc.rows else None
+
             def fallback(t: int, soc: np.ndarray) -> np.ndarray:
                 order.append((t, "clarabel"))
+                if same is not None:
+                    got = same.step(t, soc, sol, net_dual, net_slack)
+                    if got is not None:
+                        statuses.append(got)
+                        return np.asarray(sol.soc[t])
                 return clarabel_window(t, 1, soc)
 
             force = None
