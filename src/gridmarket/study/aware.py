@@ -346,11 +346,25 @@ def _monitored(case: Case, net: OpenDSSNetwork, es: ElementSet) -> np.ndarray:
     return monitored_mask(net.node_names, net.buses, mon)
 
 
+@dataclass(frozen=True)
+class _StepRows:
+    """The rows of one step as linearised (kept while the step stays within its limits)."""
+
+    names: tuple[str, ...]
+    kinds: tuple[str, ...]
+    rhs: tuple[float, ...]
+    scale: tuple[float, ...]
+    block: np.ndarray  #: (rows, n_agents) scaled sensitivities
+    pred: dict[tuple[int, str], tuple[float, np.ndarray, np.ndarray]]  #: linear predictions of its voltage rows
+    dropped: frozenset[tuple[int, str]]  #: its rows left to a parallel, tighter row
+
+
 def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np.ndarray | None = None,
                 monitored: np.ndarray | None = None, method: str = "ymatrix", watch_pu: float = 0.0,
                 converge_pu: float | None = None, drop_rel: float = DROP_REL, merge_cos: float = MERGE_COS,
                 defer_near: bool = True, market_kw: Mapping[str, Any] | None = None,
-                progress: Progress | None = None, flow_method: str = "snapshot") -> AwareResult:
+                progress: Progress | None = None, flow_method: str = "snapshot",
+                keep_converged: bool = True) -> AwareResult:
     """Clear ``case`` with the network's limits inside the market (outer loop).
 
     Parameters
@@ -392,6 +406,12 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     market_kw : mapping, optional
         Extra keywords of every :func:`~gridmarket.market.clear_market` call (a slice of a longer
         run: ``soc_init``, ``steps_after``, ``soc_target``; ``method``), as the study passes them.
+    keep_converged : bool, default True
+        A step whose AC power flow is within its limits, that gains no row and whose linearisation
+        error is at most δ/2 (``converge_pu`` if given) keeps the rows of its last linearisation,
+        and the market repeats its solution (``clear_market(reuse=...)``)
+        instead of linearising and solving it again around an operating point that already
+        meets the limits; False re-linearises every step with rows at every clearing.
     progress : callable, optional
         ``progress(label, done, total)`` as the power flows' steps complete.
     flow_method : {"snapshot", "shapes", "auto"}, default "snapshot"
@@ -448,11 +468,15 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
     lin_pred: dict[tuple[int, str], tuple[float, np.ndarray, np.ndarray]] = {}
     base_op: sens.OperatingPoint | None = None
     dropped: set[tuple[int, str]] = set()  # rows of the last linearisation left to a parallel, tighter row
+    frozen: dict[int, _StepRows] = {}  # each step's rows as last linearised
+    # a step within its limits keeps its rows once its linearisation error is this small [pu]
+    settled = 0.5 * case.market.network_margin_pu if converge_pu is None else converge_pu
     t_sens = 0.0
     k = 1  # clearings run
     while True:
         viol, near = lim.scan(flow, tx, watch_pu)
-        lin_err = _lin_error(lin_pred, flow, _agent_p_kw(case, market))
+        step_err = _lin_errors(lin_pred, flow, _agent_p_kw(case, market))
+        lin_err = max(step_err.values(), default=0.0)
         n_viol = sum(len(x) for x in viol.values())
         # a step enters the market when its AC power flow violates a limit; its rows near a limit
         # come with it (a step only near its limits is within them: no rows, one QP fewer)
@@ -480,14 +504,32 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
             break
         for t, rows in new.items():
             active.setdefault(t, []).extend(rows)
-        # ---- linearise every active row at the present operating point
+        # ---- linearise every active row at the present operating point; a step already within
+        # its limits with no new row keeps the rows it has (the market then repeats its solution)
         t0 = time.perf_counter()
         p0 = _agent_p_kw(case, market)
-        st, nm, kd, rhs, sc = [], [], [], [], []
+        st: list[int] = []
+        nm: list[str] = []
+        kd: list[str] = []
+        rhs: list[float] = []
+        sc: list[float] = []
         blocks = []
         lin_pred = {}
         dropped = set()
         for t in sorted(active):
+            kept = (frozen.get(t) if keep_converged and t not in viol and t not in new
+                    and step_err.get(t, 0.0) <= settled else None)
+            if kept is not None:
+                st.extend([t] * len(kept.names))
+                nm.extend(kept.names)
+                kd.extend(kept.kinds)
+                rhs.extend(kept.rhs)
+                sc.extend(kept.scale)
+                blocks.append(kept.block)
+                lin_pred.update(kept.pred)
+                dropped.update(kept.dropped)
+                continue
+            n0, p_before, d_before = len(nm), set(lin_pred), set(dropped)
             rows = active[t]
             keys = [(r.kind, r.name) for r in rows]
             if method == "ymatrix":
@@ -527,6 +569,10 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
             sc.extend(m.tolist())
             blocks.append(g / m[:, None])
             step_iter[t] += 1
+            frozen[t] = _StepRows(names=tuple(nm[n0:]), kinds=tuple(kd[n0:]), rhs=tuple(rhs[n0:]),
+                                  scale=tuple(sc[n0:]), block=blocks[-1],
+                                  pred={key: lin_pred[key] for key in set(lin_pred) - p_before},
+                                  dropped=frozenset(set(dropped) - d_before))
         t_sens = time.perf_counter() - t0
         scale = np.array(sc)
         constraints = NetworkConstraints(step=np.array(st, dtype=int), name=tuple(nm), kind=tuple(kd),
@@ -534,7 +580,7 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
                                          rhs=np.array(rhs, dtype=float))
         k += 1
         t0 = time.perf_counter()
-        market = clear_market(case, network=constraints, **mkw)
+        market = clear_market(case, network=constraints, reuse=market if keep_converged else None, **mkw)
         t_market = time.perf_counter() - t0
         kw_prev, kw = kw, dispatch_kw(case, market)
         t0 = time.perf_counter()
@@ -571,12 +617,16 @@ def _model(net: OpenDSSNetwork) -> sens.GridModel:
 def _lin_error(pred: dict[tuple[int, str], tuple[float, np.ndarray, np.ndarray]], flow: PowerFlowResult,
                p: np.ndarray) -> float:
     """max |V_AC − V_linear| [pu] over the voltage rows of the last linearisation."""
-    if not pred:
-        return 0.0
+    return max(_lin_errors(pred, flow, p).values(), default=0.0)
+
+
+def _lin_errors(pred: dict[tuple[int, str], tuple[float, np.ndarray, np.ndarray]], flow: PowerFlowResult,
+                p: np.ndarray) -> dict[int, float]:
+    """Per step with voltage rows, max |V_AC − V_linear| [pu] over them."""
     col = {n: c for c, n in enumerate(flow.node_names)}
-    err = 0.0
+    err: dict[int, float] = {}
     for (t, node), (v0, g, p0) in pred.items():
-        err = max(err, abs(float(flow.v_pu[t, col[node]]) - (v0 + float(g @ (p[t] - p0)))))
+        err[t] = max(err.get(t, 0.0), abs(float(flow.v_pu[t, col[node]]) - (v0 + float(g @ (p[t] - p0)))))
     return err
 
 
