@@ -257,3 +257,29 @@ def test_reuse_repeats_the_steps_whose_rows_and_soc_are_the_same(monkeypatch: py
     np.testing.assert_allclose(part.p_kwh, fresh.p_kwh, atol=1e-7)
     np.testing.assert_allclose(part.network_duals, fresh.network_duals, atol=1e-7)
     np.testing.assert_allclose(part.welfare.to_numpy(), fresh.welfare.to_numpy(), atol=1e-7)
+
+
+def test_steps_with_rows_solved_side_by_side_give_the_sequential_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    # no battery: the steps with rows are independent and their QPs run in threads; the result
+    # is the one of solving them one after the other, bit for bit, and each step's row holds
+    from gridmarket.market import solve as solve_mod
+
+    case = random_case(5, n_agents=14, n_communities=3, n_batteries=0, steps=6, horizon=1)
+    n = len(case.agents)
+    base = clear_market(case)
+    sens = np.zeros((4, n))
+    sens[:, :5] = 1.0
+    load = base.p_kwh[:, :5].sum(axis=1)
+    net = rows([0, 1, 3, 5], ["transformer"] * 4, sens, load[[0, 1, 3, 5]] - 0.3)
+    monkeypatch.setattr(solve_mod, "QP_THREADS", 4)
+    side = clear_market(case, network=net)
+    assert (side.network_duals > 0).all()  # every row binds (two at the penalty, with a slack)
+    monkeypatch.setattr(solve_mod, "QP_THREADS", 1)
+    one = clear_market(case, network=net)
+    for name in ("p_kwh", "price", "network_duals", "network_slack"):
+        np.testing.assert_array_equal(getattr(side, name), getattr(one, name))
+    assert side.window_solver == one.window_solver and side.window_status == one.window_status
+    np.testing.assert_array_equal(side.welfare.to_numpy(), one.welfare.to_numpy())
+    # each row holds: its value is at most its right-hand side plus its slack
+    value = side.p_kwh[[0, 1, 3, 5], :5].sum(axis=1)
+    assert np.all(value <= net.rhs + side.network_slack + 1e-6)

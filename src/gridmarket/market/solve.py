@@ -11,8 +11,10 @@ from Clarabel's infeasibility certificate.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from enum import Enum
 
@@ -53,6 +55,8 @@ class MarketMethod(str, Enum):
 SNAP_KWH = 1e-9
 #: the QP is solved in scaled units when an agent's energy per step exceeds this [kWh] (kwh_scale)
 SCALE_FROM_KWH = 100.0
+#: QPs of independent steps (no battery) with network rows solved side by side
+QP_THREADS = min(4, os.cpu_count() or 1)
 #: Clarabel's gap and feasibility tolerances in a scaled QP (the default ones: solver_settings)
 SCALED_TOL = 1e-13
 
@@ -151,6 +155,11 @@ class WindowSolver:
             big = abs(model.A @ sp.diags(self._col)).max(axis=1).toarray().ravel()
             self._row = 1.0 / np.where(big > 0, big, 1.0)
             self._obj = self.scale ** -2
+
+    def warm(self) -> None:
+        """Build what :meth:`solve_rows` caches, before threads call it side by side."""
+        self._scaled_base()
+        self._rows_settings()
 
     def _rows_settings(self) -> clarabel.DefaultSettings:
         """Settings of a window with network rows: the model's, without iterative refinement of
@@ -456,6 +465,16 @@ def _extract(model: MarketModel, w: Window, x: np.ndarray, z: np.ndarray, sol: S
         part[np.abs(part) < SNAP_KWH] = 0.0
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A window ready for Clarabel: its solver, data, rows of ``nc`` and their matrix (None: no rows)."""
+
+    ws: WindowSolver
+    w: Window
+    idx: np.ndarray
+    rows: sp.csc_matrix | None
+
+
 class _Reuse:
     """Steps of an earlier clearing (``prev``) whose QP a new clearing with rows ``nc`` repeats."""
 
@@ -467,26 +486,33 @@ class _Reuse:
         self.old: NetworkConstraints | None = old if isinstance(old, NetworkConstraints) and old.rows else None
         self.fields = [f.name for f in fields(Solution)]
 
+    def matches(self, t: int, soc: np.ndarray) -> bool:
+        """Whether step ``t`` with SoC ``soc`` before it is the same QP as in the earlier clearing."""
+        old, prev, nc = self.old, self.prev, self.nc
+        if old is None or len(prev.window_status) != self.data.steps:
+            return False
+        idx, pidx = window_rows(nc, t, 1), window_rows(old, t, 1)
+        if len(idx) != len(pidx) or not len(idx):
+            return False
+        if [nc.name[i] for i in idx] != [old.name[i] for i in pidx] or \
+                [nc.kind[i] for i in idx] != [old.kind[i] for i in pidx]:
+            return False
+        if not np.array_equal(nc.rhs[idx], old.rhs[pidx]) or \
+                not np.array_equal(nc.sens[idx].toarray(), old.sens[pidx].toarray()):
+            return False
+        b = self.data.battery
+        before = np.clip(prev.solution.soc[t - 1], b.soc_min, b.soc_max) if t else self.data.soc_init
+        return bool(np.array_equal(np.asarray(soc, dtype=float), np.asarray(before, dtype=float)))
+
     def step(self, t: int, soc: np.ndarray, sol: Solution, net_dual: np.ndarray,
              net_slack: np.ndarray) -> MarketStatus | None:
         """Copy step ``t`` of the earlier clearing into ``sol`` (and its rows' duals and slacks)
-        when its QP is the same; its window status, or None."""
+        when its QP is the same (:meth:`matches`); its window status, or None."""
+        if not self.matches(t, soc):
+            return None
         old, prev, nc = self.old, self.prev, self.nc
-        if old is None or len(prev.window_status) != self.data.steps:
-            return None
+        assert old is not None
         idx, pidx = window_rows(nc, t, 1), window_rows(old, t, 1)
-        if len(idx) != len(pidx) or not len(idx):
-            return None
-        if [nc.name[i] for i in idx] != [old.name[i] for i in pidx] or \
-                [nc.kind[i] for i in idx] != [old.kind[i] for i in pidx]:
-            return None
-        if not np.array_equal(nc.rhs[idx], old.rhs[pidx]) or \
-                not np.array_equal(nc.sens[idx].toarray(), old.sens[pidx].toarray()):
-            return None
-        b = self.data.battery
-        before = np.clip(prev.solution.soc[t - 1], b.soc_min, b.soc_max) if t else self.data.soc_init
-        if not np.array_equal(np.asarray(soc, dtype=float), np.asarray(before, dtype=float)):
-            return None
         for name in self.fields:
             getattr(sol, name)[t] = getattr(prev.solution, name)[t]
         net_dual[idx] = prev.network_duals[pidx]
@@ -581,8 +607,8 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
         solvers: dict[int, WindowSolver] = {}
         lo, hi = data.case.battery.soc_min, data.case.battery.soc_max
 
-        def clarabel_window(start: int, L: int, soc: np.ndarray) -> np.ndarray:
-            nonlocal t_build, t_solve, iterations
+        def prepare(start: int, L: int, soc: np.ndarray) -> _Prepared:
+            nonlocal t_build
             ws = solvers.get(L)
             if ws is None:
                 t0 = time.perf_counter()
@@ -590,17 +616,26 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
                 t_build += time.perf_counter() - t0
             w = data.window(start, L, soc)
             idx = window_rows(nc, start, L)
+            rows = None
             if len(idx):
                 t0 = time.perf_counter()
                 rows = network_matrix(ws.model, nc, idx, start)
                 t_build += time.perf_counter() - t0
-                out = ws.solve_rows(w, rows, nc.rhs[idx], case.market.network_penalty)
+            return _Prepared(ws, w, idx, rows)
+
+        def run(prep: _Prepared) -> WindowOutcome:
+            if prep.rows is None:
+                return prep.ws.solve(prep.w)
+            return prep.ws.solve_rows(prep.w, prep.rows, nc.rhs[prep.idx], case.market.network_penalty)
+
+        def apply(prep: _Prepared, out: WindowOutcome) -> np.ndarray:
+            nonlocal t_solve, iterations
+            ws, w, idx = prep.ws, prep.w, prep.idx
+            if prep.rows is not None:
                 n, m = ws.model.layout.n, ws.model.A.shape[0]
                 net_slack[idx] = out.x[n:n + len(idx)]
                 net_dual[idx] = out.z[m:m + len(idx)]
                 out = replace(out, x=out.x[:n], z=out.z[:m])
-            else:
-                out = ws.solve(w)
             t_solve += out.seconds
             iterations += out.iterations
             if not out.status.ok:
@@ -609,7 +644,11 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
             solvers_used.append("clarabel")
             _extract(ws.model, w, out.x, out.z, sol)
             # the solver meets the SoC bounds to ~1e-9; keep the next window's start inside them
-            return np.asarray(sol.soc[start + L - 1])
+            return np.asarray(sol.soc[w.start + w.length - 1])
+
+        def clarabel_window(start: int, L: int, soc: np.ndarray) -> np.ndarray:
+            prep = prepare(start, L, soc)
+            return apply(prep, run(prep))
 
         why = fast_unsupported(data, horizon=H) if method is not MarketMethod.QP else "method='qp'"
         if why is None:
@@ -621,6 +660,18 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
             order: list[tuple[int, str]] = []
 
             same = _Reuse(reuse, nc, data) if reuse is not None and nc.rows else None
+            ready: dict[int, tuple[_Prepared, WindowOutcome]] = {}
+            if nc.rows and not data.n_b and method is not MarketMethod.FAST and QP_THREADS > 1:
+                # no battery: the steps with rows do not depend on one another (no SoC between
+                # them), so their QPs are solved side by side (Clarabel releases the GIL); the
+                # sequence below takes each result in its turn, as if solved there
+                todo = [t for t in sorted(set(np.asarray(nc.step, dtype=np.int64).tolist()))
+                        if same is None or not same.matches(t, data.soc_init)]
+                if len(todo) > 1:
+                    preps = [prepare(t, 1, data.soc_init) for t in todo]
+                    preps[0].ws.warm()
+                    with ThreadPoolExecutor(min(QP_THREADS, len(todo))) as pool:
+                        ready = {t: (p, o) for t, p, o in zip(todo, preps, pool.map(run, preps), strict=True)}
 
             def fallback(t: int, soc: np.ndarray) -> np.ndarray:
                 order.append((t, "clarabel"))
@@ -629,6 +680,8 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
                     if got is not None:
                         statuses.append(got)
                         return np.asarray(sol.soc[t])
+                if t in ready:
+                    return apply(*ready.pop(t))
                 return clarabel_window(t, 1, soc)
 
             force = None
