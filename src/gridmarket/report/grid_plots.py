@@ -12,10 +12,9 @@ from matplotlib.figure import Figure
 
 from gridmarket.report.style import RC, STYLE, new_figure
 from gridmarket.report.views import (
-    bus_step_violations,
-    day_hour_violations,
     duration_curves,
     monthly_energy,
+    violation_grids,
     voltage_profile,
     welfare_breakdown,
 )
@@ -28,30 +27,16 @@ __all__ = [
     "plot_voltage_profile",
 ]
 
-_MAX_ROWS = 40
-
-
 def plot_violation_heatmap(violations: pd.DataFrame, lines: pd.DataFrame | None, *, before: int, after: int,
                            long_run: bool = False, times: pd.Series | None = None,
                            step_hours: float = 1.0) -> Figure:
     """Violation pairs before and after batteries: bus × step (short runs, the 40 most violated
     buses) or day × hour of day (long runs), one panel each, a shared colour scale."""
     with mpl.rc_context(RC):
-        if long_run:
-            a = day_hour_violations(violations, times, iteration=before, step_hours=step_hours)
-            b = day_hour_violations(violations, times, iteration=after, step_hours=step_hours)
-            rows = sorted(set(a.index) | set(b.index))
-            cols = list(range(24))
-        else:
-            a = bus_step_violations(violations, lines, iteration=before)
-            b = bus_step_violations(violations, lines, iteration=after)
-            tot = a.sum(axis=1).add(b.sum(axis=1), fill_value=0) if len(a) or len(b) else pd.Series(dtype=float)
-            rows = sorted(tot.index, key=lambda x: (-tot[x], x))[:_MAX_ROWS]
-            cols = sorted(set(a.columns) | set(b.columns))
-            if times is not None and len(times):  # every step of the run, not only the violated ones
-                cols = sorted(set(cols) | {int(t) for t in times.index})
-        mats = [w.reindex(index=rows, columns=cols, fill_value=0).to_numpy(dtype=float) if rows else np.zeros((1, 1))
-                for w in (a, b)]
+        a, b = violation_grids(violations, lines, before=before, after=after, long_run=long_run, times=times,
+                               step_hours=step_hours)
+        rows, cols = list(a.index), list(a.columns)
+        mats = [w.to_numpy(dtype=float) if rows else np.zeros((1, 1)) for w in (a, b)]
         vmax = max(1.0, *(float(m.max()) for m in mats))
         fig = new_figure(10.0, float(np.clip(0.18 * max(len(rows), 1) + 1.8, 2.6, 9.0)))
         axes = fig.subplots(1, 2, sharey=True)

@@ -21,12 +21,12 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from gridmarket.report.views import (
+    MAX_HEATMAP_BUSES,
     battery_operation,
-    bus_step_violations,
-    day_hour_violations,
     duration_curves,
     monthly_energy,
     top_batteries,
+    violation_grids,
     voltage_profile,
     welfare_breakdown,
 )
@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 #: buses shown in the bus × step heat map (the most violated ones)
-MAX_HEATMAP_BUSES = 40
 _TEMPLATE = "plotly_white"
 _CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -93,35 +92,26 @@ def heatmap_figure(violations: pd.DataFrame, lines: pd.DataFrame | None, *, befo
     """
     titles = (f"Before: iteration {before}", f"After: iteration {after}")
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.04)
+    a, b = violation_grids(violations, lines, before=before, after=after, long_run=long_run, times=times,
+                           step_hours=step_hours)
+    rows = list(a.index)
     if long_run:
-        a = day_hour_violations(violations, times, iteration=before, step_hours=step_hours)
-        b = day_hour_violations(violations, times, iteration=after, step_hours=step_hours)
-        days = sorted(set(a.index) | set(b.index))
         for col, wide in ((1, a), (2, b)):
-            wide = wide.reindex(index=days, fill_value=0)
-            fig.add_trace(go.Heatmap(z=wide.to_numpy(), x=list(range(24)), y=days, coloraxis="coloraxis",
+            fig.add_trace(go.Heatmap(z=wide.to_numpy(), x=list(range(24)), y=rows, coloraxis="coloraxis",
                                      hovertemplate="%{y} %{x}:00<br>%{z} violation pairs<extra></extra>"),
                           row=1, col=col)
         fig.update_xaxes(title_text="Hour of day")
-        height = int(np.clip(18 * len(days) + 160, 300, 1400))
+        height = int(np.clip(18 * len(rows) + 160, 300, 1400))
     else:
-        a = bus_step_violations(violations, lines, iteration=before)
-        b = bus_step_violations(violations, lines, iteration=after)
-        total = a.sum(axis=1).add(b.sum(axis=1), fill_value=0) if len(a) or len(b) else pd.Series(dtype=float)
-        buses = sorted(total.index, key=lambda x: (-total[x], x))[:MAX_HEATMAP_BUSES]
-        steps = sorted(set(a.columns) | set(b.columns))
-        if times is not None and len(times):
-            steps = sorted(set(steps) | set(int(s) for s in times.index))
-        xlab = _labels(steps, times)
+        xlab = _labels(list(a.columns), times)
         for col, wide in ((1, a), (2, b)):
-            wide = wide.reindex(index=buses, columns=steps, fill_value=0) if len(buses) else wide
-            fig.add_trace(go.Heatmap(z=wide.to_numpy() if len(buses) else [[0]], x=xlab, y=buses or [""],
+            fig.add_trace(go.Heatmap(z=wide.to_numpy() if rows else [[0]], x=xlab, y=rows or [""],
                                      coloraxis="coloraxis",
                                      hovertemplate="bus %{y}, step %{x}<br>%{z} violation pairs<extra></extra>"),
                           row=1, col=col)
         fig.update_xaxes(title_text="Step (time)")
         fig.update_yaxes(title_text="Bus", row=1, col=1, autorange="reversed")
-        height = int(np.clip(18 * max(len(buses), 1) + 180, 300, 1000))
+        height = int(np.clip(18 * max(len(rows), 1) + 180, 300, 1000))
     fig.update_layout(template=_TEMPLATE, height=height, margin={"t": 60, "l": 80, "r": 20, "b": 60},
                       coloraxis={"colorscale": "Reds", "cmin": 0, "colorbar": {"title": "pairs"}},
                       title="Violations before and after batteries (bus/line/transformer-step pairs)")

@@ -31,8 +31,10 @@ __all__ = [
     "LONG_RUN_STEPS",
     "ResultsView",
     "battery_operation",
+    "MAX_HEATMAP_BUSES",
     "bus_step_violations",
     "day_hour_violations",
+    "violation_grids",
     "duration_curves",
     "monthly_energy",
     "optional_table",
@@ -181,6 +183,34 @@ def day_hour_violations(violations: pd.DataFrame, times: pd.Series | None, *, it
     frame = pd.DataFrame({"day": day.to_numpy(), "hour": hour.to_numpy()})
     out = frame.groupby(["day", "hour"]).size().unstack(fill_value=0)
     return out.reindex(columns=range(24), fill_value=0)
+
+
+#: rows (buses) of the short runs' violation heat maps: the most violated
+MAX_HEATMAP_BUSES = 40
+
+
+def violation_grids(violations: pd.DataFrame, lines: pd.DataFrame | None, *, before: int, after: int,
+                    long_run: bool = False, times: pd.Series | None = None,
+                    step_hours: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The before and after panels of the violation heat maps (PNG and interactive), on one grid
+    of violation pairs: long runs, day (every day with a violation in either) × hour of day 0-23
+    (:func:`day_hour_violations`); short runs, bus (the :data:`MAX_HEATMAP_BUSES` most violated in
+    both together, most first, ties by name) × step (every step with a violation, and every step
+    of ``times`` when given; :func:`bus_step_violations`). No rows when neither has a violation."""
+    if long_run:
+        a = day_hour_violations(violations, times, iteration=before, step_hours=step_hours)
+        b = day_hour_violations(violations, times, iteration=after, step_hours=step_hours)
+        rows = sorted(set(a.index) | set(b.index))
+        cols = list(range(24))
+    else:
+        a = bus_step_violations(violations, lines, iteration=before)
+        b = bus_step_violations(violations, lines, iteration=after)
+        tot = a.sum(axis=1).add(b.sum(axis=1), fill_value=0) if len(a) or len(b) else pd.Series(dtype=float)
+        rows = sorted(tot.index, key=lambda x: (-tot[x], x))[:MAX_HEATMAP_BUSES]
+        cols = sorted(set(a.columns) | set(b.columns))
+        if times is not None and len(times):  # every step of the run, not only the violated ones
+            cols = sorted(set(cols) | {int(t) for t in times.index})
+    return a.reindex(index=rows, columns=cols, fill_value=0), b.reindex(index=rows, columns=cols, fill_value=0)
 
 
 def worst_step(voltages: pd.DataFrame, violations: pd.DataFrame, *, iteration: int,
