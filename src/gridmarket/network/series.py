@@ -15,7 +15,7 @@ from gridmarket.errors import NetworkError, PowerFlowError
 from gridmarket.network._dss import _MODE_SNAPSHOT, _MODE_YEARLY, _Batch, _dss_errors, _DSSException
 from gridmarket.network.dispatch import ElementDispatch
 from gridmarket.network.elements import ElementSet, _plan_group, _series_inputs
-from gridmarket.network.results import PowerFlowResult, _SeriesArrays
+from gridmarket.network.results import PowerFlowResult, _Layout, _SeriesArrays
 
 __all__ = ["SeriesRunner", "ShapeSession"]
 
@@ -129,16 +129,7 @@ class SeriesRunner(ElementDispatch):
                 if self._lib.Error_Get_Number():
                     msg = f"OpenDSS rejected the powers of step {t}: {self._dss.Error.Description()}"
                     raise NetworkError(msg)
-                row = t % _SHAPE_BLOCK
-                if self._solve_step(t, elements, once):
-                    block[row, 1:] = self._circuit.YNodeVarray.view(np.complex128)
-                else:
-                    block[row, 1:] = 0.0
-                    failed.append(t)
-                if row == block.shape[0] - 1 or t == steps - 1:
-                    out.fill(block[: row + 1], layout, t - row)
-                if progress is not None:
-                    progress(t)
+                self._keep_step(t, self._solve_step(t, elements, once), steps, block, out, layout, failed, progress)
         for t in failed:
             out.fail(t)
         return out.result(layout)
@@ -241,22 +232,12 @@ class SeriesRunner(ElementDispatch):
                 return bool(converged())
 
             failed: list[int] = []
-            t = t0 = -1
+            t = -1
             try:
                 for t in range(steps):
                     set_hour(float(t + 1))  # hour t + 1 reads point t of an interval-1 h shape
-                    row = t % _SHAPE_BLOCK
-                    if row == 0:
-                        t0 = t
-                    if self._solve_step(t, elements, once):
-                        block[row, 1:] = self._circuit.YNodeVarray.view(np.complex128)
-                    else:
-                        block[row, 1:] = 0.0
-                        failed.append(t)
-                    if row == block.shape[0] - 1 or t == steps - 1:
-                        out.fill(block[: row + 1], layout, t0)
-                    if progress is not None:
-                        progress(t)
+                    self._keep_step(t, self._solve_step(t, elements, once), steps, block, out, layout, failed,
+                                    progress)
             finally:
                 if t >= 0:  # the powers the elements get back when the session closes
                     session.last = [(b, prop, vals[t]) for b, prop, vals in bases]
@@ -315,6 +296,22 @@ class SeriesRunner(ElementDispatch):
         finally:
             os.chdir(cwd)
         self._check_error("cannot create the loadshapes")
+
+    def _keep_step(self, t: int, ok: bool, steps: int, block: np.ndarray, out: _SeriesArrays, layout: _Layout,
+                   failed: list[int], progress: Callable[[int], None] | None) -> None:
+        """Keep step ``t`` of a series of ``steps`` just solved: its node voltages in row
+        ``t % _SHAPE_BLOCK`` of ``block`` when it converged (``ok``), else zeros and ``t`` in
+        ``failed``; a full block, or the last step's, goes into ``out``; then ``progress(t)``."""
+        row = t % _SHAPE_BLOCK
+        if ok:
+            block[row, 1:] = self._circuit.YNodeVarray.view(np.complex128)
+        else:
+            block[row, 1:] = 0.0
+            failed.append(t)
+        if row == block.shape[0] - 1 or t == steps - 1:
+            out.fill(block[: row + 1], layout, t - row)
+        if progress is not None:
+            progress(t)
 
     def _solve_step(self, t: int, elements: ElementSet, once: Callable[[], bool]) -> bool:
         """Solve step ``t`` with ``once`` (which sets nothing and returns convergence); if it does
