@@ -519,60 +519,51 @@ def clear_aware(case: Case, net: OpenDSSNetwork, elements: ElementSet, *, pf: np
         for t in sorted(active):
             kept = (frozen.get(t) if keep_converged and t not in viol and t not in new
                     and step_err.get(t, 0.0) <= settled else None)
-            if kept is not None:
-                st.extend([t] * len(kept.names))
-                nm.extend(kept.names)
-                kd.extend(kept.kinds)
-                rhs.extend(kept.rhs)
-                sc.extend(kept.scale)
-                blocks.append(kept.block)
-                lin_pred.update(kept.pred)
-                dropped.update(kept.dropped)
-                continue
-            n0, p_before, d_before = len(nm), set(lin_pred), set(dropped)
-            rows = active[t]
-            keys = [(r.kind, r.name) for r in rows]
-            if method == "ymatrix":
-                if base_op is None:  # powers of the elements the market does not dispatch
-                    base_op = sens.read_operating_point(net, model)
-                op = op_from(base_op, states[t], kw[t])
-                s = sens.ymatrix_sensitivities(model, op, elements.names, keys, q_ratio)
-            else:
-                s = sens.perturbed_sensitivities(net, elements, kw[t], keys, model=model, pf=pf_arr)
-            dp = s.dp.copy()
-            dp[:, ~market_cols] = 0.0
-            side = np.array([r.side for r in rows], dtype=float)
-            g_all = dp * side[:, None]
-            big = np.max(np.abs(g_all), axis=1) if len(rows) else np.zeros(0)
-            if drop_rel > 0:  # sparse rows: the agents that barely move a row are left out of it
-                g_all = np.where(np.abs(g_all) >= drop_rel * big[:, None], g_all, 0.0)
-            # room to the bound at the operating point, per unit of the row's largest sensitivity [kW]
-            room = side * (np.array([_bound(lim, r) for r in rows]) - s.value)
-            violated_now = {r for r, _ in viol.get(t, [])}
-            keep = _distinct_rows(g_all, room / np.where(big > 0, big, 1.0), big,
-                                  [r in violated_now for r in rows], merge_cos)
-            movable = big >= SENSITIVITY_FLOOR  # else no agent can move it: left out, reported with its cause
-            # a row parallel to a tighter row of the step is left to that one
-            dropped.update((t, rows[j].name) for j in np.flatnonzero(movable & ~keep).tolist())
-            take = np.flatnonzero(movable & keep)
-            g, m = g_all[take], big[take]
-            # side·(x⁰ + K(p − p⁰)) ≤ side·bound  ⇔  side·K p ≤ side·(bound − x⁰) + side·K p⁰
-            b = room[take] + g @ p0[t]
-            st.extend([t] * take.size)
-            for j in take.tolist():
-                r = rows[j]
-                nm.append(f"bus.{r.name}" if r.kind == "voltage" else r.name)
-                kd.append(r.kind)
-                if r.kind == "voltage":
-                    lin_pred[(t, r.name)] = (float(s.value[j]), g_all[j] * r.side, p0[t])
-            rhs.extend((b / m).tolist())
-            sc.extend(m.tolist())
-            blocks.append(g / m[:, None])
-            step_iter[t] += 1
-            frozen[t] = _StepRows(names=tuple(nm[n0:]), kinds=tuple(kd[n0:]), rhs=tuple(rhs[n0:]),
-                                  scale=tuple(sc[n0:]), block=blocks[-1],
-                                  pred={key: lin_pred[key] for key in set(lin_pred) - p_before},
-                                  dropped=frozenset(set(dropped) - d_before))
+            if kept is None:
+                rows = active[t]
+                keys = [(r.kind, r.name) for r in rows]
+                if method == "ymatrix":
+                    if base_op is None:  # powers of the elements the market does not dispatch
+                        base_op = sens.read_operating_point(net, model)
+                    op = op_from(base_op, states[t], kw[t])
+                    s = sens.ymatrix_sensitivities(model, op, elements.names, keys, q_ratio)
+                else:
+                    s = sens.perturbed_sensitivities(net, elements, kw[t], keys, model=model, pf=pf_arr)
+                dp = s.dp.copy()
+                dp[:, ~market_cols] = 0.0
+                side = np.array([r.side for r in rows], dtype=float)
+                g_all = dp * side[:, None]
+                big = np.max(np.abs(g_all), axis=1) if len(rows) else np.zeros(0)
+                if drop_rel > 0:  # sparse rows: the agents that barely move a row are left out of it
+                    g_all = np.where(np.abs(g_all) >= drop_rel * big[:, None], g_all, 0.0)
+                # room to the bound at the operating point, per unit of the row's largest sensitivity [kW]
+                room = side * (np.array([_bound(lim, r) for r in rows]) - s.value)
+                violated_now = {r for r, _ in viol.get(t, [])}
+                keep = _distinct_rows(g_all, room / np.where(big > 0, big, 1.0), big,
+                                      [r in violated_now for r in rows], merge_cos)
+                movable = big >= SENSITIVITY_FLOOR  # else no agent can move it: left out, reported with its cause
+                take = np.flatnonzero(movable & keep)
+                g, m = g_all[take], big[take]
+                # side·(x⁰ + K(p − p⁰)) ≤ side·bound  ⇔  side·K p ≤ side·(bound − x⁰) + side·K p⁰
+                b = room[take] + g @ p0[t]
+                picked = [rows[j] for j in take.tolist()]
+                kept = frozen[t] = _StepRows(
+                    names=tuple(f"bus.{r.name}" if r.kind == "voltage" else r.name for r in picked),
+                    kinds=tuple(r.kind for r in picked), rhs=tuple((b / m).tolist()), scale=tuple(m.tolist()),
+                    block=g / m[:, None],
+                    pred={(t, r.name): (float(s.value[j]), g_all[j] * r.side, p0[t])
+                          for j, r in zip(take.tolist(), picked, strict=True) if r.kind == "voltage"},
+                    # a row parallel to a tighter row of the step is left to that one
+                    dropped=frozenset((t, rows[j].name) for j in np.flatnonzero(movable & ~keep).tolist()))
+                step_iter[t] += 1
+            st.extend([t] * len(kept.names))
+            nm.extend(kept.names)
+            kd.extend(kept.kinds)
+            rhs.extend(kept.rhs)
+            sc.extend(kept.scale)
+            blocks.append(kept.block)
+            lin_pred.update(kept.pred)
+            dropped.update(kept.dropped)
         t_sens = time.perf_counter() - t0
         scale = np.array(sc)
         constraints = NetworkConstraints(step=np.array(st, dtype=int), name=tuple(nm), kind=tuple(kd),
