@@ -485,39 +485,53 @@ class _Reuse:
         old = prev.network_rows
         self.old: NetworkConstraints | None = old if isinstance(old, NetworkConstraints) and old.rows else None
         self.fields = [f.name for f in fields(Solution)]
+        # each step's rows, found once (not by a scan of every row per step)
+        self.new_rows = _rows_by_step(nc)
+        self.old_rows = _rows_by_step(self.old) if self.old is not None else {}
 
-    def matches(self, t: int, soc: np.ndarray) -> bool:
-        """Whether step ``t`` with SoC ``soc`` before it is the same QP as in the earlier clearing."""
+    def matches(self, t: int, soc: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The rows of step ``t`` in the new and the earlier clearing when, with SoC ``soc`` before
+        it, the step is the same QP as there; else None."""
         old, prev, nc = self.old, self.prev, self.nc
         if old is None or len(prev.window_status) != self.data.steps:
-            return False
-        idx, pidx = window_rows(nc, t, 1), window_rows(old, t, 1)
-        if len(idx) != len(pidx) or not len(idx):
-            return False
+            return None
+        idx, pidx = self.new_rows.get(t), self.old_rows.get(t)
+        if idx is None or pidx is None or len(idx) != len(pidx):
+            return None
         if [nc.name[i] for i in idx] != [old.name[i] for i in pidx] or \
                 [nc.kind[i] for i in idx] != [old.kind[i] for i in pidx]:
-            return False
+            return None
         if not np.array_equal(nc.rhs[idx], old.rhs[pidx]) or \
                 not np.array_equal(nc.sens[idx].toarray(), old.sens[pidx].toarray()):
-            return False
+            return None
         b = self.data.battery
         before = np.clip(prev.solution.soc[t - 1], b.soc_min, b.soc_max) if t else self.data.soc_init
-        return bool(np.array_equal(np.asarray(soc, dtype=float), np.asarray(before, dtype=float)))
+        if not np.array_equal(np.asarray(soc, dtype=float), np.asarray(before, dtype=float)):
+            return None
+        return idx, pidx
 
     def step(self, t: int, soc: np.ndarray, sol: Solution, net_dual: np.ndarray,
              net_slack: np.ndarray) -> MarketStatus | None:
         """Copy step ``t`` of the earlier clearing into ``sol`` (and its rows' duals and slacks)
         when its QP is the same (:meth:`matches`); its window status, or None."""
-        if not self.matches(t, soc):
+        rows = self.matches(t, soc)
+        if rows is None:
             return None
-        old, prev, nc = self.old, self.prev, self.nc
-        assert old is not None
-        idx, pidx = window_rows(nc, t, 1), window_rows(old, t, 1)
+        idx, pidx = rows
+        prev = self.prev
         for name in self.fields:
             getattr(sol, name)[t] = getattr(prev.solution, name)[t]
         net_dual[idx] = prev.network_duals[pidx]
         net_slack[idx] = prev.network_slack[pidx]
         return prev.window_status[t]
+
+
+def _rows_by_step(nc: NetworkConstraints) -> dict[int, np.ndarray]:
+    """Step -> indices of its rows in ``nc`` (in row order)."""
+    step = np.asarray(nc.step, dtype=np.int64)
+    order = np.argsort(step, kind="stable")
+    steps, first = np.unique(step[order], return_index=True)
+    return {int(t): part for t, part in zip(steps.tolist(), np.split(order, first[1:]), strict=True)}
 
 
 def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, horizon: int | None = None,
@@ -666,7 +680,7 @@ def clear_market(case: Case, *, soc_init: Mapping[str, float] | None = None, hor
                 # them), so their QPs are solved side by side (Clarabel releases the GIL); the
                 # sequence below takes each result in its turn, as if solved there
                 todo = [t for t in sorted(set(np.asarray(nc.step, dtype=np.int64).tolist()))
-                        if same is None or not same.matches(t, data.soc_init)]
+                        if same is None or same.matches(t, data.soc_init) is None]
                 if len(todo) > 1:
                     preps = [prepare(t, 1, data.soc_init) for t in todo]
                     preps[0].ws.warm()
