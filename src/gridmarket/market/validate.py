@@ -190,16 +190,17 @@ def tie_break_note(data: MarketData) -> str | None:
     eps = float(data.tie_break)
     if eps <= 0.0 or not data.steps or not data.n_m:
         return None
-    parts = [np.abs(data.energy_kwh), data.sch_max, data.sdis_max]
-    big = max(float(np.max(x, initial=0.0)) for x in parts)
+    e = data.energy_kwh
+    # the largest |energy| without an |e| copy of the (steps, agents) array: this runs every clearing
+    big_e = max(float(np.max(e, initial=0.0)), -float(np.min(e, initial=0.0)))
+    big = max(big_e, float(np.max(data.sch_max, initial=0.0)), float(np.max(data.sdis_max, initial=0.0)))
     scale = float(np.max(np.abs(data.import_price), initial=0.0)) or 1.0
     shift = 2.0 * eps * big
     if shift <= TIE_BREAK_PRICE_SHARE * scale:
         return None
     where = ""
-    e = np.abs(data.energy_kwh)
-    if e.size and float(e.max()) == big:
-        t, n = np.unravel_index(int(np.argmax(e)), e.shape)
+    if e.size and big_e == big:
+        t, n = np.unravel_index(int(np.argmax(np.abs(e))), e.shape)
         where = f" ({data.names[int(data.pq[n])]} at step {int(t)})"
     limit = TIE_BREAK_PRICE_SHARE * scale / (2.0 * big)
     unit = 10.0 ** np.floor(np.log10(limit))
